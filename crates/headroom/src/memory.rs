@@ -1,0 +1,138 @@
+//! From the `--memory` flag to a running governor, and `headroom memory`.
+
+use std::io::Write;
+
+use headroom_governor::breaker::{self, BreakerConfig, BreakerTask, UsageSignal};
+use headroom_governor::budget::physical_memory;
+use headroom_governor::{
+    BudgetDecision, BudgetPolicy, ByteSize, CgroupVersion, Governor, MemoryProbe, MemorySample,
+};
+use serde_json::json;
+
+use crate::cli::LogFormat;
+
+/// The governor of a job, with the breaker that watches real usage.
+pub struct MemoryPlan {
+    /// How the budget was chosen.
+    pub decision: BudgetDecision,
+    /// The process-wide governor.
+    pub governor: Governor,
+    /// The probe shared by the breaker and progress reports.
+    pub probe: MemoryProbe,
+    /// The breaker sampler; `None` without a hard limit to compare with.
+    _breaker: Option<BreakerTask>,
+}
+
+impl MemoryPlan {
+    /// Resolves the budget and, when there is a container limit, starts the
+    /// breaker. Must run inside a tokio runtime.
+    pub fn start(explicit: Option<ByteSize>) -> Self {
+        let decision = BudgetPolicy::default().resolve_here(explicit.map(|b| b.0));
+        if let Some(w) = &decision.warning {
+            tracing::warn!("{w}");
+        }
+        let governor = Governor::new(decision.budget);
+        let probe = MemoryProbe::detect();
+        let breaker = decision.limit.map(|limit| {
+            let mut cfg = BreakerConfig::new(limit);
+            cfg.signal = UsageSignal::CgroupWorkingSet;
+            breaker::spawn(governor.clone(), probe.clone(), cfg)
+        });
+        tracing::info!("{decision}");
+        MemoryPlan {
+            decision,
+            governor,
+            probe,
+            _breaker: breaker,
+        }
+    }
+}
+
+fn mb(bytes: Option<u64>) -> serde_json::Value {
+    bytes.map_or(serde_json::Value::Null, |b| {
+        json!((b as f64 / 1048576.0 * 10.0).round() / 10.0)
+    })
+}
+
+fn show(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "unknown".to_string(), |b| ByteSize(b).to_string())
+}
+
+/// `headroom memory`: prints the plan as text or one JSON object.
+pub fn report(
+    explicit: Option<ByteSize>,
+    format: LogFormat,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let decision = BudgetPolicy::default().resolve_here(explicit.map(|b| b.0));
+    let probe = MemoryProbe::detect();
+    let s: MemorySample = probe.sample();
+    let physical = physical_memory();
+    let cgroup_version = probe.cgroup().map(|c| match c.version() {
+        CgroupVersion::V2 => "v2",
+        CgroupVersion::V1 => "v1",
+    });
+    let defaults = BreakerConfig::new(0);
+    match format {
+        LogFormat::Json => {
+            let v = json!({
+                "budget_mb": mb(Some(decision.budget)),
+                "budget_bytes": decision.budget,
+                "budget_source": decision.to_string(),
+                "limit_mb": mb(decision.limit),
+                "cgroup": cgroup_version,
+                "physical_mb": mb(physical),
+                "breaker_high_watermark": decision.limit.map(|_| defaults.high_watermark),
+                "breaker_low_watermark": decision.limit.map(|_| defaults.low_watermark),
+                "rss_mb": mb(s.rss),
+                "peak_rss_mb": mb(s.peak_rss),
+                "heap_mb": mb(s.heap),
+                "cgroup_current_mb": mb(s.cgroup_current),
+                "cgroup_working_set_mb": mb(s.cgroup_working_set),
+                "psi_some_avg10": s.psi_some_avg10,
+                "warning": decision.warning,
+            });
+            writeln!(out, "{v}")
+        }
+        LogFormat::Text => {
+            let limit = match (decision.limit, cgroup_version) {
+                (Some(l), Some(v)) => format!("{} (cgroup {v})", ByteSize(l)),
+                (None, Some(v)) => format!("none (cgroup {v} without a memory limit)"),
+                _ => "none (no memory cgroup found)".to_string(),
+            };
+            writeln!(out, "container limit  {limit}")?;
+            writeln!(out, "physical memory  {}", show(physical))?;
+            writeln!(out, "{decision}")?;
+            match decision.limit {
+                Some(l) => writeln!(
+                    out,
+                    "breaker          stops admitting at {} ({:.0}%), resumes below {} ({:.0}%)",
+                    ByteSize((l as f64 * defaults.high_watermark) as u64),
+                    defaults.high_watermark * 100.0,
+                    ByteSize((l as f64 * defaults.low_watermark) as u64),
+                    defaults.low_watermark * 100.0
+                )?,
+                None => writeln!(out, "breaker          off (no hard limit to protect)")?,
+            }
+            writeln!(
+                out,
+                "this process     rss {}, peak rss {}, heap {}",
+                show(s.rss),
+                show(s.peak_rss),
+                show(s.heap)
+            )?;
+            if s.cgroup_current.is_some() {
+                writeln!(
+                    out,
+                    "cgroup usage     {} (working set {})",
+                    show(s.cgroup_current),
+                    show(s.cgroup_working_set)
+                )?;
+            }
+            if let Some(p) = s.psi_some_avg10 {
+                writeln!(out, "memory pressure  some avg10 {p:.2}%")?;
+            }
+            Ok(())
+        }
+    }
+}
