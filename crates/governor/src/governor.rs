@@ -33,7 +33,7 @@
 //! proceed. This is what makes `tokio::time::timeout(..., gov.acquire(..))`
 //! and `select!` safe to use.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -87,16 +87,15 @@ struct State {
     /// Why the breaker is open; `None` while it is closed.
     breaker: Option<String>,
     breaker_trips: u64,
-    next_id: u64,
-    /// Waiter ids in arrival order; only ungranted waiters are here.
-    queue: VecDeque<u64>,
-    /// Every live waiter, granted or not, by id.
-    waiters: HashMap<u64, Waiter>,
+    /// Waiter slots in arrival order; only ungranted waiters are here.
+    queue: VecDeque<usize>,
+    /// Every live waiter, granted or not.
+    waiters: Slab,
     admitted: u64,
     clamped: u64,
     timed_out: u64,
     total_wait: Duration,
-    tags: HashMap<Tag, TagCounters>,
+    tags: TagTable,
 }
 
 struct Waiter {
@@ -106,6 +105,63 @@ struct Waiter {
     waker: Option<Waker>,
     /// Bytes granted; set when the waiter leaves the queue.
     granted: Option<u64>,
+}
+
+/// Live waiters by slot. A slot is freed only by the [`Acquire`] that owns
+/// it, so its index needs no generation. Slots are reused; the vector grows
+/// to the largest number of simultaneous waiters and stays there.
+#[derive(Default)]
+struct Slab {
+    slots: Vec<Option<Waiter>>,
+    free: Vec<usize>,
+}
+
+impl Slab {
+    fn insert(&mut self, w: Waiter) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(w);
+                i
+            }
+            None => {
+                self.slots.push(Some(w));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn get_mut(&mut self, i: usize) -> &mut Waiter {
+        self.slots[i].as_mut().expect("waiter slot is live")
+    }
+
+    fn remove(&mut self, i: usize) -> Waiter {
+        let w = self.slots[i].take().expect("waiter slot is live");
+        self.free.push(i);
+        w
+    }
+}
+
+/// Per-tag counters. Tags are few (one per kind of operation), so a short
+/// vector searched by pointer first is cheaper than hashing the tag string
+/// on every grant and release.
+#[derive(Default)]
+struct TagTable {
+    entries: Vec<(Tag, TagCounters)>,
+}
+
+impl TagTable {
+    fn get_mut(&mut self, tag: Tag) -> &mut TagCounters {
+        let pos = self
+            .entries
+            .iter()
+            .position(|(t, _)| std::ptr::eq(*t, tag))
+            .or_else(|| self.entries.iter().position(|(t, _)| *t == tag));
+        let i = pos.unwrap_or_else(|| {
+            self.entries.push((tag, TagCounters::default()));
+            self.entries.len() - 1
+        });
+        &mut self.entries[i].1
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -165,7 +221,7 @@ impl State {
         if bytes < requested {
             self.clamped += 1;
         }
-        let t = self.tags.entry(tag).or_default();
+        let t = self.tags.get_mut(tag);
         t.reserved += bytes;
         t.peak = t.peak.max(t.reserved);
         t.admitted += 1;
@@ -174,9 +230,7 @@ impl State {
 
     fn unbook(&mut self, bytes: u64, tag: Tag) {
         self.reserved -= bytes;
-        if let Some(t) = self.tags.get_mut(tag) {
-            t.reserved -= bytes;
-        }
+        self.tags.get_mut(tag).reserved -= bytes;
     }
 
     /// Grants queued waiters, in order, while the head fits. Stops early
@@ -186,14 +240,14 @@ impl State {
             if wakes.is_full() {
                 return true;
             }
-            let requested = self.waiters[&id].requested;
+            let w = self.waiters.get_mut(id);
+            let (requested, tag) = (w.requested, w.tag);
             if !self.fits(requested) {
                 return false;
             }
             self.queue.pop_front();
-            let tag = self.waiters[&id].tag;
             let bytes = self.book(requested, tag);
-            let w = self.waiters.get_mut(&id).expect("queued waiter is live");
+            let w = self.waiters.get_mut(id);
             self.total_wait += w.enqueued.elapsed();
             w.granted = Some(bytes);
             if let Some(waker) = w.waker.take() {
@@ -206,6 +260,7 @@ impl State {
     fn top_consumers(&self) -> Vec<(Tag, u64)> {
         let mut top: Vec<(Tag, u64)> = self
             .tags
+            .entries
             .iter()
             .filter(|(_, t)| t.reserved > 0)
             .map(|(tag, t)| (*tag, t.reserved))
@@ -228,14 +283,13 @@ impl Governor {
                     peak_reserved: 0,
                     breaker: None,
                     breaker_trips: 0,
-                    next_id: 0,
                     queue: VecDeque::new(),
-                    waiters: HashMap::new(),
+                    waiters: Slab::default(),
                     admitted: 0,
                     clamped: 0,
                     timed_out: 0,
                     total_wait: Duration::ZERO,
-                    tags: HashMap::new(),
+                    tags: TagTable::default(),
                 }),
             }),
         }
@@ -358,6 +412,7 @@ impl Governor {
         let st = self.lock();
         let mut tags: Vec<TagStats> = st
             .tags
+            .entries
             .iter()
             .map(|(tag, t)| TagStats {
                 tag,
@@ -404,6 +459,9 @@ fn lock(inner: &Inner) -> MutexGuard<'_, State> {
 /// Runs [`State::dispatch`] until it is done, waking granted waiters
 /// outside the lock.
 fn dispatch_and_wake<'a>(mut st: MutexGuard<'a, State>, inner: &'a Inner) {
+    if st.queue.is_empty() {
+        return;
+    }
     let mut wakes = WakeList::new();
     loop {
         let more = st.dispatch(&mut wakes);
@@ -500,10 +558,8 @@ impl Permit {
         let moved = std::mem::take(&mut other.bytes);
         if other.tag != self.tag && moved > 0 {
             let mut st = lock(&self.inner);
-            if let Some(t) = st.tags.get_mut(other.tag) {
-                t.reserved -= moved;
-            }
-            let t = st.tags.entry(self.tag).or_default();
+            st.tags.get_mut(other.tag).reserved -= moved;
+            let t = st.tags.get_mut(self.tag);
             t.reserved += moved;
             t.peak = t.peak.max(t.reserved);
         }
@@ -558,7 +614,7 @@ impl fmt::Debug for Permit {
 
 enum AcquireState {
     Idle,
-    Queued(u64),
+    Queued(usize),
     Done,
 }
 
@@ -595,27 +651,22 @@ impl Future for Acquire {
                         this.tag,
                     ));
                 }
-                let id = st.next_id;
-                st.next_id += 1;
+                let id = st.waiters.insert(Waiter {
+                    requested: this.requested,
+                    tag: this.tag,
+                    enqueued: Instant::now(),
+                    waker: Some(cx.waker().clone()),
+                    granted: None,
+                });
                 st.queue.push_back(id);
-                st.waiters.insert(
-                    id,
-                    Waiter {
-                        requested: this.requested,
-                        tag: this.tag,
-                        enqueued: Instant::now(),
-                        waker: Some(cx.waker().clone()),
-                        granted: None,
-                    },
-                );
                 this.state = AcquireState::Queued(id);
                 Poll::Pending
             }
             AcquireState::Queued(id) => {
                 let mut st = lock(&this.inner);
-                let w = st.waiters.get_mut(&id).expect("queued waiter is live");
+                let w = st.waiters.get_mut(id);
                 if let Some(bytes) = w.granted {
-                    st.waiters.remove(&id);
+                    st.waiters.remove(id);
                     drop(st);
                     this.state = AcquireState::Done;
                     return Poll::Ready(Permit::new(
@@ -642,9 +693,7 @@ impl Drop for Acquire {
             return;
         };
         let mut st = lock(&self.inner);
-        let Some(w) = st.waiters.remove(&id) else {
-            return;
-        };
+        let w = st.waiters.remove(id);
         match w.granted {
             // Granted but never observed: give the bytes back.
             Some(bytes) => st.unbook(bytes, w.tag),
