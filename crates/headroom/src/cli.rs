@@ -49,9 +49,86 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Copy files or objects from SRC to DST, skipping what is already
+    /// there, within the memory budget.
+    ///
+    /// SRC and DST are local paths, file://PATH or s3://BUCKET/PREFIX. A
+    /// directory or prefix is copied recursively into DST; a single file or
+    /// object is copied into DST as a directory (like `rclone copy`).
+    Copy(Box<CopyArgs>),
     /// Show the memory plan: the detected limit, the budget headroom would
     /// use, the circuit breaker's thresholds and current usage.
     Memory(MemoryArgs),
+}
+
+/// Arguments of `headroom copy`.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// What to copy: a path, file://PATH or s3://BUCKET/PREFIX.
+    pub src: crate::store::Location,
+
+    /// Where to: a directory path, file://PATH or s3://BUCKET/PREFIX.
+    pub dst: crate::store::Location,
+
+    /// Show what would be copied and the totals; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Decide what is up to date by content (MD5) instead of size and
+    /// modification time, where both sides can tell.
+    #[arg(long, short = 'c')]
+    pub checksum: bool,
+
+    /// Copy only keys matching this glob (repeatable). A pattern without
+    /// `/` matches the file name at any depth.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Skip keys matching this glob (repeatable); wins over --include.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// A ceiling on transfers in flight; the memory budget still rules and
+    /// the adaptive controller picks the number below it.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+
+    /// Multipart part size (5MiB..5GiB). Default: 8 MiB, less on small
+    /// budgets, more for objects that would need over 10,000 parts.
+    #[arg(long, value_name = "SIZE")]
+    pub part_size: Option<headroom_governor::ByteSize>,
+
+    /// Attempts after the first for each read, part or upload.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub retries: u32,
+
+    /// How often to report progress, e.g. 2s, 500ms.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub progress_interval: std::time::Duration,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// S3 connection flags; the AWS environment variables are the defaults.
+#[derive(Debug, Args, Clone, Default)]
+pub struct S3Args {
+    /// S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else
+    /// AWS). Plain http:// is allowed only when the endpoint says so.
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// Region (default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Virtual-hosted-style addressing (bucket.host) instead of path style.
+    #[arg(long)]
+    pub s3_virtual_hosted: bool,
+
+    /// Timeout of one S3 request, e.g. 60s, 5m.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub s3_timeout: std::time::Duration,
 }
 
 /// Arguments of `headroom memory`.

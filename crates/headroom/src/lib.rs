@@ -6,8 +6,15 @@
 //! * [`cli`]: the command line (clap), shared flags.
 //! * [`memory`]: turns the shared `--memory` flag into a running governor
 //!   with its circuit breaker, and reports the plan (`headroom memory`).
-//! * [`telemetry`]: logging set-up (text or JSON).
+//! * [`store`]: local directories and S3 prefixes behind one interface.
+//! * [`transfer`]: streaming copy of one object, with named footprints.
+//! * [`jobs`]: the jobs themselves (`copy`), each a pipeline of bounded
+//!   stages whose concurrency the governor decides.
+//! * [`telemetry`]: logs, progress records, leak detector, summaries.
 
 pub mod cli;
+pub mod jobs;
 pub mod memory;
+pub mod store;
 pub mod telemetry;
+pub mod transfer;

@@ -7,20 +7,50 @@ use headroom::cli::{Cli, Command};
 #[global_allocator]
 static ALLOC: headroom_governor::CountingAlloc = headroom_governor::CountingAlloc::system();
 
+/// Blocking threads (file I/O) at most: each costs a stack, so their number
+/// is bounded like everything else.
+const MAX_BLOCKING_THREADS: usize = 64;
+
 fn main() -> ExitCode {
+    headroom::memory::tune_allocator();
     let cli = Cli::parse();
     headroom::telemetry::init_logging(cli.global.log_format);
-    let result = match cli.command {
-        Command::Memory(_) => headroom::memory::report(
-            cli.global.memory,
-            cli.global.log_format,
-            &mut std::io::stdout().lock(),
-        )
-        .map_err(anyhow::Error::from),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()
+    {
+        Ok(rt) => rt,
         Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Memory(_) => {
+                headroom::memory::report(
+                    cli.global.memory,
+                    cli.global.log_format,
+                    &mut std::io::stdout().lock(),
+                )?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Copy(args) => {
+                let summary = headroom::jobs::copy::run(args, &cli.global).await?;
+                summary.print(cli.global.log_format, &mut std::io::stdout().lock())?;
+                Ok(if summary.failed > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                })
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let e: anyhow::Error = e;
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

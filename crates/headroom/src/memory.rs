@@ -136,3 +136,28 @@ pub fn report(
         }
     }
 }
+
+/// Makes glibc's malloc return large buffers to the kernel when they are
+/// freed. By default glibc raises its mmap threshold after the first large
+/// free, after which multi-MiB part buffers come from arenas that keep
+/// freed memory resident: RSS would drift above what is reserved. With a
+/// fixed threshold, every buffer of 256 KiB or more is its own mapping and
+/// freeing it lowers RSS at once. Arenas are capped for the same reason.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        const M_ARENA_MAX: i32 = -8;
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        // SAFETY: mallopt only sets allocator parameters; it is called
+        // before any thread exists.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 256 << 10);
+            mallopt(M_TRIM_THRESHOLD, 1 << 20);
+            mallopt(M_ARENA_MAX, 4);
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! `headroom copy`: list -> select -> admit -> transfer.
+//!
+//! ```text
+//!  source listing ──(byte-bounded channel)──> dispatcher ──spawn──> transfer tasks
+//!   pauses when full        acquires a concurrency slot, then the
+//!                           object's footprint from the governor
+//! ```
+//!
+//! * The listing streams into a channel bounded in bytes and items; when the
+//!   dispatcher stops taking entries (transfers saturated), the listing
+//!   pauses. A listing of ten million objects holds one page at a time.
+//! * The dispatcher admits each object *before* its task exists: it takes a
+//!   concurrency slot (the adaptive limit), then the object's footprint in
+//!   bytes from the governor, then spawns the task with both. It is the only
+//!   place that waits for either, so there is no hold-and-wait between
+//!   tasks. Tasks are detached: nothing about an object outlives it.
+//! * Each task decides whether the destination is already up to date (size
+//!   and modification time, or `--checksum`), then transfers.
+//! * The end of the job is known by taking back every concurrency slot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use headroom_governor::{ByteSize, Governor, channel};
+use md5::{Digest, Md5};
+use tokio::sync::Semaphore;
+
+use crate::cli::{CopyArgs, GlobalArgs, S3Args};
+use crate::memory::MemoryPlan;
+use crate::store::local::LocalStore;
+use crate::store::s3::{S3Config, S3Store};
+use crate::store::{Entry, Listed, Location, Store, StoreError};
+use crate::telemetry::{Counters, Reporter, Summary};
+use crate::transfer::{self, Kind, TransferConfig};
+
+/// Default ceiling on transfers in flight when `--concurrency` is not given.
+pub const DEFAULT_CONCURRENCY: usize = 128;
+
+/// Bytes and entries the listing may run ahead of the transfers.
+const LISTING_QUEUE_BYTES: u64 = 1 << 20;
+const LISTING_QUEUE_ITEMS: usize = 4096;
+
+/// Builds the S3 settings from flags.
+pub fn s3_config(args: &S3Args, concurrency: usize) -> S3Config {
+    S3Config {
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone(),
+        virtual_hosted: args.s3_virtual_hosted,
+        request_timeout: Some(args.s3_timeout),
+        request_retries: 2,
+        max_idle_connections: concurrency.min(64),
+    }
+}
+
+/// Opens the source: a directory or prefix, or a single file or object.
+pub async fn open_source(loc: &Location, s3: &S3Config) -> anyhow::Result<Store> {
+    match loc {
+        Location::Local(path) => match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Ok(Store::Local(LocalStore::dir(path.clone()))),
+            Ok(m) if m.is_file() => Ok(Store::Local(LocalStore::single_file(path)?)),
+            Ok(_) => bail!(
+                "source {} is neither a file nor a directory",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("source {} does not exist", path.display())
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read source {}", path.display())),
+        },
+        Location::S3 { bucket, prefix } => {
+            let client = Arc::new(s3.client(bucket)?);
+            Ok(Store::S3(
+                S3Store::source(client, bucket.clone(), prefix.clone()).await?,
+            ))
+        }
+    }
+}
+
+/// Opens the destination directory or prefix.
+pub async fn open_destination(loc: &Location, s3: &S3Config) -> anyhow::Result<Store> {
+    match loc {
+        Location::Local(path) => {
+            if path.is_file() {
+                bail!(
+                    "destination {} is a file; it must be a directory",
+                    path.display()
+                );
+            }
+            Ok(Store::Local(LocalStore::dir(path.clone())))
+        }
+        Location::S3 { bucket, prefix } => {
+            let client = Arc::new(s3.client(bucket)?);
+            // One listing request proves the bucket exists and is ours to
+            // use before thousands of uploads each fail on their own.
+            let probe = object_store::path::Path::parse(prefix).unwrap_or_default();
+            let mut listing = object_store::ObjectStore::list(client.as_ref(), Some(&probe));
+            if let Some(Err(e)) = futures::StreamExt::next(&mut listing).await {
+                let e = crate::store::s3::store_error(format!("destination {loc}"), e);
+                bail!("{e}");
+            }
+            Ok(Store::S3(S3Store::new(
+                client,
+                bucket.clone(),
+                prefix.clone(),
+            )))
+        }
+    }
+}
+
+/// Include/exclude selection of keys.
+#[derive(Debug)]
+pub struct Filter {
+    include: Option<(GlobSet, GlobSet)>,
+    exclude: (GlobSet, GlobSet),
+}
+
+impl Filter {
+    /// Compiles the patterns; a pattern without `/` matches file names.
+    pub fn new(include: &[String], exclude: &[String]) -> anyhow::Result<Self> {
+        fn sets(patterns: &[String], flag: &str) -> anyhow::Result<(GlobSet, GlobSet)> {
+            let (mut full, mut name) = (GlobSetBuilder::new(), GlobSetBuilder::new());
+            for p in patterns {
+                let glob = globset::GlobBuilder::new(p.trim_start_matches('/'))
+                    .literal_separator(true)
+                    .build()
+                    .map(|g: Glob| g)
+                    .with_context(|| format!("invalid {flag} pattern {p:?}"))?;
+                if p.contains('/') {
+                    full.add(glob);
+                } else {
+                    name.add(glob);
+                }
+            }
+            Ok((full.build()?, name.build()?))
+        }
+        Ok(Filter {
+            include: if include.is_empty() {
+                None
+            } else {
+                Some(sets(include, "--include")?)
+            },
+            exclude: sets(exclude, "--exclude")?,
+        })
+    }
+
+    /// Whether `key` is selected.
+    pub fn selects(&self, key: &str) -> bool {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let hit = |(full, names): &(GlobSet, GlobSet)| full.is_match(key) || names.is_match(name);
+        self.include.as_ref().is_none_or(hit) && !hit(&self.exclude)
+    }
+}
+
+/// Whether two modification times are the same to the precision both
+/// sides keep (a whole second when either has no sub-second part).
+fn same_mtime(a: SystemTime, b: SystemTime) -> bool {
+    let diff = a.duration_since(b).unwrap_or_else(|e| e.duration());
+    let coarse = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .is_ok_and(|d| d.subsec_nanos() == 0)
+    };
+    let window = if coarse(a) || coarse(b) {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(1)
+    };
+    diff < window
+}
+
+/// MD5 of an object where it is cheap and honest to know: the ETag of a
+/// single-part S3 object, or a local file read through `buf`.
+async fn content_md5(
+    store: &Store,
+    entry: &Entry,
+    buf: Vec<u8>,
+) -> Result<Option<String>, StoreError> {
+    match store {
+        Store::S3(_) => Ok(entry.md5_etag().map(str::to_ascii_lowercase)),
+        Store::Local(_) => {
+            let mut hasher = Md5::new();
+            let mut reader = store.open_range(&entry.key, 0..entry.size).await?;
+            let mut buf = buf;
+            loop {
+                let (b, r) = reader.read(buf, 0).await;
+                buf = b;
+                match r? {
+                    0 => break,
+                    n => hasher.update(&buf[..n]),
+                }
+            }
+            Ok(Some(
+                hasher
+                    .finalize()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+            ))
+        }
+    }
+}
+
+/// Whether `dst` already holds `src`'s content.
+async fn up_to_date(
+    src_store: &Store,
+    dst_store: &Store,
+    src: &Entry,
+    dst: &Entry,
+    checksum: bool,
+    buf_len: usize,
+) -> Result<bool, StoreError> {
+    if src.size != dst.size {
+        return Ok(false);
+    }
+    if checksum {
+        let buf = || vec![0u8; buf_len.max(1)];
+        let a = content_md5(src_store, src, buf()).await?;
+        if let Some(a) = a
+            && let Some(b) = content_md5(dst_store, dst, buf()).await?
+        {
+            return Ok(a == b);
+        }
+        // Neither side can tell the content's hash: fall back to mtime.
+    }
+    // An S3 listing knows LastModified; the stored source mtime needs a HEAD.
+    let src_mtime = match src_store {
+        Store::S3(s) => s.stat(&src.key).await?.and_then(|e| e.mtime),
+        Store::Local(_) => src.mtime,
+    };
+    Ok(matches!((src_mtime, dst.mtime), (Some(a), Some(b)) if same_mtime(a, b)))
+}
+
+/// Raises the number of transfers in flight while throughput rises, and
+/// backs off when it falls, between 1 and the ceiling.
+#[derive(Debug)]
+pub struct AdaptiveLimit {
+    slots: Arc<Semaphore>,
+    limit: AtomicUsize,
+    ceiling: usize,
+}
+
+/// One step of the controller: from the current limit, the best throughput
+/// seen at it and this window's throughput, the next limit. Only raise
+/// when the limit was the binding constraint (slots all in use).
+pub fn next_limit(current: usize, ceiling: usize, best: f64, now: f64, saturated: bool) -> usize {
+    if now < best * 0.8 {
+        (current * 3 / 4).max(1)
+    } else if saturated && now >= best * 1.05 {
+        (current + current / 2 + 1).min(ceiling)
+    } else {
+        current
+    }
+}
+
+impl AdaptiveLimit {
+    fn new(initial: usize, ceiling: usize) -> Arc<Self> {
+        Arc::new(AdaptiveLimit {
+            slots: Arc::new(Semaphore::new(initial)),
+            limit: AtomicUsize::new(initial),
+            ceiling,
+        })
+    }
+
+    fn set(&self, new: usize) {
+        let old = self.limit.swap(new, Ordering::Relaxed);
+        if new > old {
+            self.slots.add_permits(new - old);
+        } else if new < old {
+            // Take the surplus back as transfers finish.
+            let slots = self.slots.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned((old - new) as u32).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+
+    /// Adjusts the limit every `window` from `counters`' throughput.
+    fn drive(
+        self: Arc<Self>,
+        counters: Arc<Counters>,
+        window: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut best = 0.0f64;
+            let mut last = (0u64, 0u64);
+            let mut tick = tokio::time::interval(window);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // Small files count as 64 KiB of work each, so a stream of
+                // tiny objects is judged by files per second.
+                let (files, bytes) = (
+                    counters.files_processed(),
+                    counters.bytes.load(Ordering::Relaxed),
+                );
+                let work = (bytes - last.1) as f64 + (files - last.0) as f64 * 65536.0;
+                last = (files, bytes);
+                let current = self.limit.load(Ordering::Relaxed);
+                let saturated = counters.in_flight.load(Ordering::Relaxed) as usize >= current;
+                let next = next_limit(current, self.ceiling, best, work, saturated);
+                if next != current {
+                    // Judge the new limit against what the old one achieved.
+                    best = work;
+                    tracing::debug!(from = current, to = next, "adaptive concurrency");
+                    self.set(next);
+                }
+            }
+        })
+    }
+}
+
+/// Runs `headroom copy`; returns the summary (failures included), or an
+/// error when the job could not run at all.
+pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary> {
+    let ceiling = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1);
+    let filter = Filter::new(&args.include, &args.exclude)?;
+    if let Some(p) = args.part_size
+        && !(transfer::MIN_PART..=transfer::MAX_PART).contains(&p.0)
+    {
+        bail!("--part-size {p} is outside S3's limits of 5 MiB to 5 GiB");
+    }
+    let s3 = s3_config(&args.s3, ceiling);
+    let src = open_source(&args.src, &s3).await?;
+    let dst = open_destination(&args.dst, &s3).await?;
+    let plan = MemoryPlan::start(global.memory);
+    let gov = plan.governor.clone();
+    let cfg = TransferConfig {
+        part_size: args.part_size.map(|p| p.0),
+        retries: args.retries,
+        ..TransferConfig::default()
+    };
+    let started = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let reporter = Reporter::start(
+        counters.clone(),
+        gov.clone(),
+        plan.probe.clone(),
+        args.progress_interval,
+        global.log_format,
+    );
+
+    // The listing queue's memory is paid for up front.
+    let _queue = gov.acquire(LISTING_QUEUE_BYTES, "copy.listing").await;
+    let (tx, mut rx) = channel::bounded::<Listed>(LISTING_QUEUE_BYTES, LISTING_QUEUE_ITEMS);
+    let lister = {
+        let src = src.clone();
+        tokio::spawn(async move { src.list(tx).await })
+    };
+
+    let limit = AdaptiveLimit::new(ceiling.min(16), ceiling);
+    let controller = limit
+        .clone()
+        .drive(counters.clone(), Duration::from_secs(1));
+    let src_is_s3 = matches!(src, Store::S3(_));
+    let ctx = Arc::new(TaskContext {
+        src,
+        dst,
+        gov: gov.clone(),
+        cfg,
+        counters: counters.clone(),
+        checksum: args.checksum,
+        dry_run: args.dry_run,
+    });
+    while let Some(listed) = rx.recv().await {
+        let entry = match listed {
+            Ok(e) => e,
+            Err(e) => {
+                counters.fail(e.path, format!("cannot list: {}", e.message));
+                continue;
+            }
+        };
+        if !filter.selects(&entry.key) {
+            continue;
+        }
+        counters.listed.fetch_add(1, Ordering::Relaxed);
+        counters
+            .listed_bytes
+            .fetch_add(entry.size, Ordering::Relaxed);
+        let kind = transfer::kind_for(&ctx.dst, entry.size, gov.budget(), &ctx.cfg);
+        let slot = limit
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let permit = gov
+            .acquire(
+                transfer::footprint(kind, entry.size, src_is_s3),
+                "copy.object",
+            )
+            .await;
+        let ctx = ctx.clone();
+        counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        drop(tokio::spawn(async move {
+            ctx.copy_one(entry, kind, permit).await;
+            ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        }));
+    }
+    counters.listing_done.store(true, Ordering::Relaxed);
+    let listed = lister.await.context("listing task")?;
+    // Every transfer holds a slot: taking all of them back means all ended.
+    controller.abort();
+    let all = limit.limit.load(Ordering::Relaxed).max(1) as u32;
+    let _ = limit.slots.acquire_many(all).await;
+    reporter.stop();
+    let summary = Summary::collect(
+        &counters,
+        &gov,
+        &plan.probe,
+        started.elapsed(),
+        args.dry_run,
+    );
+    if let Err(e) = listed {
+        bail!("cannot list the source: {e}");
+    }
+    Ok(summary)
+}
+
+struct TaskContext {
+    src: Store,
+    dst: Store,
+    gov: Governor,
+    cfg: TransferConfig,
+    counters: Arc<Counters>,
+    checksum: bool,
+    dry_run: bool,
+}
+
+impl TaskContext {
+    async fn copy_one(&self, entry: Entry, kind: Kind, permit: headroom_governor::Permit) {
+        let what = format!(
+            "{} -> {}",
+            self.src.display_key(&entry.key),
+            self.dst.display_key(&entry.key)
+        );
+        let existing = match self.dst.stat(&entry.key).await {
+            Ok(e) => e,
+            Err(e) => return self.counters.fail(what, e.to_string()),
+        };
+        if let Some(existing) = existing {
+            let buf_len = (permit.bytes().saturating_sub(transfer::OBJECT_OVERHEAD) as usize)
+                .clamp(1, 1 << 20);
+            match up_to_date(
+                &self.src,
+                &self.dst,
+                &entry,
+                &existing,
+                self.checksum,
+                buf_len,
+            )
+            .await
+            {
+                Ok(true) => {
+                    self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .skipped_bytes
+                        .fetch_add(entry.size, Ordering::Relaxed);
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => return self.counters.fail(what, e.to_string()),
+            }
+        }
+        if self.dry_run {
+            println!("would copy {what} ({})", ByteSize(entry.size));
+            self.counters.copied.fetch_add(1, Ordering::Relaxed);
+            self.counters.bytes.fetch_add(entry.size, Ordering::Relaxed);
+            return;
+        }
+        let transfers = transfer::Transfers {
+            src: &self.src,
+            dst: &self.dst,
+            gov: &self.gov,
+            cfg: &self.cfg,
+            bytes_done: &self.counters.bytes,
+        };
+        match transfers.copy_object(&entry, kind, permit).await {
+            Ok(()) => {
+                self.counters.copied.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.counters.fail(what, e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_full_keys_and_file_names() {
+        let f = Filter::new(&["*.txt".into(), "logs/**".into()], &["secret*".into()]).unwrap();
+        assert!(f.selects("a.txt"));
+        assert!(
+            f.selects("deep/dir/b.txt"),
+            "name patterns match at any depth"
+        );
+        assert!(f.selects("logs/2024/x.bin"));
+        assert!(!f.selects("data/x.bin"));
+        assert!(!f.selects("deep/secret.txt"), "exclude wins");
+        let all = Filter::new(&[], &["*.tmp".into()]).unwrap();
+        assert!(all.selects("x/y.dat") && !all.selects("x/y.tmp"));
+        assert!(
+            Filter::new(&["a[".into()], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("--include")
+        );
+    }
+
+    #[test]
+    fn mtimes_compare_to_the_coarser_precision() {
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000);
+        assert!(same_mtime(t, t));
+        assert!(!same_mtime(t, t + Duration::from_millis(5)));
+        let whole = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 0);
+        assert!(
+            same_mtime(whole, t),
+            "a whole-second time matches within the second"
+        );
+        assert!(!same_mtime(whole, whole + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn adaptive_limit_rises_with_throughput_and_backs_off() {
+        assert_eq!(
+            next_limit(16, 128, 100.0, 120.0, true),
+            25,
+            "rising and saturated: raise"
+        );
+        assert_eq!(
+            next_limit(16, 128, 100.0, 120.0, false),
+            16,
+            "not the bottleneck: hold"
+        );
+        assert_eq!(next_limit(16, 128, 100.0, 101.0, true), 16, "flat: hold");
+        assert_eq!(
+            next_limit(16, 128, 100.0, 70.0, true),
+            12,
+            "falling: back off"
+        );
+        assert_eq!(
+            next_limit(100, 128, 100.0, 200.0, true),
+            128,
+            "never above the ceiling"
+        );
+        assert_eq!(next_limit(1, 128, 100.0, 10.0, true), 1, "never below one");
+    }
+}

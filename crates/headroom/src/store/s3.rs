@@ -1,0 +1,529 @@
+//! An S3-compatible bucket prefix as a store, through `object_store`.
+//!
+//! Signing, credentials and the HTTP client are object_store's. headroom
+//! adds what a memory-capped copier needs on top: lazy paginated listing
+//! into a byte-bounded channel, ranged reads that resume where a broken
+//! stream stopped, and explicit multipart uploads (one part per permit, each
+//! part retried on its own).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use headroom_governor::channel;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{
+    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, GetRange, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+};
+
+use super::{Entry, ListError, Listed, StoreError};
+
+/// Metadata key holding the source's modification time (seconds.nanos
+/// since the epoch), as rclone does, so a re-run can tell what is current.
+pub const MTIME_METADATA: &str = "mtime";
+
+/// Connection and retry settings, from flags and the AWS environment.
+#[derive(Clone, Debug, Default)]
+pub struct S3Config {
+    /// `--s3-endpoint`, else `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`.
+    pub endpoint: Option<String>,
+    /// `--s3-region`, else `AWS_REGION` / `AWS_DEFAULT_REGION`, else us-east-1.
+    pub region: Option<String>,
+    /// Virtual-hosted-style addressing (`bucket.host`) instead of path style.
+    pub virtual_hosted: bool,
+    /// Per-request timeout.
+    pub request_timeout: Option<Duration>,
+    /// Retries inside one request (object_store's own, for transient errors).
+    pub request_retries: usize,
+    /// Idle connections kept per host; bounds the memory of the pool.
+    pub max_idle_connections: usize,
+}
+
+impl S3Config {
+    fn endpoint(&self) -> Option<String> {
+        self.endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+            .filter(|e| !e.is_empty())
+    }
+
+    /// Builds a client for `bucket`.
+    pub fn client(&self, bucket: &str) -> Result<AmazonS3, StoreError> {
+        let ctx = || format!("configure S3 client for bucket {bucket}");
+        let mut options = ClientOptions::new()
+            .with_timeout(self.request_timeout.unwrap_or(Duration::from_secs(300)))
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_pool_max_idle_per_host(self.max_idle_connections.max(1))
+            .with_pool_idle_timeout(Duration::from_secs(30));
+        let endpoint = self.endpoint();
+        let http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        if let Some(e) = &endpoint
+            && !http
+            && !e.starts_with("https://")
+        {
+            return Err(StoreError::permanent(
+                ctx(),
+                format!("endpoint {e:?} must start with http:// or https://"),
+            ));
+        }
+        // AWS_CA_BUNDLE adds trust roots for https; plain http ignores it.
+        if !http && let Ok(bundle) = std::env::var("AWS_CA_BUNDLE") {
+            let pem = std::fs::read(&bundle).map_err(|e| {
+                StoreError::permanent(ctx(), format!("read AWS_CA_BUNDLE {bundle}: {e}"))
+            })?;
+            let certs = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                StoreError::permanent(ctx(), format!("parse AWS_CA_BUNDLE {bundle}: {e}"))
+            })?;
+            for cert in certs {
+                options = options.with_root_certificate(cert);
+            }
+        }
+        let region = self
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let retry = RetryConfig {
+            max_retries: self.request_retries,
+            retry_timeout: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_region(region)
+            .with_virtual_hosted_style_request(self.virtual_hosted)
+            .with_allow_http(http)
+            .with_retry(retry)
+            .with_client_options(options);
+        if let Some(e) = endpoint {
+            builder = builder.with_endpoint(e);
+        }
+        builder.build().map_err(|e| StoreError::permanent(ctx(), e))
+    }
+}
+
+/// Maps an object_store error: typed failures (not found, denied, invalid
+/// path) are permanent; the generic kind (5xx, resets, timeouts, after
+/// object_store's own retries) is worth another attempt.
+pub fn store_error(context: impl Into<String>, e: object_store::Error) -> StoreError {
+    let retryable = matches!(e, object_store::Error::Generic { .. });
+    let message = match &e {
+        object_store::Error::NotFound { .. } => "not found (no such key or bucket)".to_string(),
+        other => other.to_string(),
+    };
+    StoreError {
+        context: context.into(),
+        message,
+        retryable,
+    }
+}
+
+/// A bucket prefix (or a single object: `only`).
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: Arc<AmazonS3>,
+    bucket: String,
+    /// Key prefix without surrounding `/`; empty for the whole bucket.
+    prefix: String,
+    only: Option<String>,
+}
+
+impl S3Store {
+    /// A store over `prefix` (a "directory") of `bucket`.
+    pub fn new(client: Arc<AmazonS3>, bucket: String, prefix: String) -> Self {
+        S3Store {
+            client,
+            bucket,
+            prefix,
+            only: None,
+        }
+    }
+
+    /// Resolves a source location: if `prefix` names an object, a store of
+    /// just that object; otherwise the prefix as a directory.
+    pub async fn source(
+        client: Arc<AmazonS3>,
+        bucket: String,
+        prefix: String,
+    ) -> Result<Self, StoreError> {
+        if !prefix.is_empty() {
+            let path = parse_path(&prefix)?;
+            match client.head(&path).await {
+                Ok(_) => {
+                    let (dir, name) = prefix.rsplit_once('/').unwrap_or(("", &prefix));
+                    return Ok(S3Store {
+                        client,
+                        bucket,
+                        prefix: dir.to_string(),
+                        only: Some(name.to_string()),
+                    });
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_error(format!("s3://{bucket}/{prefix}"), e)),
+            }
+        }
+        Ok(S3Store::new(client, bucket, prefix))
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &Arc<AmazonS3> {
+        &self.client
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    /// The object_store path of `key`; keys S3 cannot hold are errors.
+    pub fn path_of(&self, key: &str) -> Result<Path, StoreError> {
+        parse_path(&self.full_key(key))
+    }
+
+    /// `s3://bucket/prefix/key`.
+    pub fn url_of(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.full_key(key))
+    }
+
+    /// See [`Store::list`](super::Store::list).
+    pub async fn list(&self, tx: channel::Sender<Listed>) -> Result<(), StoreError> {
+        if let Some(only) = &self.only {
+            let entry = self
+                .stat(only)
+                .await?
+                .ok_or_else(|| StoreError::permanent(self.url_of(only), "no such object"))?;
+            let bytes = entry.footprint();
+            let _ = tx.send(Ok(entry), bytes).await;
+            return Ok(());
+        }
+        let prefix = if self.prefix.is_empty() {
+            None
+        } else {
+            Some(parse_path(&self.prefix)?)
+        };
+        // Pages are fetched as the stream is polled: a full channel stops
+        // the listing after the current page (1,000 keys at most).
+        let mut stream = self.client.list(prefix.as_ref());
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut first = true;
+        while let Some(item) = stream.next().await {
+            let listed = match item {
+                Ok(meta) => match meta.location.as_ref().strip_prefix(strip.as_str()) {
+                    Some(key) => Ok(entry_of(key.to_string(), &meta, None)),
+                    None => continue,
+                },
+                // A failure before anything was listed (no such bucket,
+                // bad credentials) means the listing cannot start at all.
+                Err(e) if first => {
+                    return Err(store_error(
+                        format!("list s3://{}/{}", self.bucket, self.prefix),
+                        e,
+                    ));
+                }
+                Err(e) => Err(ListError {
+                    path: format!("s3://{}/{}", self.bucket, self.prefix),
+                    message: e.to_string(),
+                }),
+            };
+            first = false;
+            let bytes = match &listed {
+                Ok(e) => e.footprint(),
+                Err(e) => (e.path.len() + e.message.len()) as u64,
+            };
+            if tx.send(listed, bytes).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// See [`Store::stat`](super::Store::stat). Reads the stored source
+    /// mtime from the object's metadata (a HEAD request).
+    pub async fn stat(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let path = self.path_of(key)?;
+        let options = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        match self.client.get_opts(&path, options).await {
+            Ok(r) => Ok(Some(entry_of(
+                key.to_string(),
+                &r.meta,
+                Some(&r.attributes),
+            ))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_error(format!("stat {}", self.url_of(key)), e)),
+        }
+    }
+
+    /// A lazily opened ranged read of `key`.
+    pub fn open_range(&self, key: &str, range: Range<u64>) -> S3Range {
+        S3Range {
+            store: self.clone(),
+            key: key.to_string(),
+            pos: range.start,
+            end: range.end,
+            stream: None,
+            pending: Bytes::new(),
+            mtime: None,
+        }
+    }
+
+    /// Uploads `data` as the whole object in one PUT, recording `mtime`.
+    /// Returns the ETag the server computed.
+    pub async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        mtime: Option<SystemTime>,
+    ) -> Result<Option<String>, StoreError> {
+        let path = self.path_of(key)?;
+        let options = PutOptions {
+            attributes: mtime_attributes(mtime),
+            ..Default::default()
+        };
+        self.client
+            .put_opts(&path, PutPayload::from(data), options)
+            .await
+            .map(|r| r.e_tag.map(|e| e.trim_matches('"').to_string()))
+            .map_err(|e| store_error(format!("upload {}", self.url_of(key)), e))
+    }
+
+    /// Starts a multipart upload; returns its id.
+    pub async fn create_multipart(
+        &self,
+        key: &str,
+        mtime: Option<SystemTime>,
+    ) -> Result<String, StoreError> {
+        let path = self.path_of(key)?;
+        let options = PutMultipartOptions {
+            attributes: mtime_attributes(mtime),
+            ..Default::default()
+        };
+        self.client
+            .create_multipart_opts(&path, options)
+            .await
+            .map_err(|e| store_error(format!("start multipart upload of {}", self.url_of(key)), e))
+    }
+
+    /// Uploads part `index` (0-based) of upload `id`.
+    pub async fn put_part(
+        &self,
+        key: &str,
+        id: &str,
+        index: usize,
+        data: Bytes,
+    ) -> Result<PartId, StoreError> {
+        let path = self.path_of(key)?;
+        self.client
+            .put_part(&path, &id.to_string(), index, PutPayload::from(data))
+            .await
+            .map_err(|e| {
+                store_error(
+                    format!("upload part {} of {}", index + 1, self.url_of(key)),
+                    e,
+                )
+            })
+    }
+
+    /// Completes upload `id` from its parts in order.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        id: &str,
+        parts: Vec<PartId>,
+    ) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        self.client
+            .complete_multipart(&path, &id.to_string(), parts)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                store_error(
+                    format!("complete multipart upload of {}", self.url_of(key)),
+                    e,
+                )
+            })
+    }
+
+    /// Aborts upload `id`, so no incomplete upload (and its storage) is
+    /// left behind.
+    pub async fn abort_multipart(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        self.client
+            .abort_multipart(&path, &id.to_string())
+            .await
+            .map_err(|e| store_error(format!("abort multipart upload of {}", self.url_of(key)), e))
+    }
+}
+
+fn parse_path(key: &str) -> Result<Path, StoreError> {
+    Path::parse(key).map_err(|e| StoreError::permanent(format!("key {key:?}"), e))
+}
+
+fn entry_of(key: String, meta: &ObjectMeta, attributes: Option<&Attributes>) -> Entry {
+    let stored = attributes.and_then(|a| a.get(&Attribute::Metadata(MTIME_METADATA.into())));
+    let mtime = stored
+        .and_then(|v| parse_mtime(v.as_ref()))
+        .or_else(|| Some(SystemTime::from(meta.last_modified)));
+    Entry {
+        key,
+        size: meta.size,
+        mtime,
+        etag: meta.e_tag.as_ref().map(|e| e.trim_matches('"').to_string()),
+    }
+}
+
+fn mtime_attributes(mtime: Option<SystemTime>) -> Attributes {
+    let mut a = Attributes::new();
+    if let Some(t) = mtime.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+        a.insert(
+            Attribute::Metadata(MTIME_METADATA.into()),
+            AttributeValue::from(format!("{}.{:09}", t.as_secs(), t.subsec_nanos())),
+        );
+    }
+    a
+}
+
+/// Parses `secs[.fraction]`.
+pub fn parse_mtime(s: &str) -> Option<SystemTime> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: u64 = secs.parse().ok()?;
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        let digits: String = frac.chars().take(9).collect();
+        format!("{digits:0<9}").parse().ok()?
+    };
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// Sequential reads over a ranged GET. A broken stream is dropped and the
+/// next read issues a new ranged GET from where it stopped.
+pub struct S3Range {
+    store: S3Store,
+    key: String,
+    pos: u64,
+    end: u64,
+    stream: Option<BoxStream<'static, object_store::Result<Bytes>>>,
+    /// The unread tail of the last network chunk.
+    pending: Bytes,
+    mtime: Option<SystemTime>,
+}
+
+impl S3Range {
+    /// The source's modification time as stored in its metadata (or its
+    /// LastModified), known once the first read has opened the GET.
+    pub fn mtime(&self) -> Option<SystemTime> {
+        self.mtime
+    }
+
+    /// Reads into `buf[at..]`; see [`RangeReader::read`](super::RangeReader::read).
+    pub async fn read(
+        &mut self,
+        mut buf: Vec<u8>,
+        at: usize,
+    ) -> (Vec<u8>, Result<usize, StoreError>) {
+        let r = self.fill(&mut buf[at..]).await;
+        (buf, r)
+    }
+
+    async fn fill(&mut self, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let room = buf.len();
+        if room == 0 {
+            return Ok(0);
+        }
+        while self.pending.is_empty() {
+            if self.pos >= self.end {
+                return Ok(0);
+            }
+            if self.stream.is_none() {
+                self.open().await?;
+            }
+            let stream = self.stream.as_mut().expect("opened");
+            match stream.next().await {
+                Some(Ok(chunk)) => self.pending = chunk,
+                Some(Err(e)) => {
+                    self.stream = None;
+                    return Err(store_error(
+                        format!("download {}", self.store.url_of(&self.key)),
+                        e,
+                    ));
+                }
+                None => {
+                    self.stream = None;
+                    return Err(StoreError {
+                        context: format!("download {}", self.store.url_of(&self.key)),
+                        message: format!("stream ended {} bytes early", self.end - self.pos),
+                        retryable: true,
+                    });
+                }
+            }
+        }
+        let n = room.min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending.split_to(n));
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    async fn open(&mut self) -> Result<(), StoreError> {
+        let path = self.store.path_of(&self.key)?;
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(self.pos..self.end)),
+            ..Default::default()
+        };
+        let r = self
+            .store
+            .client
+            .get_opts(&path, options)
+            .await
+            .map_err(|e| store_error(format!("download {}", self.store.url_of(&self.key)), e))?;
+        if self.mtime.is_none() {
+            self.mtime = entry_of(String::new(), &r.meta, Some(&r.attributes)).mtime;
+        }
+        self.stream = Some(r.into_stream());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtime_metadata_round_trips_to_the_nanosecond() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        let attrs = mtime_attributes(Some(t));
+        let v = attrs
+            .get(&Attribute::Metadata(MTIME_METADATA.into()))
+            .unwrap();
+        assert_eq!(v.as_ref(), "1700000000.123456789");
+        assert_eq!(parse_mtime(v.as_ref()), Some(t));
+        assert_eq!(
+            parse_mtime("1700000000.5"),
+            Some(UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000))
+        );
+        assert_eq!(
+            parse_mtime("1700000000"),
+            Some(UNIX_EPOCH + Duration::new(1_700_000_000, 0))
+        );
+        assert_eq!(parse_mtime("soon"), None);
+    }
+}

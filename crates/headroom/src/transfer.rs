@@ -1,0 +1,640 @@
+//! Streaming copy of one object, paid for by governor permits.
+//!
+//! Three kinds, chosen by the destination and the size:
+//!
+//! | kind | buffers held | footprint function |
+//! |---|---|---|
+//! | [`Kind::ToLocal`] | one chunk, refilled | [`to_local_footprint`] |
+//! | [`Kind::SinglePut`] | the object (at most one part) | [`single_put_footprint`] |
+//! | [`Kind::Multipart`] | one part per permit, 1..=`part_concurrency` | [`part_footprint`] |
+//!
+//! No object is ever read whole unless it fits in one part. Every retry
+//! re-reads from the source (a local range or a ranged GET), so streaming
+//! never costs retry-ability. Integrity is checked end to end where the
+//! protocol allows: the MD5 of what was read is compared with the ETag the
+//! server computed for each PUT and each part, and a download from S3 is
+//! hashed against the source's ETag when that is a plain MD5.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use headroom_governor::{Governor, Permit};
+use md5::{Digest, Md5};
+use object_store::multipart::PartId;
+
+use crate::store::s3::S3Store;
+use crate::store::{Entry, RangeReader, Store, StoreError, is_md5_hex};
+
+/// Heap an object's transfer holds besides its data buffers: the task,
+/// keys and paths, a file handle, request headers and signing state, and
+/// response parsing. Checked by `tests/reservations.rs`.
+pub const OBJECT_OVERHEAD: u64 = 64 << 10;
+
+/// What a response body in flight can hold in the HTTP client: hyper's read
+/// buffer grows to about 400 KiB on a fast download. Charged to every
+/// transfer that reads from S3.
+pub const HTTP_READ_BUFFER: u64 = 512 << 10;
+
+/// S3's limits on multipart uploads.
+pub const MIN_PART: u64 = 5 << 20;
+/// The largest part S3 accepts.
+pub const MAX_PART: u64 = 5 << 30;
+/// The most parts one upload may have.
+pub const MAX_PARTS: u64 = 10_000;
+
+/// How one object is moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Stream into a local file in chunks of this size.
+    ToLocal {
+        /// Buffer size.
+        chunk: u64,
+    },
+    /// One PUT of the whole object (it fits in a part).
+    SinglePut,
+    /// A multipart upload in parts of this size.
+    Multipart {
+        /// Part size.
+        part: u64,
+    },
+}
+
+/// Knobs of a transfer.
+#[derive(Clone, Debug)]
+pub struct TransferConfig {
+    /// Buffer size for writes to local files.
+    pub chunk_size: u64,
+    /// Fixed part size; `None` picks one per object (see [`part_size_for`]).
+    pub part_size: Option<u64>,
+    /// Parts of one object in flight at most (more only when the budget has
+    /// room to spare; see [`Kind::Multipart`]).
+    pub part_concurrency: usize,
+    /// Attempts after the first, for each read, part or PUT.
+    pub retries: u32,
+    /// First backoff; doubled per attempt, with jitter, up to 10 s.
+    pub backoff: Duration,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            chunk_size: 1 << 20,
+            part_size: None,
+            part_concurrency: 4,
+            retries: 5,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The automatic part size: 8 MiB, larger only when an object would
+/// otherwise need more than 10,000 parts, rounded up to a MiB; never more
+/// than a quarter of the budget unless S3's 5 MiB minimum requires it.
+pub fn part_size_for(size: u64, budget: u64, fixed: Option<u64>) -> u64 {
+    if let Some(p) = fixed {
+        return p.clamp(MIN_PART, MAX_PART);
+    }
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
+    let preferred = (8u64 << 20).min(budget / 4).max(MIN_PART);
+    preferred.max(needed).min(MAX_PART)
+}
+
+/// Chooses the kind of transfer for an object of `size` going to `dst`.
+pub fn kind_for(dst: &Store, size: u64, budget: u64, cfg: &TransferConfig) -> Kind {
+    match dst {
+        Store::Local(_) => Kind::ToLocal {
+            chunk: cfg.chunk_size,
+        },
+        Store::S3(_) => {
+            let part = part_size_for(size, budget, cfg.part_size);
+            if size <= part {
+                Kind::SinglePut
+            } else {
+                Kind::Multipart { part }
+            }
+        }
+    }
+}
+
+/// Extra heap of reading from `src`.
+fn source_overhead(src_is_s3: bool) -> u64 {
+    if src_is_s3 { HTTP_READ_BUFFER } else { 0 }
+}
+
+/// Footprint of streaming an object of `size` into a local file.
+pub fn to_local_footprint(size: u64, chunk: u64, src_is_s3: bool) -> u64 {
+    size.min(chunk) + OBJECT_OVERHEAD + source_overhead(src_is_s3)
+}
+
+/// Footprint of uploading an object of `size` in one PUT.
+pub fn single_put_footprint(size: u64, src_is_s3: bool) -> u64 {
+    size + OBJECT_OVERHEAD + source_overhead(src_is_s3)
+}
+
+/// Footprint of one part in flight.
+pub fn part_footprint(part: u64, src_is_s3: bool) -> u64 {
+    part + OBJECT_OVERHEAD + source_overhead(src_is_s3)
+}
+
+/// What must be reserved before an object's transfer may start.
+pub fn footprint(kind: Kind, size: u64, src_is_s3: bool) -> u64 {
+    match kind {
+        Kind::ToLocal { chunk } => to_local_footprint(size, chunk, src_is_s3),
+        Kind::SinglePut => single_put_footprint(size, src_is_s3),
+        Kind::Multipart { part } => part_footprint(part, src_is_s3),
+    }
+}
+
+/// Exponential backoff with full jitter for one operation's attempts.
+pub struct Backoff {
+    attempt: u32,
+    max_attempts: u32,
+    base: Duration,
+}
+
+impl Backoff {
+    /// A fresh schedule.
+    pub fn new(cfg: &TransferConfig) -> Self {
+        Backoff {
+            attempt: 0,
+            max_attempts: cfg.retries,
+            base: cfg.backoff,
+        }
+    }
+
+    /// After a failure: sleeps and returns `true` if `e` is worth another
+    /// attempt and attempts remain.
+    pub async fn retry(&mut self, e: &StoreError) -> bool {
+        if !e.retryable || self.attempt >= self.max_attempts {
+            return false;
+        }
+        self.attempt += 1;
+        let cap = self
+            .base
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(Duration::from_secs(10));
+        let delay = cap.mul_f64(0.5 + fastrand::f64() / 2.0);
+        tracing::debug!(
+            attempt = self.attempt,
+            delay_ms = delay.as_millis() as u64,
+            "retrying: {e}"
+        );
+        tokio::time::sleep(delay).await;
+        true
+    }
+}
+
+/// Live byte counter shared with progress reporting.
+pub type BytesDone = Arc<AtomicU64>;
+
+/// What every transfer of a job shares.
+pub struct Transfers<'a> {
+    /// Where objects come from.
+    pub src: &'a Store,
+    /// Where they go.
+    pub dst: &'a Store,
+    /// The governor extra parts are asked of.
+    pub gov: &'a Governor,
+    /// Retry and part settings.
+    pub cfg: &'a TransferConfig,
+    /// Bytes moved, for progress.
+    pub bytes_done: &'a BytesDone,
+}
+
+impl Transfers<'_> {
+    /// Copies `entry` from `src` to `dst` under the same key. `permit` pays
+    /// for the first buffer (see [`footprint`]); a multipart upload may add
+    /// parts with permits it can get without waiting.
+    pub async fn copy_object(
+        &self,
+        entry: &Entry,
+        kind: Kind,
+        permit: Permit,
+    ) -> Result<(), StoreError> {
+        let (src, dst, cfg, bytes_done) = (self.src, self.dst, self.cfg, self.bytes_done);
+        match (kind, dst) {
+            (Kind::ToLocal { chunk }, Store::Local(d)) => {
+                to_local(src, d, entry, chunk, permit, cfg, bytes_done).await
+            }
+            (Kind::SinglePut, Store::S3(d)) => {
+                single_put(src, d, entry, permit, cfg, bytes_done).await
+            }
+            (Kind::Multipart { part }, Store::S3(d)) => {
+                self.multipart(d, entry, part, permit).await
+            }
+            _ => Err(StoreError::permanent(
+                dst.display_key(&entry.key),
+                "transfer kind does not match the destination",
+            )),
+        }
+    }
+}
+
+async fn open_with_retries(
+    src: &Store,
+    key: &str,
+    range: std::ops::Range<u64>,
+    cfg: &TransferConfig,
+) -> Result<RangeReader, StoreError> {
+    let mut backoff = Backoff::new(cfg);
+    loop {
+        match src.open_range(key, range.clone()).await {
+            Ok(r) => return Ok(r),
+            Err(e) if backoff.retry(&e).await => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn changed_size(src: &Store, entry: &Entry, got: u64) -> StoreError {
+    StoreError::permanent(
+        src.display_key(&entry.key),
+        format!(
+            "source changed during the copy: listed {} bytes, read {got}",
+            entry.size
+        ),
+    )
+}
+
+/// Streams the object into a local file through one chunk buffer. A broken
+/// read resumes from the last byte written.
+async fn to_local(
+    src: &Store,
+    dst: &crate::store::local::LocalStore,
+    entry: &Entry,
+    chunk: u64,
+    _permit: Permit,
+    cfg: &TransferConfig,
+    bytes_done: &BytesDone,
+) -> Result<(), StoreError> {
+    let size = entry.size;
+    let mut writer = dst.create(&entry.key).await?;
+    let mut buf = vec![0u8; size.min(chunk) as usize];
+    let mut hasher = entry.md5_etag().map(|_| Md5::new());
+    let mut offset = 0u64;
+    let mut reader = open_with_retries(src, &entry.key, 0..size, cfg).await?;
+    let mut backoff = Backoff::new(cfg);
+    while offset < size {
+        let (b, r) = reader.read(buf, 0).await;
+        buf = b;
+        let n = match r {
+            Ok(0) => return Err(changed_size(src, entry, offset)),
+            Ok(n) => n,
+            Err(e) if backoff.retry(&e).await => {
+                reader = open_with_retries(src, &entry.key, offset..size, cfg).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        let (b, w) = writer.write_at(buf, n, offset).await;
+        buf = b;
+        w?;
+        offset += n as u64;
+        bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    drop(buf);
+    if let (Some(h), Some(want)) = (hasher, entry.md5_etag()) {
+        let got = hex(&h.finalize());
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(StoreError {
+                context: src.display_key(&entry.key),
+                message: format!(
+                    "integrity check failed: downloaded content hashes to {got}, source ETag is {want}"
+                ),
+                retryable: true,
+            });
+        }
+    }
+    writer.finish(reader.mtime().or(entry.mtime)).await
+}
+
+/// Reads `range` of the source into `buf` (its length is the range's),
+/// retrying with a fresh reader; returns the buffer.
+async fn read_range(
+    src: &Store,
+    entry: &Entry,
+    range: std::ops::Range<u64>,
+    mut buf: Vec<u8>,
+    cfg: &TransferConfig,
+) -> Result<(Vec<u8>, Option<SystemTime>), StoreError> {
+    let mut backoff = Backoff::new(cfg);
+    loop {
+        let mut reader = open_with_retries(src, &entry.key, range.clone(), cfg).await?;
+        let (b, r) = reader.read_full(buf).await;
+        buf = b;
+        match r {
+            Ok(n) if n == buf.len() => return Ok((buf, reader.mtime())),
+            Ok(n) => return Err(changed_size(src, entry, range.start + n as u64)),
+            Err(e) if backoff.retry(&e).await => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Checks a server-computed ETag against the MD5 of what was sent. ETags
+/// that are not plain MD5s (KMS encryption) cannot be checked.
+fn check_etag(what: &str, etag: Option<&str>, data: &[u8]) -> Result<(), StoreError> {
+    let Some(etag) = etag.map(|e| e.trim_matches('"')).filter(|e| is_md5_hex(e)) else {
+        return Ok(());
+    };
+    let ours = hex(&Md5::digest(data));
+    if ours.eq_ignore_ascii_case(etag) {
+        Ok(())
+    } else {
+        Err(StoreError {
+            context: what.to_string(),
+            message: format!("integrity check failed: server ETag {etag}, content MD5 {ours}"),
+            retryable: true,
+        })
+    }
+}
+
+async fn single_put(
+    src: &Store,
+    dst: &S3Store,
+    entry: &Entry,
+    _permit: Permit,
+    cfg: &TransferConfig,
+    bytes_done: &BytesDone,
+) -> Result<(), StoreError> {
+    let (buf, mtime) = read_range(
+        src,
+        entry,
+        0..entry.size,
+        vec![0u8; entry.size as usize],
+        cfg,
+    )
+    .await?;
+    let mtime = mtime.or(entry.mtime);
+    let data = Bytes::from(buf);
+    let mut backoff = Backoff::new(cfg);
+    loop {
+        let r = dst.put(&entry.key, data.clone(), mtime).await;
+        let r = r.and_then(|etag| check_etag(&dst.url_of(&entry.key), etag.as_deref(), &data));
+        match r {
+            Ok(()) => break,
+            Err(e) if backoff.retry(&e).await => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    bytes_done.fetch_add(entry.size, Ordering::Relaxed);
+    Ok(())
+}
+
+/// One part of a multipart upload.
+struct Part<'a> {
+    dst: &'a S3Store,
+    entry: &'a Entry,
+    upload_id: &'a str,
+    index: usize,
+    range: std::ops::Range<u64>,
+}
+
+/// Uploads one part from its source range, retrying the part alone.
+async fn upload_part(
+    src: &Store,
+    p: Part<'_>,
+    permit: Permit,
+    cfg: &TransferConfig,
+) -> Result<(usize, PartId, Permit), StoreError> {
+    let Part {
+        dst,
+        entry,
+        upload_id,
+        index,
+        range,
+    } = p;
+    let len = (range.end - range.start) as usize;
+    let mut backoff = Backoff::new(cfg);
+    loop {
+        // Re-read on every attempt: the buffer exists only while it is sent.
+        let (buf, _) = read_range(src, entry, range.clone(), vec![0u8; len], cfg).await?;
+        let md5 = hex(&Md5::digest(&buf));
+        let r = dst
+            .put_part(&entry.key, upload_id, index, Bytes::from(buf))
+            .await;
+        let r = r.and_then(|part| {
+            let etag = part.content_id.trim_matches('"');
+            if is_md5_hex(etag) && !etag.eq_ignore_ascii_case(&md5) {
+                Err(StoreError {
+                    context: format!("upload part {} of {}", index + 1, dst.url_of(&entry.key)),
+                    message: format!("integrity check failed: server ETag {etag}, part MD5 {md5}"),
+                    retryable: true,
+                })
+            } else {
+                Ok(part)
+            }
+        });
+        match r {
+            Ok(part) => return Ok((index, part, permit)),
+            Err(e) if backoff.retry(&e).await => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Transfers<'_> {
+    async fn multipart(
+        &self,
+        dst: &S3Store,
+        entry: &Entry,
+        part: u64,
+        first: Permit,
+    ) -> Result<(), StoreError> {
+        let (src, cfg) = (self.src, self.cfg);
+        let size = entry.size;
+        let count = size.div_ceil(part) as usize;
+        let mtime = match src {
+            // The stored mtime of an S3 source needs a HEAD; the listing only
+            // knows LastModified.
+            Store::S3(s) => s
+                .stat(&entry.key)
+                .await?
+                .and_then(|e| e.mtime)
+                .or(entry.mtime),
+            Store::Local(_) => entry.mtime,
+        };
+        let mut backoff = Backoff::new(cfg);
+        let upload_id = loop {
+            match dst.create_multipart(&entry.key, mtime).await {
+                Ok(id) => break id,
+                Err(e) if backoff.retry(&e).await => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let result = self
+            .upload_parts(dst, entry, &upload_id, part, count, first)
+            .await;
+        let outcome = match result {
+            Ok(parts) => {
+                let mut backoff = Backoff::new(cfg);
+                loop {
+                    match dst
+                        .complete_multipart(&entry.key, &upload_id, parts.clone())
+                        .await
+                    {
+                        Ok(()) => break Ok(()),
+                        Err(e) if backoff.retry(&e).await => continue,
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &outcome {
+            // Never leave an incomplete upload (and its stored parts) behind.
+            let mut backoff = Backoff::new(cfg);
+            loop {
+                match dst.abort_multipart(&entry.key, &upload_id).await {
+                    Ok(()) => break,
+                    Err(abort) if backoff.retry(&abort).await => continue,
+                    Err(abort) => {
+                        tracing::error!(
+                            upload_id = %upload_id,
+                            "could not abort the multipart upload of {} after: {e}: {abort}",
+                            dst.url_of(&entry.key)
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn upload_parts(
+        &self,
+        dst: &S3Store,
+        entry: &Entry,
+        upload_id: &str,
+        part: u64,
+        count: usize,
+        first: Permit,
+    ) -> Result<Vec<PartId>, StoreError> {
+        let (src, gov, cfg, bytes_done) = (self.src, self.gov, self.cfg, self.bytes_done);
+        let size = entry.size;
+        let mut done: Vec<Option<PartId>> = vec![None; count];
+        let mut spare = Some(first);
+        let mut next = 0usize;
+        let mut in_flight = FuturesUnordered::new();
+        let tag = spare.as_ref().map_or("copy.part", |p| p.tag());
+        let want = spare.as_ref().map_or(0, |p| p.bytes());
+        while next < count || !in_flight.is_empty() {
+            // Start parts while permits are at hand: the one this object was
+            // admitted with, then extras only if the governor has room right
+            // now. Never wait for bytes while holding some (no hold-and-wait).
+            while next < count && in_flight.len() < cfg.part_concurrency.max(1) {
+                let permit = match spare.take() {
+                    Some(p) => p,
+                    // Holding nothing, waiting is safe (and normally a finished
+                    // part has handed its permit on instead).
+                    None if in_flight.is_empty() => gov.acquire(want, tag).await,
+                    None => match gov.try_acquire(want, tag) {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let start = next as u64 * part;
+                let range = start..(start + part).min(size);
+                let p = Part {
+                    dst,
+                    entry,
+                    upload_id,
+                    index: next,
+                    range,
+                };
+                in_flight.push(upload_part(src, p, permit, cfg));
+                next += 1;
+            }
+            match in_flight.next().await {
+                Some(Ok((index, id, permit))) => {
+                    let len = part.min(size - index as u64 * part);
+                    bytes_done.fetch_add(len, Ordering::Relaxed);
+                    done[index] = Some(id);
+                    // Keep one permit for the next part; release extras.
+                    if spare.is_none() && next < count {
+                        spare = Some(permit);
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        Ok(done
+            .into_iter()
+            .map(|p| p.expect("every part uploaded"))
+            .collect())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_respects_s3_limits_and_the_budget() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(part_size_for(100 * MIB, 1 << 30, None), 8 * MIB);
+        assert_eq!(
+            part_size_for(100 * MIB, 24 * MIB, None),
+            6 * MIB,
+            "a quarter of a small budget"
+        );
+        assert_eq!(
+            part_size_for(100 * MIB, 8 * MIB, None),
+            MIN_PART,
+            "never below S3's minimum"
+        );
+        // 1 TiB needs parts > 100 MiB to stay within 10,000 parts.
+        let p = part_size_for(1 << 40, 1 << 30, None);
+        assert!(
+            p.is_multiple_of(MIB) && (1u64 << 40).div_ceil(p) <= MAX_PARTS,
+            "{p}"
+        );
+        assert_eq!(part_size_for(10, 1 << 30, Some(MIB)), MIN_PART);
+        assert_eq!(part_size_for(10, 1 << 30, Some(6 << 30)), MAX_PART);
+    }
+
+    #[test]
+    fn footprints_name_their_buffers() {
+        assert_eq!(to_local_footprint(10, 1 << 20, false), 10 + OBJECT_OVERHEAD);
+        assert_eq!(
+            to_local_footprint(5 << 20, 1 << 20, true),
+            (1 << 20) + OBJECT_OVERHEAD + HTTP_READ_BUFFER
+        );
+        assert_eq!(single_put_footprint(1000, false), 1000 + OBJECT_OVERHEAD);
+        assert_eq!(
+            part_footprint(8 << 20, true),
+            (8 << 20) + OBJECT_OVERHEAD + HTTP_READ_BUFFER
+        );
+    }
+
+    #[test]
+    fn etags_that_are_md5s_are_checked() {
+        let md5 = hex(&Md5::digest(b"hello"));
+        assert!(check_etag("x", Some(&format!("\"{md5}\"")), b"hello").is_ok());
+        let e = check_etag("x", Some(&md5), b"jello").unwrap_err();
+        assert!(e.retryable && e.message.contains("integrity check failed"));
+        assert!(
+            check_etag("x", Some("abc-2"), b"anything").is_ok(),
+            "multipart ETags are not MD5s"
+        );
+        assert!(check_etag("x", None, b"anything").is_ok());
+    }
+}
