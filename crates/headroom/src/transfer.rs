@@ -311,7 +311,28 @@ async fn to_local(
             });
         }
     }
-    writer.finish(reader.mtime().or(entry.mtime)).await
+    let mtime = source_mtime(src, entry, reader.mtime()).await?;
+    writer.finish(mtime).await
+}
+
+/// The modification time to record at the destination: what a GET of the
+/// source already returned, else (an empty or not yet read S3 object) its
+/// stored mtime from a HEAD, since a listing only knows LastModified, the
+/// upload time; a local source's listing has the file's own mtime.
+async fn source_mtime(
+    src: &Store,
+    entry: &Entry,
+    read: Option<SystemTime>,
+) -> Result<Option<SystemTime>, StoreError> {
+    Ok(match (read, src) {
+        (Some(t), _) => Some(t),
+        (None, Store::S3(s)) => s
+            .stat(&entry.key)
+            .await?
+            .and_then(|e| e.mtime)
+            .or(entry.mtime),
+        (None, Store::Local(_)) => entry.mtime,
+    })
 }
 
 /// Reads `range` of the source into `buf` (its length is the range's),
@@ -371,7 +392,7 @@ async fn single_put(
         cfg,
     )
     .await?;
-    let mtime = mtime.or(entry.mtime);
+    let mtime = source_mtime(src, entry, mtime).await?;
     let data = Bytes::from(buf);
     let mut backoff = Backoff::new(cfg);
     loop {
@@ -450,16 +471,7 @@ impl Transfers<'_> {
         let (src, cfg) = (self.src, self.cfg);
         let size = entry.size;
         let count = size.div_ceil(part) as usize;
-        let mtime = match src {
-            // The stored mtime of an S3 source needs a HEAD; the listing only
-            // knows LastModified.
-            Store::S3(s) => s
-                .stat(&entry.key)
-                .await?
-                .and_then(|e| e.mtime)
-                .or(entry.mtime),
-            Store::Local(_) => entry.mtime,
-        };
+        let mtime = source_mtime(src, entry, None).await?;
         let mut backoff = Backoff::new(cfg);
         let upload_id = loop {
             match dst.create_multipart(&entry.key, mtime).await {

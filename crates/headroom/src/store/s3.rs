@@ -75,6 +75,9 @@ impl S3Config {
                 format!("endpoint {e:?} must start with http:// or https://"),
             ));
         }
+        // The client options carry allow_http; setting it on the builder and then
+        // replacing the options would lose it.
+        options = options.with_allow_http(http);
         // AWS_CA_BUNDLE adds trust roots for https; plain http ignores it.
         if !http && let Ok(bundle) = std::env::var("AWS_CA_BUNDLE") {
             let pem = std::fs::read(&bundle).map_err(|e| {
@@ -102,7 +105,6 @@ impl S3Config {
             .with_bucket_name(bucket)
             .with_region(region)
             .with_virtual_hosted_style_request(self.virtual_hosted)
-            .with_allow_http(http)
             .with_retry(retry)
             .with_client_options(options);
         if let Some(e) = endpoint {
@@ -168,8 +170,10 @@ impl S3Store {
                         only: Some(name.to_string()),
                     });
                 }
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_error(format!("s3://{bucket}/{prefix}"), e)),
+                // Not an object (some servers answer a "directory" key with an
+                // error rather than 404): treat it as a prefix. A real problem,
+                // such as a missing bucket, surfaces when the listing starts.
+                Err(e) => tracing::debug!("s3://{bucket}/{prefix} is not a single object: {e}"),
             }
         }
         Ok(S3Store::new(client, bucket, prefix))
