@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -25,18 +25,21 @@ use headroom_governor::{Governor, Permit};
 use md5::{Digest, Md5};
 use object_store::multipart::PartId;
 
+use crate::store::retry::{Backoff, Retry, with_retries};
 use crate::store::s3::S3Store;
 use crate::store::{Entry, RangeReader, Store, StoreError, is_md5_hex};
 
-/// Heap an object's transfer holds besides its data buffers: the task,
-/// keys and paths, a file handle, request headers and signing state, and
-/// response parsing. Checked by `tests/reservations.rs`.
-pub const OBJECT_OVERHEAD: u64 = 64 << 10;
+/// Heap an object's transfer (or one part of it) holds besides its data
+/// buffers: the task, keys and paths, a file handle, request headers and
+/// signing state, the MD5 state, and response parsing. Measured at about
+/// 50 KiB a PUT or part by `tests/reservations.rs`; twice that is charged.
+pub const OBJECT_OVERHEAD: u64 = 128 << 10;
 
-/// What a response body in flight can hold in the HTTP client: hyper's read
-/// buffer grows to about 400 KiB on a fast download. Charged to every
-/// transfer that reads from S3.
-pub const HTTP_READ_BUFFER: u64 = 512 << 10;
+/// What a response body in flight holds in the HTTP client: hyper's read
+/// buffer grows to about 408 KiB on a fast download, and the chunk the
+/// reader has not consumed yet keeps the previous buffer alive, so two of
+/// them. Charged to every transfer that reads from S3.
+pub const HTTP_READ_BUFFER: u64 = 1 << 20;
 
 /// S3's limits on multipart uploads.
 pub const MIN_PART: u64 = 5 << 20;
@@ -72,10 +75,8 @@ pub struct TransferConfig {
     /// Parts of one object in flight at most (more only when the budget has
     /// room to spare; see [`Kind::Multipart`]).
     pub part_concurrency: usize,
-    /// Attempts after the first, for each read, part or PUT.
-    pub retries: u32,
-    /// First backoff; doubled per attempt, with jitter, up to 10 s.
-    pub backoff: Duration,
+    /// How each request is retried.
+    pub retry: Retry,
 }
 
 impl Default for TransferConfig {
@@ -84,8 +85,7 @@ impl Default for TransferConfig {
             chunk_size: 1 << 20,
             part_size: None,
             part_concurrency: 4,
-            retries: 5,
-            backoff: Duration::from_millis(200),
+            retry: Retry::default(),
         }
     }
 }
@@ -148,45 +148,6 @@ pub fn footprint(kind: Kind, size: u64, src_is_s3: bool) -> u64 {
     }
 }
 
-/// Exponential backoff with full jitter for one operation's attempts.
-pub struct Backoff {
-    attempt: u32,
-    max_attempts: u32,
-    base: Duration,
-}
-
-impl Backoff {
-    /// A fresh schedule.
-    pub fn new(cfg: &TransferConfig) -> Self {
-        Backoff {
-            attempt: 0,
-            max_attempts: cfg.retries,
-            base: cfg.backoff,
-        }
-    }
-
-    /// After a failure: sleeps and returns `true` if `e` is worth another
-    /// attempt and attempts remain.
-    pub async fn retry(&mut self, e: &StoreError) -> bool {
-        if !e.retryable || self.attempt >= self.max_attempts {
-            return false;
-        }
-        self.attempt += 1;
-        let cap = self
-            .base
-            .saturating_mul(1 << self.attempt.min(16))
-            .min(Duration::from_secs(10));
-        let delay = cap.mul_f64(0.5 + fastrand::f64() / 2.0);
-        tracing::debug!(
-            attempt = self.attempt,
-            delay_ms = delay.as_millis() as u64,
-            "retrying: {e}"
-        );
-        tokio::time::sleep(delay).await;
-        true
-    }
-}
-
 /// Live byte counter shared with progress reporting.
 pub type BytesDone = Arc<AtomicU64>;
 
@@ -239,14 +200,7 @@ async fn open_with_retries(
     range: std::ops::Range<u64>,
     cfg: &TransferConfig,
 ) -> Result<RangeReader, StoreError> {
-    let mut backoff = Backoff::new(cfg);
-    loop {
-        match src.open_range(key, range.clone()).await {
-            Ok(r) => return Ok(r),
-            Err(e) if backoff.retry(&e).await => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    with_retries(&cfg.retry, || src.open_range(key, range.clone())).await
 }
 
 fn changed_size(src: &Store, entry: &Entry, got: u64) -> StoreError {
@@ -276,7 +230,7 @@ async fn to_local(
     let mut hasher = entry.md5_etag().map(|_| Md5::new());
     let mut offset = 0u64;
     let mut reader = open_with_retries(src, &entry.key, 0..size, cfg).await?;
-    let mut backoff = Backoff::new(cfg);
+    let mut backoff = Backoff::new(&cfg.retry);
     while offset < size {
         let (b, r) = reader.read(buf, 0).await;
         buf = b;
@@ -311,7 +265,7 @@ async fn to_local(
             });
         }
     }
-    let mtime = source_mtime(src, entry, reader.mtime()).await?;
+    let mtime = source_mtime(src, entry, reader.mtime(), cfg).await?;
     writer.finish(mtime).await
 }
 
@@ -323,11 +277,11 @@ async fn source_mtime(
     src: &Store,
     entry: &Entry,
     read: Option<SystemTime>,
+    cfg: &TransferConfig,
 ) -> Result<Option<SystemTime>, StoreError> {
     Ok(match (read, src) {
         (Some(t), _) => Some(t),
-        (None, Store::S3(s)) => s
-            .stat(&entry.key)
+        (None, Store::S3(s)) => with_retries(&cfg.retry, || s.stat(&entry.key))
             .await?
             .and_then(|e| e.mtime)
             .or(entry.mtime),
@@ -344,7 +298,7 @@ async fn read_range(
     mut buf: Vec<u8>,
     cfg: &TransferConfig,
 ) -> Result<(Vec<u8>, Option<SystemTime>), StoreError> {
-    let mut backoff = Backoff::new(cfg);
+    let mut backoff = Backoff::new(&cfg.retry);
     loop {
         let mut reader = open_with_retries(src, &entry.key, range.clone(), cfg).await?;
         let (b, r) = reader.read_full(buf).await;
@@ -392,18 +346,13 @@ async fn single_put(
         cfg,
     )
     .await?;
-    let mtime = source_mtime(src, entry, mtime).await?;
+    let mtime = source_mtime(src, entry, mtime, cfg).await?;
     let data = Bytes::from(buf);
-    let mut backoff = Backoff::new(cfg);
-    loop {
-        let r = dst.put(&entry.key, data.clone(), mtime).await;
-        let r = r.and_then(|etag| check_etag(&dst.url_of(&entry.key), etag.as_deref(), &data));
-        match r {
-            Ok(()) => break,
-            Err(e) if backoff.retry(&e).await => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    with_retries(&cfg.retry, || async {
+        let etag = dst.put(&entry.key, data.clone(), mtime).await?;
+        check_etag(&dst.url_of(&entry.key), etag.as_deref(), &data)
+    })
+    .await?;
     bytes_done.fetch_add(entry.size, Ordering::Relaxed);
     Ok(())
 }
@@ -432,7 +381,7 @@ async fn upload_part(
         range,
     } = p;
     let len = (range.end - range.start) as usize;
-    let mut backoff = Backoff::new(cfg);
+    let mut backoff = Backoff::new(&cfg.retry);
     loop {
         // Re-read on every attempt: the buffer exists only while it is sent.
         let (buf, _) = read_range(src, entry, range.clone(), vec![0u8; len], cfg).await?;
@@ -471,50 +420,31 @@ impl Transfers<'_> {
         let (src, cfg) = (self.src, self.cfg);
         let size = entry.size;
         let count = size.div_ceil(part) as usize;
-        let mtime = source_mtime(src, entry, None).await?;
-        let mut backoff = Backoff::new(cfg);
-        let upload_id = loop {
-            match dst.create_multipart(&entry.key, mtime).await {
-                Ok(id) => break id,
-                Err(e) if backoff.retry(&e).await => continue,
-                Err(e) => return Err(e),
-            }
-        };
+        let mtime = source_mtime(src, entry, None, cfg).await?;
+        let upload_id =
+            with_retries(&cfg.retry, || dst.create_multipart(&entry.key, mtime)).await?;
         let result = self
             .upload_parts(dst, entry, &upload_id, part, count, first)
             .await;
         let outcome = match result {
             Ok(parts) => {
-                let mut backoff = Backoff::new(cfg);
-                loop {
-                    match dst
-                        .complete_multipart(&entry.key, &upload_id, parts.clone())
-                        .await
-                    {
-                        Ok(()) => break Ok(()),
-                        Err(e) if backoff.retry(&e).await => continue,
-                        Err(e) => break Err(e),
-                    }
-                }
+                with_retries(&cfg.retry, || {
+                    dst.complete_multipart(&entry.key, &upload_id, parts.clone())
+                })
+                .await
             }
             Err(e) => Err(e),
         };
         if let Err(e) = &outcome {
             // Never leave an incomplete upload (and its stored parts) behind.
-            let mut backoff = Backoff::new(cfg);
-            loop {
-                match dst.abort_multipart(&entry.key, &upload_id).await {
-                    Ok(()) => break,
-                    Err(abort) if backoff.retry(&abort).await => continue,
-                    Err(abort) => {
-                        tracing::error!(
-                            upload_id = %upload_id,
-                            "could not abort the multipart upload of {} after: {e}: {abort}",
-                            dst.url_of(&entry.key)
-                        );
-                        break;
-                    }
-                }
+            let aborted =
+                with_retries(&cfg.retry, || dst.abort_multipart(&entry.key, &upload_id)).await;
+            if let Err(abort) = aborted {
+                tracing::error!(
+                    upload_id = %upload_id,
+                    "could not abort the multipart upload of {} after: {e}: {abort}",
+                    dst.url_of(&entry.key)
+                );
             }
         }
         outcome

@@ -60,17 +60,30 @@ fn transient_500s_503s_resets_and_stalls_are_retried_to_an_identical_copy() {
     write_tree(&src, &dataset());
     let want = tree(&src);
 
-    let o = copy(&["--retries", "8", src.to_str().unwrap(), "s3://flaky/up"], &env);
+    let o = copy(
+        &["--retries", "8", src.to_str().unwrap(), "s3://flaky/up"],
+        &env,
+    );
     assert_ok(&o);
     assert_eq!(tree(&bucket.join("up")), want);
-    assert!(s3.incomplete_uploads().is_empty(), "{:?}", s3.incomplete_uploads());
+    assert!(
+        s3.incomplete_uploads().is_empty(),
+        "{:?}",
+        s3.incomplete_uploads()
+    );
 
     let back = dir.path().join("back");
-    let o = copy(&["--retries", "8", "s3://flaky/up", back.to_str().unwrap()], &env);
+    let o = copy(
+        &["--retries", "8", "s3://flaky/up", back.to_str().unwrap()],
+        &env,
+    );
     assert_ok(&o);
     assert_eq!(tree(&back), want);
 
-    let o = copy(&["--retries", "8", "s3://flaky/up", "s3://flaky/again"], &env);
+    let o = copy(
+        &["--retries", "8", "s3://flaky/up", "s3://flaky/again"],
+        &env,
+    );
     assert_ok(&o);
     assert_eq!(tree(&bucket.join("again")), want);
 
@@ -91,8 +104,14 @@ fn a_destination_that_always_fails_exits_nonzero_lists_failures_and_aborts_uploa
     let files = dataset();
     write_tree(&src, &files);
 
-    let o = copy(&["--retries", "1", src.to_str().unwrap(), "s3://broken/x"], &env);
-    assert!(!o.status.success(), "a broken destination must fail the run");
+    let o = copy(
+        &["--retries", "1", src.to_str().unwrap(), "s3://broken/x"],
+        &env,
+    );
+    assert!(
+        !o.status.success(),
+        "a broken destination must fail the run"
+    );
     let out = summary(&o);
     assert!(
         out.contains(&format!("failed {}", files.len())),
@@ -105,13 +124,20 @@ fn a_destination_that_always_fails_exits_nonzero_lists_failures_and_aborts_uploa
             "{name} is not listed among the failures:\n{out}"
         );
     }
-    assert!(out.contains("500"), "the reason should carry the server's answer: {out}");
+    assert!(
+        out.contains("500"),
+        "the reason should carry the server's answer: {out}"
+    );
     assert!(
         s3.incomplete_uploads().is_empty(),
         "multipart uploads left behind: {:?}",
         s3.incomplete_uploads()
     );
-    assert!(tree(&bucket).is_empty(), "nothing may be written: {:?}", tree(&bucket));
+    assert!(
+        tree(&bucket).is_empty(),
+        "nothing may be written: {:?}",
+        tree(&bucket)
+    );
 }
 
 /// Runs the child as `nobody` so that a mode-000 file is unreadable even
@@ -120,12 +146,18 @@ fn a_destination_that_always_fails_exits_nonzero_lists_failures_and_aborts_uploa
 fn unreadable_files_fail_alone_and_the_rest_is_copied() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    write_tree(&src, &[("ok/a.txt", 10), ("ok/b.txt", 20), ("secret.txt", 30)]);
+    write_tree(
+        &src,
+        &[("ok/a.txt", 10), ("ok/b.txt", 20), ("secret.txt", 30)],
+    );
     let dst = dir.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(src.join("secret.txt"), std::fs::Permissions::from_mode(0o000))
-        .unwrap();
+    std::fs::set_permissions(
+        src.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
     // nobody must be able to reach the temp dirs and write the destination.
     for d in [dir.path(), &src, &src.join("ok"), &dst] {
         let mode = if d == dst { 0o777 } else { 0o755 };
@@ -149,7 +181,10 @@ fn unreadable_files_fail_alone_and_the_rest_is_copied() {
         .output()
         .expect("run headroom");
     let out = summary(&o);
-    assert!(!o.status.success(), "an unreadable file must fail the run: {out}");
+    assert!(
+        !o.status.success(),
+        "an unreadable file must fail the run: {out}"
+    );
     assert!(out.contains("copied 2 objects"), "{out}");
     assert!(out.contains("failed 1"), "{out}");
     assert!(out.contains("secret.txt"), "{out}");

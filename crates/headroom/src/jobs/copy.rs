@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 use crate::cli::{CopyArgs, GlobalArgs, S3Args};
 use crate::memory::MemoryPlan;
 use crate::store::local::LocalStore;
+use crate::store::retry::{Retry, with_retries};
 use crate::store::s3::{S3Config, S3Store};
 use crate::store::{Entry, Listed, Location, Store, StoreError};
 use crate::telemetry::{Counters, Reporter, Summary};
@@ -330,7 +331,10 @@ pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary
     let gov = plan.governor.clone();
     let cfg = TransferConfig {
         part_size: args.part_size.map(|p| p.0),
-        retries: args.retries,
+        retry: Retry {
+            retries: args.retries,
+            ..Retry::default()
+        },
         ..TransferConfig::default()
     };
     let started = Instant::now();
@@ -347,8 +351,8 @@ pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary
     let _queue = gov.acquire(LISTING_QUEUE_BYTES, "copy.listing").await;
     let (tx, mut rx) = channel::bounded::<Listed>(LISTING_QUEUE_BYTES, LISTING_QUEUE_ITEMS);
     let lister = {
-        let src = src.clone();
-        tokio::spawn(async move { src.list(tx).await })
+        let (src, retry) = (src.clone(), cfg.retry);
+        tokio::spawn(async move { src.list(tx, &retry).await })
     };
 
     let limit = AdaptiveLimit::new(ceiling.min(16), ceiling);
@@ -438,23 +442,24 @@ impl TaskContext {
             self.src.display_key(&entry.key),
             self.dst.display_key(&entry.key)
         );
-        let existing = match self.dst.stat(&entry.key).await {
+        let existing = match with_retries(&self.cfg.retry, || self.dst.stat(&entry.key)).await {
             Ok(e) => e,
             Err(e) => return self.counters.fail(what, e.to_string()),
         };
         if let Some(existing) = existing {
             let buf_len = (permit.bytes().saturating_sub(transfer::OBJECT_OVERHEAD) as usize)
                 .clamp(1, 1 << 20);
-            match up_to_date(
-                &self.src,
-                &self.dst,
-                &entry,
-                &existing,
-                self.checksum,
-                buf_len,
-            )
-            .await
-            {
+            let fresh = with_retries(&self.cfg.retry, || {
+                up_to_date(
+                    &self.src,
+                    &self.dst,
+                    &entry,
+                    &existing,
+                    self.checksum,
+                    buf_len,
+                )
+            });
+            match fresh.await {
                 Ok(true) => {
                     self.counters.skipped.fetch_add(1, Ordering::Relaxed);
                     self.counters

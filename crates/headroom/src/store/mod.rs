@@ -16,6 +16,7 @@
 
 pub mod local;
 pub mod location;
+pub mod retry;
 pub mod s3;
 
 use std::ops::Range;
@@ -133,11 +134,16 @@ impl Store {
     /// order, pausing while `tx` is full. Returns when the listing is done or
     /// the receiver is gone. A failure to start (no such directory, no such
     /// bucket) is an error; unreadable entries along the way are sent as
-    /// [`ListError`]s and the listing continues.
-    pub async fn list(&self, tx: channel::Sender<Listed>) -> Result<(), StoreError> {
+    /// [`ListError`]s and the listing continues. A failed S3 page is
+    /// retried under `retry`, resuming after the last key listed.
+    pub async fn list(
+        &self,
+        tx: channel::Sender<Listed>,
+        retry: &retry::Retry,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Local(s) => s.list(tx).await,
-            Store::S3(s) => s.list(tx).await,
+            Store::S3(s) => s.list(tx, retry).await,
         }
     }
 

@@ -22,6 +22,7 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
 
+use super::retry::{Backoff, Retry, with_retries};
 use super::{Entry, ListError, Listed, StoreError};
 
 /// Metadata key holding the source's modification time (seconds.nanos
@@ -203,10 +204,9 @@ impl S3Store {
     }
 
     /// See [`Store::list`](super::Store::list).
-    pub async fn list(&self, tx: channel::Sender<Listed>) -> Result<(), StoreError> {
+    pub async fn list(&self, tx: channel::Sender<Listed>, retry: &Retry) -> Result<(), StoreError> {
         if let Some(only) = &self.only {
-            let entry = self
-                .stat(only)
+            let entry = with_retries(retry, || self.stat(only))
                 .await?
                 .ok_or_else(|| StoreError::permanent(self.url_of(only), "no such object"))?;
             let bytes = entry.footprint();
@@ -218,44 +218,57 @@ impl S3Store {
         } else {
             Some(parse_path(&self.prefix)?)
         };
-        // Pages are fetched as the stream is polled: a full channel stops
-        // the listing after the current page (1,000 keys at most).
-        let mut stream = self.client.list(prefix.as_ref());
         let strip = if self.prefix.is_empty() {
             String::new()
         } else {
             format!("{}/", self.prefix)
         };
-        let mut first = true;
-        while let Some(item) = stream.next().await {
-            let listed = match item {
-                Ok(meta) => match meta.location.as_ref().strip_prefix(strip.as_str()) {
-                    Some(key) => Ok(entry_of(key.to_string(), &meta, None)),
+        let what = || format!("list s3://{}/{}", self.bucket, self.prefix);
+        // The last key sent: a failed page is fetched again from just after
+        // it (ListObjectsV2 start-after), so a retry neither repeats nor
+        // skips an object. One path, not a set: memory stays constant.
+        let mut last: Option<Path> = None;
+        let mut backoff = Backoff::new(retry);
+        'pages: loop {
+            // Pages are fetched as the stream is polled: a full channel stops
+            // the listing after the current page (1,000 keys at most).
+            let mut stream = match &last {
+                None => self.client.list(prefix.as_ref()),
+                Some(after) => self.client.list_with_offset(prefix.as_ref(), after),
+            };
+            while let Some(item) = stream.next().await {
+                let meta = match item {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        let e = store_error(what(), e);
+                        if backoff.retry(&e).await {
+                            continue 'pages;
+                        }
+                        // Nothing listed yet (no such bucket, bad
+                        // credentials): the listing cannot start at all.
+                        if last.is_none() {
+                            return Err(e);
+                        }
+                        let listed = Err(ListError {
+                            path: format!("s3://{}/{}", self.bucket, self.prefix),
+                            message: format!("listing stopped early: {}", e.message),
+                        });
+                        let _ = tx.send(listed, 256).await;
+                        return Ok(());
+                    }
+                };
+                let entry = match meta.location.as_ref().strip_prefix(strip.as_str()) {
+                    Some(key) => entry_of(key.to_string(), &meta, None),
                     None => continue,
-                },
-                // A failure before anything was listed (no such bucket,
-                // bad credentials) means the listing cannot start at all.
-                Err(e) if first => {
-                    return Err(store_error(
-                        format!("list s3://{}/{}", self.bucket, self.prefix),
-                        e,
-                    ));
+                };
+                last = Some(meta.location);
+                let bytes = entry.footprint();
+                if tx.send(Ok(entry), bytes).await.is_err() {
+                    return Ok(());
                 }
-                Err(e) => Err(ListError {
-                    path: format!("s3://{}/{}", self.bucket, self.prefix),
-                    message: e.to_string(),
-                }),
-            };
-            first = false;
-            let bytes = match &listed {
-                Ok(e) => e.footprint(),
-                Err(e) => (e.path.len() + e.message.len()) as u64,
-            };
-            if tx.send(listed, bytes).await.is_err() {
-                break;
             }
+            return Ok(());
         }
-        Ok(())
     }
 
     /// See [`Store::stat`](super::Store::stat). Reads the stored source
