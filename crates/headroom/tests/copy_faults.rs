@@ -50,7 +50,7 @@ fn transient_500s_503s_resets_and_stalls_are_retried_to_an_identical_copy() {
             Fault::Reset,
             Fault::Stall(Duration::from_secs(3)),
         ],
-        uploads_always_fail: false,
+        ..Faults::default()
     };
     let s3 = S3Server::start(faults);
     let bucket = s3.bucket("flaky");
@@ -89,6 +89,29 @@ fn transient_500s_503s_resets_and_stalls_are_retried_to_an_identical_copy() {
 
     let injected = s3.faults_injected.load(std::sync::atomic::Ordering::SeqCst);
     assert!(injected >= 10, "only {injected} faults were injected");
+}
+
+#[test]
+fn a_completed_upload_whose_answer_was_lost_is_recognised_not_failed() {
+    let s3 = S3Server::start(Faults {
+        lose_completions: 1,
+        ..Faults::default()
+    });
+    let bucket = s3.bucket("lossy");
+    let env = s3.env();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_tree(&src, &[("big.bin", 3 * 5 * MIB + 5)]);
+
+    let o = copy(&[src.to_str().unwrap(), "s3://lossy"], &env);
+    assert_ok(&o);
+    assert!(summary(&o).contains("copied 1 objects"), "{}", summary(&o));
+    assert_eq!(tree(&bucket), tree(&src));
+    assert!(s3.incomplete_uploads().is_empty());
+    assert_eq!(
+        s3.faults_injected.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }
 
 #[test]

@@ -30,6 +30,9 @@ pub struct Faults {
     /// let uploads be created and aborted: a destination that is broken for
     /// good.
     pub uploads_always_fail: bool,
+    /// Carry out this many CompleteMultipartUpload requests, then drop the
+    /// connection instead of answering: the client cannot know it worked.
+    pub lose_completions: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -74,7 +77,7 @@ impl S3Server {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicU64::new(0));
         let injected = Arc::new(AtomicU64::new(0));
-        let faults = Arc::new(faults);
+        let faults = Arc::new((faults, AtomicU64::new(0)));
         let (req_count, inj_count) = (requests.clone(), injected.clone());
         runtime.spawn(async move {
             loop {
@@ -172,14 +175,27 @@ fn is_data_upload(req: &http::Request<Incoming>) -> bool {
         && (q.is_empty() || q.contains("partNumber="))
 }
 
+fn is_completion(req: &http::Request<Incoming>) -> bool {
+    req.method() == http::Method::POST && req.uri().query().unwrap_or("").contains("uploadId=")
+}
+
 async fn handle(
     service: s3s::service::S3Service,
-    faults: Arc<Faults>,
+    faults_and_lost: Arc<(Faults, AtomicU64)>,
     requests: Arc<AtomicU64>,
     injected: Arc<AtomicU64>,
     req: http::Request<Incoming>,
 ) -> Result<Response, BoxError> {
+    let (faults, lost) = (&faults_and_lost.0, &faults_and_lost.1);
     let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
+    if is_completion(&req) && lost.fetch_add(1, Ordering::SeqCst) < faults.lose_completions {
+        injected.fetch_add(1, Ordering::SeqCst);
+        let done = hyper::service::Service::call(&service, req).await;
+        drop(done);
+        return Err(BoxError::from(String::from(
+            "injected: completed, answer lost",
+        )));
+    }
     if faults.uploads_always_fail && is_data_upload(&req) {
         injected.fetch_add(1, Ordering::SeqCst);
         return Ok(error_response(500, "InternalError"));
