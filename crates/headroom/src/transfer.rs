@@ -544,8 +544,9 @@ fn multipart_etag(parts: &[PartId]) -> Option<String> {
 
 /// Whether a completion that reported failure happened anyway: when its
 /// answer is lost (a timeout, a reset), the retry finds the upload already
-/// gone and fails, though the object is in place. It is accepted only if
-/// the destination holds exactly the object these parts make.
+/// gone and fails, though the object is in place or still being assembled
+/// by the server. It is accepted only once the destination holds exactly
+/// the object these parts make; the wait for that follows the retry policy.
 async fn completed_anyway(
     dst: &S3Store,
     entry: &Entry,
@@ -555,16 +556,25 @@ async fn completed_anyway(
     let Some(want) = multipart_etag(parts) else {
         return false;
     };
-    match with_retries(&cfg.retry, || dst.stat(&entry.key)).await {
-        Ok(Some(found)) => {
-            found.size == entry.size
-                && found
-                    .etag
-                    .as_deref()
-                    .is_some_and(|e| e.trim_matches('"').eq_ignore_ascii_case(&want))
+    let check = || async {
+        match dst.stat(&entry.key).await? {
+            Some(found)
+                if found.size == entry.size
+                    && found
+                        .etag
+                        .as_deref()
+                        .is_some_and(|e| e.trim_matches('"').eq_ignore_ascii_case(&want)) =>
+            {
+                Ok(())
+            }
+            _ => Err(StoreError {
+                context: dst.url_of(&entry.key),
+                message: format!("no object with ETag {want} (yet)"),
+                retryable: true,
+            }),
         }
-        _ => false,
-    }
+    };
+    with_retries(&cfg.retry, check).await.is_ok()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,9 +1,9 @@
 //! Honest reservations: each transfer kind, run for real against the
 //! loopback S3 server under the counting allocator, never holds more heap
 //! than the governor reserved for it (the footprint functions of
-//! `transfer.rs`). The server runs on threads the allocator does not count;
-//! everything headroom does, including its HTTP client and the blocking
-//! threads of file I/O, is counted.
+//! `transfer.rs`). The server runs in its own process; everything headroom
+//! does, including its HTTP client and the blocking threads of file I/O, is
+//! counted.
 //!
 //! One test function: measurements in one process must not overlap, and
 //! the S3 credentials are set in the environment before any thread reads it.

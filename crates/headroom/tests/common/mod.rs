@@ -1,19 +1,14 @@
-//! Shared test support: a real S3 server (s3s-fs) on a loopback port, with
-//! optional fault injection, and helpers to run the `headroom` binary and
+//! Shared test support: a real S3 server (s3s-fs, in its own process) on a
+//! loopback port, with optional fault injection, and helpers to run the `headroom` binary and
 //! compare trees.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use md5::{Digest, Md5};
 
 pub const ACCESS_KEY: &str = "headroom-test-key";
@@ -47,72 +42,85 @@ pub enum Fault {
     Stall(Duration),
 }
 
-/// A running s3s-fs server; stops when dropped.
+impl Faults {
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--every".to_string(), self.every.to_string()];
+        if !self.kinds.is_empty() {
+            let kinds: Vec<String> = self
+                .kinds
+                .iter()
+                .map(|k| match k {
+                    Fault::Status500 => "500".to_string(),
+                    Fault::Status503 => "503".to_string(),
+                    Fault::Reset => "reset".to_string(),
+                    Fault::Stall(d) => format!("stall:{}", d.as_millis()),
+                })
+                .collect();
+            args.extend(["--kinds".to_string(), kinds.join(",")]);
+        }
+        if self.uploads_always_fail {
+            args.push("--uploads-always-fail".into());
+        }
+        args.extend([
+            "--lose-completions".into(),
+            self.lose_completions.to_string(),
+        ]);
+        args
+    }
+}
+
+/// A running S3 server (the `s3_test_server` example: s3s-fs with fault
+/// injection) in its own process; stops when dropped.
 pub struct S3Server {
     pub endpoint: String,
     pub root: tempfile::TempDir,
-    pub requests: Arc<AtomicU64>,
-    pub faults_injected: Arc<AtomicU64>,
-    runtime: Option<tokio::runtime::Runtime>,
+    child: std::process::Child,
+}
+
+/// The example binary, built next to the test binaries by `cargo test` and
+/// `cargo nextest run`.
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("examples").join("s3_test_server");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p headroom --examples` \
+         (cargo test and cargo nextest run build it)",
+        bin.display()
+    );
+    bin
 }
 
 impl S3Server {
     pub fn start(faults: Faults) -> Self {
         let root = tempfile::tempdir().expect("temp dir");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            // The server is not headroom: a test measuring headroom's heap
-            // with the counting allocator must not see the server's.
-            .on_thread_start(headroom_governor::alloc::exclude_current_thread)
-            .enable_all()
-            .build()
-            .expect("server runtime");
-        let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs root");
-        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = builder.build();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let requests = Arc::new(AtomicU64::new(0));
-        let injected = Arc::new(AtomicU64::new(0));
-        let faults = Arc::new((faults, AtomicU64::new(0)));
-        let (req_count, inj_count) = (requests.clone(), injected.clone());
-        runtime.spawn(async move {
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (service, faults, requests, injected) = (
-                    service.clone(),
-                    faults.clone(),
-                    req_count.clone(),
-                    inj_count.clone(),
-                );
-                tokio::spawn(async move {
-                    let handler = service_fn(move |req: http::Request<Incoming>| {
-                        let (service, faults, requests, injected) = (
-                            service.clone(),
-                            faults.clone(),
-                            requests.clone(),
-                            injected.clone(),
-                        );
-                        handle(service, faults, requests, injected, req)
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(socket), handler)
-                        .await;
-                });
-            }
-        });
+        let mut child = Command::new(server_binary())
+            .arg("--root")
+            .arg(root.path())
+            .args(faults.args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start s3_test_server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read the server's endpoint");
+        assert!(line.starts_with("http://"), "s3_test_server said {line:?}");
         S3Server {
-            endpoint: format!("http://{addr}"),
+            endpoint: line.trim().to_string(),
             root,
-            requests,
-            faults_injected: injected,
-            runtime: Some(runtime),
+            child,
         }
+    }
+
+    /// Faults injected so far.
+    pub fn faults_injected(&self) -> u64 {
+        std::fs::read_to_string(self.root.path().join(".faults-injected"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Creates a bucket (a directory of the server's root).
@@ -148,71 +156,8 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-type Response = http::Response<s3s::Body>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn error_response(status: u16, code: &str) -> Response {
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message></Error>"
-    );
-    http::Response::builder()
-        .status(status)
-        .header("content-type", "application/xml")
-        .body(s3s::Body::from(body))
-        .unwrap()
-}
-
-fn is_data_upload(req: &http::Request<Incoming>) -> bool {
-    let q = req.uri().query().unwrap_or("");
-    req.method() == http::Method::PUT
-        && !req.headers().contains_key("x-amz-copy-source")
-        && (q.is_empty() || q.contains("partNumber="))
-}
-
-fn is_completion(req: &http::Request<Incoming>) -> bool {
-    req.method() == http::Method::POST && req.uri().query().unwrap_or("").contains("uploadId=")
-}
-
-async fn handle(
-    service: s3s::service::S3Service,
-    faults_and_lost: Arc<(Faults, AtomicU64)>,
-    requests: Arc<AtomicU64>,
-    injected: Arc<AtomicU64>,
-    req: http::Request<Incoming>,
-) -> Result<Response, BoxError> {
-    let (faults, lost) = (&faults_and_lost.0, &faults_and_lost.1);
-    let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
-    if is_completion(&req) && lost.fetch_add(1, Ordering::SeqCst) < faults.lose_completions {
-        injected.fetch_add(1, Ordering::SeqCst);
-        let done = hyper::service::Service::call(&service, req).await;
-        drop(done);
-        return Err(BoxError::from(String::from(
-            "injected: completed, answer lost",
-        )));
-    }
-    if faults.uploads_always_fail && is_data_upload(&req) {
-        injected.fetch_add(1, Ordering::SeqCst);
-        return Ok(error_response(500, "InternalError"));
-    }
-    if faults.every > 0 && n.is_multiple_of(faults.every) && !faults.kinds.is_empty() {
-        injected.fetch_add(1, Ordering::SeqCst);
-        let kind = faults.kinds[((n / faults.every) as usize) % faults.kinds.len()];
-        match kind {
-            Fault::Status500 => return Ok(error_response(500, "InternalError")),
-            Fault::Status503 => return Ok(error_response(503, "SlowDown")),
-            Fault::Reset => return Err(BoxError::from(String::from("injected connection reset"))),
-            Fault::Stall(d) => tokio::time::sleep(d).await,
-        }
-    }
-    match hyper::service::Service::call(&service, req).await {
-        Ok(r) => Ok(r),
-        Err(e) => Err(BoxError::from(format!("{e:?}"))),
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -297,4 +242,45 @@ pub fn write_tree(dir: &Path, files: &[(&str, usize)]) {
 /// The summary line of a text-format run.
 pub fn summary(o: &Output) -> String {
     text(&o.stdout)
+}
+
+/// A finished child run with its peak resident set.
+pub struct Measured {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    /// Peak RSS of the child (`ru_maxrss` from `wait4`), in bytes.
+    pub peak_rss: u64,
+}
+
+/// Runs `headroom` with `args` and waits with `wait4`, which reports the
+/// child's own peak RSS (not this process's).
+pub fn headroom_measured(args: &[&str], env: &[(&str, String)]) -> Measured {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let (out_path, err_path) = (out_dir.path().join("out"), out_dir.path().join("err"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_headroom"));
+    cmd.args(args)
+        .env_remove("HEADROOM_MEMORY")
+        .env("RUST_LOG", "warn")
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("run headroom");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value to be overwritten.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet waited for; both out-pointers are
+    // valid for the call.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    std::mem::forget(child); // already reaped
+    Measured {
+        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+    }
 }
