@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Benchmark: headroom copy against rclone copy, local -> S3 and S3 -> local,
+# through the same loopback S3 server (the s3s-fs test server, release build).
+# Prints wall time, throughput and peak RSS (GNU time's %M) of each run.
+#
+#   scripts/bench-copy.sh [SMALL_FILES] [BIG_FILES] [BIG_MIB]
+#
+# Defaults: 2000 small files (1-64 KiB) and 4 files of 256 MiB. Needs
+# rclone and GNU time; installs them from Debian's packages when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+small=${1:-2000}
+big=${2:-4}
+big_mib=${3:-256}
+
+need() {
+  command -v "$1" >/dev/null 2>&1 && return
+  echo "installing $2" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "$2"; else sudo apt-get install -y -qq "$2"; fi
+}
+need rclone rclone
+[ -x /usr/bin/time ] || need /usr/bin/time time
+
+cargo build --release -q -p headroom --bin headroom --example s3_test_server
+bin=target/release/headroom
+server_bin=target/release/examples/s3_test_server
+
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "generating $small small files and $big x ${big_mib} MiB in $work/src" >&2
+mkdir -p "$work/src/small" "$work/root/bench"
+python3 - "$work/src/small" "$small" <<'EOF'
+import os, random, sys
+d, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(1)
+for i in range(n):
+    sub = os.path.join(d, f"{i % 50:02}")
+    os.makedirs(sub, exist_ok=True)
+    with open(os.path.join(sub, f"f{i}.bin"), "wb") as f:
+        f.write(rnd.randbytes(rnd.randint(1024, 64 * 1024)))
+EOF
+for i in $(seq 1 "$big"); do
+  head -c "$((big_mib << 20))" /dev/urandom >"$work/src/big-$i.bin"
+done
+total=$(du -sb "$work/src" | cut -f1)
+
+# The server lives until this script's end (its stdin is a fifo we hold).
+mkfifo "$work/hold"
+"$server_bin" --root "$work/root" <"$work/hold" >"$work/endpoint" &
+server_pid=$!
+exec 9>"$work/hold"
+for _ in $(seq 1 50); do [ -s "$work/endpoint" ] && break; sleep 0.1; done
+endpoint=$(head -1 "$work/endpoint")
+
+export AWS_ACCESS_KEY_ID=headroom-test-key AWS_SECRET_ACCESS_KEY=headroom-test-secret
+export AWS_ENDPOINT_URL=$endpoint AWS_REGION=us-east-1
+unset AWS_CA_BUNDLE
+export RCLONE_CONFIG_BENCH_TYPE=s3 RCLONE_CONFIG_BENCH_PROVIDER=Other
+export RCLONE_CONFIG_BENCH_ENDPOINT=$endpoint RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
+export RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY RCLONE_CONFIG_BENCH_REGION=us-east-1
+export RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE=true
+
+run() {
+  local name=$1
+  shift
+  local out="$work/time-$RANDOM"
+  /usr/bin/time -f "%e %M" -o "$out" "$@" >/dev/null 2>"$work/last.log" || {
+    echo "$name failed:" >&2
+    tail -20 "$work/last.log" >&2
+    exit 1
+  }
+  read -r secs kib <"$out"
+  awk -v n="$name" -v s="$secs" -v k="$kib" -v b="$total" \
+    'BEGIN { printf "%-40s %8.2f s %9.1f MiB/s %8.1f MiB peak RSS\n", n, s, b / 1048576 / s, k / 1024 }'
+}
+
+echo "dataset: $small small + $big x ${big_mib} MiB = $((total >> 20)) MiB; server $endpoint"
+run "headroom local->S3 (--memory 256MiB)" "$bin" --memory 256MiB copy "$work/src" s3://bench/headroom
+run "headroom local->S3 (--memory 64MiB)" "$bin" --memory 64MiB copy "$work/src" s3://bench/headroom64
+run "rclone   local->S3 (defaults)" rclone copy "$work/src" bench:bench/rclone
+run "rclone   local->S3 (--transfers 16)" rclone copy --transfers 16 "$work/src" bench:bench/rclone16
+run "headroom S3->local (--memory 256MiB)" "$bin" --memory 256MiB copy s3://bench/headroom "$work/down-headroom"
+run "rclone   S3->local (defaults)" rclone copy bench:bench/rclone "$work/down-rclone"
+run "headroom re-run, all up to date" "$bin" --memory 256MiB copy "$work/src" s3://bench/headroom
+run "rclone   re-run, all up to date" rclone copy "$work/src" bench:bench/rclone
+diff -r "$work/src" "$work/down-headroom" && echo "headroom's download is identical to the source"
