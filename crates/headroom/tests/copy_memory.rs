@@ -124,6 +124,37 @@ fn peak_rss_stays_within_the_budget_whatever_the_file_sizes() {
             run.peak_rss,
             base.peak_rss
         );
+        // Progress records carry the memory telemetry, every interval.
+        let records: Vec<serde_json::Value> = run
+            .stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["type"] == "progress")
+            .collect();
+        assert!(
+            records.len() >= 2,
+            "{budget}: progress records:\n{}",
+            run.stderr
+        );
+        for r in &records {
+            for field in [
+                "files_done",
+                "bytes_done",
+                "files_per_second",
+                "bytes_per_second",
+                "rss_mb",
+                "heap_mb",
+                "reserved_mb",
+                "budget_mb",
+                "in_flight",
+                "mb_per_1k_files",
+            ] {
+                assert!(r.get(field).is_some(), "{budget}: {field} missing from {r}");
+            }
+            let (reserved, limit) = (r["reserved_mb"].as_f64(), r["budget_mb"].as_f64());
+            assert!(reserved <= limit, "{budget}: reserved above budget in {r}");
+        }
+        assert!(records.iter().any(|r| r["bytes_done"].as_u64() > Some(0)));
         // The run did real work within that: big files went in parts.
         assert!(
             run.peak_rss > base.peak_rss + 5 * MIB,
