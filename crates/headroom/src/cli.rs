@@ -56,6 +56,13 @@ pub enum Command {
     /// directory or prefix is copied recursively into DST; a single file or
     /// object is copied into DST as a directory (like `rclone copy`).
     Copy(Box<CopyArgs>),
+    /// Delete files older than a cut-off from a directory tree or an S3
+    /// prefix, in constant memory however many files there are.
+    ///
+    /// Never follows symlinks (a matching symlink itself is deleted, never
+    /// its target) and stays on the target's filesystem. Refuses `/` and
+    /// the home directory without --force.
+    Purge(Box<PurgeArgs>),
     /// Show the memory plan: the detected limit, the budget headroom would
     /// use, the circuit breaker's thresholds and current usage.
     Memory(MemoryArgs),
@@ -129,6 +136,68 @@ pub struct S3Args {
     /// Timeout of one S3 request, e.g. 60s, 5m.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub s3_timeout: std::time::Duration,
+}
+
+/// Arguments of `headroom purge`.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// A directory (local, NFS, EFS; or file://PATH) or s3://BUCKET/PREFIX.
+    pub target: crate::store::Location,
+
+    /// Delete files last modified longer ago than this: 30d, 12h, 90m,
+    /// 1w. Required.
+    #[arg(long, visible_alias = "min-age", value_parser = parse_age, value_name = "DURATION")]
+    pub older_than: std::time::Duration,
+
+    /// Delete nothing; report how many files and bytes would go, the oldest
+    /// and newest matched, and how long the real run would take.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Consider only paths matching this glob (repeatable). A pattern
+    /// without `/` matches the file name at any depth.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Never delete paths matching this glob (repeatable); wins over
+    /// --include.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// Remove directories left empty by the purge (never the target).
+    #[arg(long)]
+    pub remove_empty_dirs: bool,
+
+    /// Metadata calls (stat, unlink) in flight at most; raise it for
+    /// high-latency filesystems such as NFS/EFS. Default 32.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+
+    /// Descend into directories on other filesystems (mount points) too.
+    #[arg(long)]
+    pub cross_filesystems: bool,
+
+    /// Allow purging `/` or the home directory.
+    #[arg(long)]
+    pub force: bool,
+
+    /// How often to report progress, e.g. 2s, 500ms.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub progress_interval: std::time::Duration,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// Parses an age such as `30d`, `12h`, `90m`, `1w`, `2d12h`.
+pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration {s:?} ({e}): use a number and a unit, e.g. 30d, 12h, 90m")
+    })?;
+    if d.is_zero() {
+        return Err(format!("invalid duration {s:?}: it must be more than zero"));
+    }
+    Ok(d)
 }
 
 /// Arguments of `headroom memory`.

@@ -36,6 +36,15 @@ fn main() -> ExitCode {
                 )?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Purge(args) => {
+                let summary = headroom::jobs::purge::run(args, &cli.global).await?;
+                summary.print(cli.global.log_format, &mut std::io::stdout().lock())?;
+                Ok(if summary.failed > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                })
+            }
             Command::Copy(args) => {
                 let summary = headroom::jobs::copy::run(args, &cli.global).await?;
                 summary.print(cli.global.log_format, &mut std::io::stdout().lock())?;

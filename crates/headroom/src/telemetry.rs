@@ -13,7 +13,7 @@
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use headroom_governor::{ByteSize, Governor, MemoryProbe};
@@ -39,8 +39,18 @@ pub fn init_logging(format: LogFormat) {
 /// when it happens, so the rest are in the log, not in memory.
 pub const FAILURES_KEPT: usize = 100;
 
-/// Live counters of a copy, shared by its tasks and the reporter.
-#[derive(Default, Debug)]
+/// Which job a report is about: the words and keys of its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// `headroom copy`.
+    Copy,
+    /// `headroom purge`: `listed` counts files scanned, `copied` files
+    /// deleted, `bytes` bytes freed, `skipped` files kept.
+    Purge,
+}
+
+/// Live counters of a job, shared by its tasks and the reporter.
+#[derive(Debug)]
 pub struct Counters {
     /// Objects listed at the source and selected by the filters.
     pub listed: AtomicU64,
@@ -60,7 +70,41 @@ pub struct Counters {
     pub in_flight: AtomicU64,
     /// Whether the listing has finished (the totals are final).
     pub listing_done: std::sync::atomic::AtomicBool,
+    /// Objects gone before they could be handled (purge).
+    pub vanished: AtomicU64,
+    /// Directories removed because they became empty (purge).
+    pub dirs_removed: AtomicU64,
+    /// Oldest and newest modification time (Unix seconds) among matched
+    /// files (purge).
+    pub oldest: AtomicI64,
+    pub newest: AtomicI64,
+    /// Metadata calls made and the time they took, for estimates.
+    pub metadata_calls: AtomicU64,
+    pub metadata_nanos: AtomicU64,
     failures: Mutex<Vec<(String, String)>>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            listed: AtomicU64::new(0),
+            listed_bytes: AtomicU64::new(0),
+            copied: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            bytes: Default::default(),
+            skipped_bytes: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            listing_done: Default::default(),
+            vanished: AtomicU64::new(0),
+            dirs_removed: AtomicU64::new(0),
+            oldest: AtomicI64::new(i64::MAX),
+            newest: AtomicI64::new(i64::MIN),
+            metadata_calls: AtomicU64::new(0),
+            metadata_nanos: AtomicU64::new(0),
+            failures: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 impl Counters {
@@ -128,8 +172,12 @@ fn mb(bytes: u64) -> f64 {
 /// One progress record.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The job reported on.
+    pub job: Job,
     /// Since the job started.
     pub elapsed: Duration,
+    /// Files scanned (listed and selected).
+    pub files_scanned: u64,
     /// Files copied.
     pub files_done: u64,
     /// Files skipped.
@@ -157,13 +205,35 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// RSS per 1,000 files processed; `None` before any.
+    /// RSS per 1,000 files processed (scanned, for a purge); `None`
+    /// before any.
     pub fn mb_per_1k_files(&self) -> Option<f64> {
-        let files = self.files_done + self.files_skipped + self.files_failed;
+        let files = match self.job {
+            Job::Copy => self.files_done + self.files_skipped + self.files_failed,
+            Job::Purge => self.files_scanned,
+        };
         (files > 0).then(|| mb(self.rss) / (files as f64 / 1000.0))
     }
 
     fn json(&self) -> serde_json::Value {
+        if self.job == Job::Purge {
+            return json!({
+                "type": "progress",
+                "elapsed_s": (self.elapsed.as_secs_f64() * 10.0).round() / 10.0,
+                "files_scanned": self.files_scanned,
+                "files_deleted": self.files_done,
+                "files_kept": self.files_skipped,
+                "files_failed": self.files_failed,
+                "bytes_freed": self.bytes_done,
+                "files_per_second": (self.files_per_second * 10.0).round() / 10.0,
+                "rss_mb": mb(self.rss),
+                "heap_mb": self.heap.map(mb),
+                "reserved_mb": mb(self.reserved),
+                "budget_mb": mb(self.budget),
+                "in_flight": self.in_flight,
+                "mb_per_1k_files": self.mb_per_1k_files().map(|v| (v * 1000.0).round() / 1000.0),
+            });
+        }
         json!({
             "type": "progress",
             "elapsed_s": (self.elapsed.as_secs_f64() * 10.0).round() / 10.0,
@@ -184,6 +254,19 @@ impl Snapshot {
     }
 
     fn line(&self) -> String {
+        if self.job == Job::Purge {
+            return format!(
+                "{} files scanned at {:.0}/s, {} deleted ({}), {} failed | memory: rss {}, reserved {} of {}",
+                self.files_scanned,
+                self.files_per_second,
+                self.files_done,
+                ByteSize(self.bytes_done),
+                self.files_failed,
+                ByteSize(self.rss),
+                ByteSize(self.reserved),
+                ByteSize(self.budget),
+            );
+        }
         let eta = match (self.total_bytes, self.bytes_per_second) {
             (Some(total), rate) if rate > 0.0 && total > self.bytes_done => {
                 format!(
@@ -223,6 +306,7 @@ impl Reporter {
         probe: MemoryProbe,
         interval: Duration,
         format: LogFormat,
+        job: Job,
     ) -> Self {
         let bar = (format == LogFormat::Text && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
@@ -238,7 +322,7 @@ impl Reporter {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let s = snapshot(&counters, &gov, &probe, started, &mut last);
+                let s = snapshot(job, &counters, &gov, &probe, started, &mut last);
                 match format {
                     LogFormat::Json => eprintln!("{}", s.json()),
                     LogFormat::Text if bar.is_some() => {}
@@ -248,7 +332,7 @@ impl Reporter {
                     bar.set_message(s.line());
                 }
                 if let Some(v) = s.mb_per_1k_files()
-                    && s.files_done + s.files_skipped >= 1000
+                    && s.files_done + s.files_skipped + s.files_scanned >= 1000
                     && leak.observe(v)
                 {
                     tracing::warn!(
@@ -270,6 +354,7 @@ impl Reporter {
 }
 
 fn snapshot(
+    job: Job,
     c: &Counters,
     gov: &Governor,
     probe: &MemoryProbe,
@@ -277,7 +362,11 @@ fn snapshot(
     last: &mut (Instant, u64, u64),
 ) -> Snapshot {
     let now = Instant::now();
-    let files = c.files_processed();
+    // A purge's rate is its scan rate: deletions are a subset.
+    let files = match job {
+        Job::Copy => c.files_processed(),
+        Job::Purge => c.listed.load(Ordering::Relaxed),
+    };
     let bytes = c.bytes.load(Ordering::Relaxed);
     let window = now.duration_since(last.0).as_secs_f64().max(1e-3);
     let files_per_second = (files - last.1.min(files)) as f64 / window;
@@ -286,7 +375,9 @@ fn snapshot(
     let sample = probe.sample();
     let stats = gov.stats();
     Snapshot {
+        job,
         elapsed: started.elapsed(),
+        files_scanned: c.listed.load(Ordering::Relaxed),
         files_done: c.copied.load(Ordering::Relaxed),
         files_skipped: c.skipped.load(Ordering::Relaxed),
         files_failed: c.failed.load(Ordering::Relaxed),
@@ -307,8 +398,21 @@ fn snapshot(
 /// The end of a job.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    /// The job summed up.
+    pub job: Job,
     /// Whether nothing was written.
     pub dry_run: bool,
+    /// Files scanned (purge).
+    pub scanned: u64,
+    /// Files gone before they could be handled (purge).
+    pub vanished: u64,
+    /// Empty directories removed (purge).
+    pub dirs_removed: u64,
+    /// Oldest and newest modification time among matched files (purge).
+    pub oldest: Option<std::time::SystemTime>,
+    pub newest: Option<std::time::SystemTime>,
+    /// For a dry run: how long the real run is likely to take.
+    pub estimate: Option<Duration>,
     /// Objects copied (or that would be).
     pub copied: u64,
     /// Objects already up to date.
@@ -332,6 +436,7 @@ pub struct Summary {
 impl Summary {
     /// Collects the summary from a finished job's counters.
     pub fn collect(
+        job: Job,
         c: &Counters,
         gov: &Governor,
         probe: &MemoryProbe,
@@ -339,8 +444,24 @@ impl Summary {
         dry_run: bool,
     ) -> Self {
         let stats = gov.stats();
+        let time = |secs: i64| {
+            (secs != i64::MAX && secs != i64::MIN).then(|| {
+                if secs >= 0 {
+                    std::time::UNIX_EPOCH + Duration::from_secs(secs as u64)
+                } else {
+                    std::time::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+                }
+            })
+        };
         Summary {
+            job,
             dry_run,
+            scanned: c.listed.load(Ordering::Relaxed),
+            vanished: c.vanished.load(Ordering::Relaxed),
+            dirs_removed: c.dirs_removed.load(Ordering::Relaxed),
+            oldest: time(c.oldest.load(Ordering::Relaxed)),
+            newest: time(c.newest.load(Ordering::Relaxed)),
+            estimate: None,
             copied: c.copied.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
@@ -355,6 +476,9 @@ impl Summary {
 
     /// Prints the summary (text or one JSON object) to `out`.
     pub fn print(&self, format: LogFormat, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if self.job == Job::Purge {
+            return self.print_purge(format, out);
+        }
         match format {
             LogFormat::Json => {
                 let v = json!({
@@ -409,6 +533,93 @@ impl Summary {
     }
 }
 
+fn rfc3339(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl Summary {
+    fn print_purge(&self, format: LogFormat, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let rate = self.scanned as f64 / self.elapsed.as_secs_f64().max(1e-3);
+        match format {
+            LogFormat::Json => {
+                let v = json!({
+                    "type": "summary",
+                    "dry_run": self.dry_run,
+                    "files_scanned": self.scanned,
+                    "files_deleted": self.copied,
+                    "bytes_freed": self.bytes,
+                    "files_kept": self.skipped,
+                    "failed": self.failed,
+                    "vanished": self.vanished,
+                    "dirs_removed": self.dirs_removed,
+                    "oldest_matched": self.oldest.map(rfc3339),
+                    "newest_matched": self.newest.map(rfc3339),
+                    "estimated_s": self.estimate.map(|d| d.as_secs_f64()),
+                    "elapsed_s": self.elapsed.as_secs_f64(),
+                    "files_per_second": rate.round(),
+                    "peak_rss_mb": self.peak_rss.map(mb),
+                    "peak_reserved_mb": mb(self.peak_reserved),
+                    "budget_mb": mb(self.budget),
+                    "failures": self.failures.iter().map(|(w, r)| json!({"path": w, "reason": r})).collect::<Vec<_>>(),
+                });
+                writeln!(out, "{v}")
+            }
+            LogFormat::Text => {
+                let verb = if self.dry_run {
+                    "would delete"
+                } else {
+                    "deleted"
+                };
+                writeln!(
+                    out,
+                    "{verb} {} files ({}), kept {}, failed {}, vanished {} in {:.1?} (scanned {} files, {:.0}/s)",
+                    self.copied,
+                    ByteSize(self.bytes),
+                    self.skipped,
+                    self.failed,
+                    self.vanished,
+                    self.elapsed,
+                    self.scanned,
+                    rate
+                )?;
+                if let (Some(a), Some(b)) = (self.oldest, self.newest) {
+                    writeln!(
+                        out,
+                        "matched modification times from {} to {}",
+                        rfc3339(a),
+                        rfc3339(b)
+                    )?;
+                }
+                if self.dirs_removed > 0 {
+                    writeln!(out, "removed {} empty directories", self.dirs_removed)?;
+                }
+                if let Some(e) = self.estimate {
+                    writeln!(out, "a real run would take about {:.1?}", e)?;
+                }
+                writeln!(
+                    out,
+                    "memory: peak RSS {}, peak reserved {} of a {} budget",
+                    self.peak_rss
+                        .map_or_else(|| "unknown".into(), |b| ByteSize(b).to_string()),
+                    ByteSize(self.peak_reserved),
+                    ByteSize(self.budget)
+                )?;
+                if self.failed > 0 {
+                    writeln!(out, "failures:")?;
+                    for (what, why) in &self.failures {
+                        writeln!(out, "  {what}: {why}")?;
+                    }
+                    let more = self.failed.saturating_sub(self.failures.len() as u64);
+                    if more > 0 {
+                        writeln!(out, "  ... and {more} more (each is in the log above)")?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +645,8 @@ mod tests {
     #[test]
     fn mb_per_1k_files_divides_rss_by_thousands_of_files() {
         let s = Snapshot {
+            job: Job::Copy,
+            files_scanned: 2000,
             elapsed: Duration::ZERO,
             files_done: 1500,
             files_skipped: 500,

@@ -23,18 +23,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use headroom_governor::{ByteSize, Governor, channel};
 use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
 
 use crate::cli::{CopyArgs, GlobalArgs, S3Args};
+use crate::jobs::filter::Filter;
 use crate::memory::MemoryPlan;
 use crate::store::local::LocalStore;
 use crate::store::retry::{Retry, with_retries};
 use crate::store::s3::{S3Config, S3Store};
 use crate::store::{Entry, Listed, Location, Store, StoreError};
-use crate::telemetry::{Counters, Reporter, Summary};
+use crate::telemetry::{Counters, Job, Reporter, Summary};
 use crate::transfer::{self, Kind, TransferConfig};
 
 /// Default ceiling on transfers in flight when `--concurrency` is not given.
@@ -108,50 +108,6 @@ pub async fn open_destination(loc: &Location, s3: &S3Config) -> anyhow::Result<S
                 prefix.clone(),
             )))
         }
-    }
-}
-
-/// Include/exclude selection of keys.
-#[derive(Debug)]
-pub struct Filter {
-    include: Option<(GlobSet, GlobSet)>,
-    exclude: (GlobSet, GlobSet),
-}
-
-impl Filter {
-    /// Compiles the patterns; a pattern without `/` matches file names.
-    pub fn new(include: &[String], exclude: &[String]) -> anyhow::Result<Self> {
-        fn sets(patterns: &[String], flag: &str) -> anyhow::Result<(GlobSet, GlobSet)> {
-            let (mut full, mut name) = (GlobSetBuilder::new(), GlobSetBuilder::new());
-            for p in patterns {
-                let glob = globset::GlobBuilder::new(p.trim_start_matches('/'))
-                    .literal_separator(true)
-                    .build()
-                    .map(|g: Glob| g)
-                    .with_context(|| format!("invalid {flag} pattern {p:?}"))?;
-                if p.contains('/') {
-                    full.add(glob);
-                } else {
-                    name.add(glob);
-                }
-            }
-            Ok((full.build()?, name.build()?))
-        }
-        Ok(Filter {
-            include: if include.is_empty() {
-                None
-            } else {
-                Some(sets(include, "--include")?)
-            },
-            exclude: sets(exclude, "--exclude")?,
-        })
-    }
-
-    /// Whether `key` is selected.
-    pub fn selects(&self, key: &str) -> bool {
-        let name = key.rsplit('/').next().unwrap_or(key);
-        let hit = |(full, names): &(GlobSet, GlobSet)| full.is_match(key) || names.is_match(name);
-        self.include.as_ref().is_none_or(hit) && !hit(&self.exclude)
     }
 }
 
@@ -345,6 +301,7 @@ pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary
         plan.probe.clone(),
         args.progress_interval,
         global.log_format,
+        Job::Copy,
     );
 
     // The listing queue's memory is paid for up front.
@@ -413,6 +370,7 @@ pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary
     let _ = limit.slots.acquire_many(all).await;
     reporter.stop();
     let summary = Summary::collect(
+        Job::Copy,
         &counters,
         &gov,
         &plan.probe,
@@ -496,27 +454,6 @@ impl TaskContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn filters_match_full_keys_and_file_names() {
-        let f = Filter::new(&["*.txt".into(), "logs/**".into()], &["secret*".into()]).unwrap();
-        assert!(f.selects("a.txt"));
-        assert!(
-            f.selects("deep/dir/b.txt"),
-            "name patterns match at any depth"
-        );
-        assert!(f.selects("logs/2024/x.bin"));
-        assert!(!f.selects("data/x.bin"));
-        assert!(!f.selects("deep/secret.txt"), "exclude wins");
-        let all = Filter::new(&[], &["*.tmp".into()]).unwrap();
-        assert!(all.selects("x/y.dat") && !all.selects("x/y.tmp"));
-        assert!(
-            Filter::new(&["a[".into()], &[])
-                .unwrap_err()
-                .to_string()
-                .contains("--include")
-        );
-    }
 
     #[test]
     fn mtimes_compare_to_the_coarser_precision() {

@@ -1,1 +1,5 @@
+//! The jobs: each a pipeline from a source through byte-bounded channels.
+
 pub mod copy;
+pub mod filter;
+pub mod purge;

@@ -203,6 +203,11 @@ impl S3Store {
         format!("s3://{}/{}", self.bucket, self.full_key(key))
     }
 
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
     /// See [`Store::list`](super::Store::list).
     pub async fn list(&self, tx: channel::Sender<Listed>, retry: &Retry) -> Result<(), StoreError> {
         if let Some(only) = &self.only {

@@ -1,0 +1,702 @@
+//! `headroom purge`: delete files older than a cut-off, in memory that
+//! depends on the tree's depth and the concurrency, never on the number of
+//! files.
+//!
+//! # Local trees
+//!
+//! ```text
+//!  walkers (few threads)                      workers (--concurrency threads)
+//!  readdir one directory at a time  --batch-->  fstatat + unlinkat, relative
+//!  subdirectories -> bounded queue,   queue     to the directory's open fd
+//!  or, when it is full, walked inline (bounded)
+//!  (depth first on the walker's own stack)
+//! ```
+//!
+//! * The frontier is bounded: a walker that finds a subdirectory offers it
+//!   to a queue of [`DIR_QUEUE`] entries; when the queue is full it descends
+//!   itself, depth first. Memory is the queue plus, per walker, one open
+//!   directory per level of depth.
+//! * File names go to workers in batches of at most [`BATCH_NAMES`] names
+//!   and [`BATCH_BYTES`] bytes through a queue of one batch per worker, so
+//!   a flat directory of millions of files streams through constant memory
+//!   while `--concurrency` metadata calls are in flight: on NFS/EFS, where
+//!   each call costs milliseconds, that is what keeps the filesystem busy.
+//! * Every call is relative to an open directory fd (`openat` with
+//!   `O_NOFOLLOW`, `fstatat` with `AT_SYMLINK_NOFOLLOW`, `unlinkat`): a
+//!   symlink is never followed, even if it replaces a directory mid-walk; a
+//!   matching symlink is deleted itself. Directories on another filesystem
+//!   are not entered unless `--cross-filesystems`.
+//! * `--remove-empty-dirs`: a directory's state is reference counted by its
+//!   pending batches and subdirectories; when the last one is done it tries
+//!   `rmdir`, which fails harmlessly if anything is left in it.
+//!
+//! # S3 prefixes
+//!
+//! The listing streams through a byte-bounded channel (its LastModified is
+//! the age); matching keys are deleted with DeleteObjects in batches of up
+//! to 1,000, a few batches in flight, each key's error reported.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures::stream::{FuturesUnordered, StreamExt};
+use headroom_governor::{Governor, channel};
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::cli::{GlobalArgs, PurgeArgs};
+use crate::jobs::copy::s3_config;
+use crate::jobs::filter::Filter;
+use crate::memory::MemoryPlan;
+use crate::store::retry::Retry;
+use crate::store::s3::S3Store;
+use crate::store::{Listed, Location};
+use crate::telemetry::{Counters, Job, Reporter, Summary};
+
+/// Metadata calls in flight by default.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+/// Directories waiting for a walker, at most.
+pub const DIR_QUEUE: usize = 256;
+/// Names per batch handed to a worker, at most.
+pub const BATCH_NAMES: usize = 256;
+/// Bytes of names per batch, at most (a name is at most 255 bytes).
+pub const BATCH_BYTES: usize = 8 << 10;
+/// Heap of one open directory level: the kernel's getdents buffer in
+/// rustix's `Dir`, the node and its path.
+const DIR_LEVEL_BYTES: u64 = 40 << 10;
+/// Levels of depth reserved per walker up front; deeper trees are rare and
+/// the reservation is for the governor's picture, not a hard limit.
+const RESERVED_DEPTH: u64 = 32;
+/// Keys per DeleteObjects request (S3's maximum).
+pub const S3_BATCH_KEYS: usize = 1000;
+
+/// Runs the purge and returns its summary.
+pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summary> {
+    let filter = Filter::new(&args.include, &args.exclude)?;
+    let cutoff = SystemTime::now()
+        .checked_sub(args.older_than)
+        .filter(|t| *t > UNIX_EPOCH)
+        .with_context(|| {
+            format!(
+                "--older-than {} reaches before 1970",
+                humantime::format_duration(args.older_than)
+            )
+        })?;
+    let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+    if concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let root = match &args.target {
+        Location::Local(path) => Some(check_local_target(path, args.force)?),
+        Location::S3 { .. } => None,
+    };
+
+    let plan = MemoryPlan::start(global.memory);
+    let gov = plan.governor.clone();
+    let counters = Arc::new(Counters::default());
+    let started = Instant::now();
+    let reporter = Reporter::start(
+        counters.clone(),
+        gov.clone(),
+        plan.probe.clone(),
+        args.progress_interval,
+        global.log_format,
+        Job::Purge,
+    );
+    let outcome = match (&args.target, root) {
+        (_, Some(root)) => {
+            let ctx = Arc::new(Ctx {
+                cutoff: unix(cutoff),
+                filter,
+                dry_run: args.dry_run,
+                remove_empty_dirs: args.remove_empty_dirs && !args.dry_run,
+                cross_filesystems: args.cross_filesystems,
+                root_dev: std::sync::OnceLock::new(),
+                counters: counters.clone(),
+            });
+            purge_local(ctx, root, concurrency, &gov).await
+        }
+        (Location::S3 { bucket, prefix }, None) => {
+            purge_s3(
+                args,
+                bucket,
+                prefix,
+                cutoff,
+                filter,
+                concurrency,
+                &counters,
+                &gov,
+            )
+            .await
+        }
+        (Location::Local(_), None) => unreachable!("a local target is checked above"),
+    };
+    reporter.stop();
+    outcome?;
+    let mut summary = Summary::collect(
+        Job::Purge,
+        &counters,
+        &gov,
+        &plan.probe,
+        started.elapsed(),
+        args.dry_run,
+    );
+    if args.dry_run {
+        summary.estimate = Some(estimate(&counters, started.elapsed(), concurrency));
+    }
+    Ok(summary)
+}
+
+/// How long the real run is likely to take: the scan just measured, plus
+/// one more metadata call (the unlink) per matched file at the measured
+/// mean latency, `concurrency` at a time.
+fn estimate(c: &Counters, scan: Duration, concurrency: usize) -> Duration {
+    let calls = c.metadata_calls.load(Ordering::Relaxed).max(1);
+    let mean = c.metadata_nanos.load(Ordering::Relaxed) as f64 / calls as f64;
+    let deletes = c.copied.load(Ordering::Relaxed) as f64;
+    scan + Duration::from_nanos((deletes * mean / concurrency as f64) as u64)
+}
+
+/// `(seconds, nanoseconds)` since the epoch, comparable with a stat's.
+fn unix(t: SystemTime) -> (i64, i64) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos() as i64)
+}
+
+/// Resolves the target and refuses what must not be purged.
+fn check_local_target(path: &Path, force: bool) -> anyhow::Result<PathBuf> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("target {} does not exist", path.display())
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read target {}", path.display()));
+        }
+    };
+    if !meta.is_dir() {
+        bail!(
+            "target {} is a file, not a directory: purge deletes old files below a directory",
+            path.display()
+        );
+    }
+    let canonical = path
+        .canonicalize()
+        .with_context(|| format!("cannot resolve target {}", path.display()))?;
+    if !force {
+        if canonical == Path::new("/") {
+            bail!("refusing to purge / (the whole filesystem) without --force");
+        }
+        let home = std::env::var_os("HOME").and_then(|h| PathBuf::from(h).canonicalize().ok());
+        if home.as_deref() == Some(canonical.as_path()) {
+            bail!(
+                "refusing to purge the home directory {} without --force",
+                canonical.display()
+            );
+        }
+    }
+    Ok(canonical)
+}
+
+/// What every walker and worker shares.
+struct Ctx {
+    cutoff: (i64, i64),
+    filter: Filter,
+    dry_run: bool,
+    remove_empty_dirs: bool,
+    cross_filesystems: bool,
+    /// The target's device, set when it is opened.
+    root_dev: std::sync::OnceLock<u64>,
+    counters: Arc<Counters>,
+}
+
+impl Ctx {
+    fn fail(&self, path: String, e: Errno) {
+        let why = match e {
+            Errno::ACCESS | Errno::PERM => format!("permission denied ({e})"),
+            other => other.to_string(),
+        };
+        self.counters.fail(path, why);
+    }
+}
+
+/// An open directory being purged. Alive while a walker reads it, a batch
+/// of its files is pending or a subdirectory is; dropping the last
+/// reference is when it may be removed.
+struct DirNode {
+    fd: OwnedFd,
+    /// Path below the target ("" for the target), for messages and globs.
+    rel: String,
+    parent: Option<(Arc<DirNode>, CString)>,
+    ctx: Arc<Ctx>,
+}
+
+impl DirNode {
+    fn path_of(&self, name: &CStr) -> String {
+        let name = String::from_utf8_lossy(name.to_bytes());
+        if self.rel.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{}/{name}", self.rel)
+        }
+    }
+}
+
+impl Drop for DirNode {
+    fn drop(&mut self) {
+        let Some((parent, name)) = &self.parent else {
+            return; // the target itself stays
+        };
+        if !self.ctx.remove_empty_dirs {
+            return;
+        }
+        match rustix::fs::unlinkat(&parent.fd, name.as_c_str(), AtFlags::REMOVEDIR) {
+            Ok(()) => {
+                self.ctx
+                    .counters
+                    .dirs_removed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            // Not empty (kept files), or gone already: nothing to do.
+            Err(Errno::NOTEMPTY | Errno::EXIST | Errno::NOENT | Errno::BUSY) => {}
+            Err(e) => self.ctx.fail(format!("{}/ (rmdir)", self.rel), e),
+        }
+    }
+}
+
+/// A directory to walk: a name in an open parent (or the target's path).
+struct DirJob {
+    parent: Option<Arc<DirNode>>,
+    name: CString,
+    rel: String,
+}
+
+/// File names of one directory for a worker.
+struct Batch {
+    dir: Arc<DirNode>,
+    names: Vec<CString>,
+    bytes: usize,
+}
+
+async fn purge_local(
+    ctx: Arc<Ctx>,
+    root: PathBuf,
+    concurrency: usize,
+    gov: &Governor,
+) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let workers = concurrency;
+    let walkers = (concurrency / 8).clamp(1, 8);
+    // The queues and open directories, paid for up front.
+    let batch_bytes = (workers as u64 + walkers as u64)
+        * (BATCH_BYTES as u64 + (BATCH_NAMES * std::mem::size_of::<CString>()) as u64);
+    let dir_bytes = DIR_QUEUE as u64 * (std::mem::size_of::<DirJob>() as u64 + 512)
+        + walkers as u64 * RESERVED_DEPTH * DIR_LEVEL_BYTES;
+    let _batches = gov.acquire(batch_bytes, "purge.batches").await;
+    let _dirs = gov.acquire(dir_bytes, "purge.dirs").await;
+
+    let name = CString::new(root.as_os_str().as_bytes()).context("target path contains NUL")?;
+    let first = DirJob {
+        parent: None,
+        name,
+        rel: String::new(),
+    };
+    tokio::task::spawn_blocking(move || walk_tree(&ctx, first, walkers, workers))
+        .await
+        .context("purge threads")
+}
+
+/// Walks from `first` with `walkers` readdir threads feeding `workers`
+/// stat/unlink threads; returns when every directory and file is done.
+fn walk_tree(ctx: &Arc<Ctx>, first: DirJob, walkers: usize, workers: usize) {
+    let (dir_tx, dir_rx) = sync_channel::<DirJob>(DIR_QUEUE);
+    let (batch_tx, batch_rx) = sync_channel::<Batch>(workers);
+    let dir_rx = Mutex::new(dir_rx);
+    let batch_rx = Mutex::new(batch_rx);
+    // Directories queued or being walked; 0 with an empty queue = done.
+    let outstanding = AtomicUsize::new(1);
+    dir_tx.send(first).expect("queue has room");
+    std::thread::scope(|s| {
+        for i in 0..workers {
+            let (ctx, rx) = (ctx, &batch_rx);
+            std::thread::Builder::new()
+                .name(format!("purge-worker-{i}"))
+                .stack_size(256 << 10)
+                .spawn_scoped(s, move || worker(ctx, rx))
+                .expect("spawn purge worker");
+        }
+        let walker_handles: Vec<_> = (0..walkers)
+            .map(|i| {
+                let (ctx, rx, tx, batches, outstanding) =
+                    (ctx, &dir_rx, dir_tx.clone(), batch_tx.clone(), &outstanding);
+                std::thread::Builder::new()
+                    .name(format!("purge-walker-{i}"))
+                    .stack_size(256 << 10)
+                    .spawn_scoped(s, move || walker(ctx, rx, &tx, &batches, outstanding))
+                    .expect("spawn purge walker")
+            })
+            .collect();
+        for h in walker_handles {
+            let _ = h.join();
+        }
+        // Walkers are done: closing the batch queue lets workers finish.
+        drop(batch_tx);
+    });
+}
+
+fn walker(
+    ctx: &Arc<Ctx>,
+    rx: &Mutex<Receiver<DirJob>>,
+    tx: &SyncSender<DirJob>,
+    batches: &SyncSender<Batch>,
+    outstanding: &AtomicUsize,
+) {
+    loop {
+        let job = rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recv_timeout(Duration::from_millis(10));
+        match job {
+            Ok(job) => {
+                walk(ctx, job, tx, batches, outstanding);
+                outstanding.fetch_sub(1, Ordering::AcqRel);
+            }
+            Err(RecvTimeoutError::Timeout) if outstanding.load(Ordering::Acquire) == 0 => return,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Opens a directory without following a symlink, on the target's
+/// filesystem unless crossing is allowed.
+fn open_dir(ctx: &Arc<Ctx>, job: DirJob) -> Option<(Arc<DirNode>, Dir)> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let at = job.parent.as_ref().map_or(CWD, |p| p.fd.as_fd());
+    let shown = || {
+        if job.rel.is_empty() {
+            ".".to_string()
+        } else {
+            format!("{}/", job.rel)
+        }
+    };
+    let fd = match rustix::fs::openat(at, job.name.as_c_str(), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => {
+            ctx.counters.vanished.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Err(e) => {
+            ctx.fail(shown(), e);
+            return None;
+        }
+    };
+    if !ctx.cross_filesystems {
+        let dev = match rustix::fs::fstat(&fd) {
+            Ok(st) => st.st_dev,
+            Err(e) => {
+                ctx.fail(shown(), e);
+                return None;
+            }
+        };
+        let root = *ctx.root_dev.get_or_init(|| dev);
+        if dev != root {
+            tracing::info!("not entering {}: another filesystem", shown());
+            return None;
+        }
+    }
+    let dir = match Dir::read_from(&fd) {
+        Ok(d) => d,
+        Err(e) => {
+            ctx.fail(shown(), e);
+            return None;
+        }
+    };
+    let parent = job.parent.map(|p| (p, job.name));
+    let node = Arc::new(DirNode {
+        fd,
+        rel: job.rel,
+        parent,
+        ctx: ctx.clone(),
+    });
+    Some((node, dir))
+}
+
+/// Reads one directory (and, while the queue is full, its subdirectories,
+/// depth first), handing file names to the workers.
+fn walk(
+    ctx: &Arc<Ctx>,
+    job: DirJob,
+    tx: &SyncSender<DirJob>,
+    batches: &SyncSender<Batch>,
+    outstanding: &AtomicUsize,
+) {
+    let mut stack: Vec<(Arc<DirNode>, Dir)> = Vec::new();
+    stack.extend(open_dir(ctx, job));
+    let mut batch: Option<Batch> = None;
+    let flush = |batch: &mut Option<Batch>| {
+        if let Some(b) = batch.take()
+            && !b.names.is_empty()
+        {
+            // Blocks while every worker is busy: the walk waits for them.
+            let _ = batches.send(b);
+        }
+    };
+    while let Some((node, dir)) = stack.last_mut() {
+        let entry = match dir.read() {
+            None => {
+                flush(&mut batch);
+                stack.pop();
+                continue;
+            }
+            Some(Err(e)) => {
+                ctx.fail(format!("{}/", node.rel), e);
+                flush(&mut batch);
+                stack.pop();
+                continue;
+            }
+            Some(Ok(entry)) => entry,
+        };
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            // Some filesystems do not fill d_type: ask, without following.
+            FileType::Unknown => rustix::fs::statat(&node.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+            _ => false,
+        };
+        if is_dir {
+            let child = DirJob {
+                parent: Some(node.clone()),
+                name: name.to_owned(),
+                rel: node.path_of(name),
+            };
+            outstanding.fetch_add(1, Ordering::AcqRel);
+            match tx.try_send(child) {
+                Ok(()) => {}
+                Err(TrySendError::Full(child) | TrySendError::Disconnected(child)) => {
+                    // The frontier is full: descend here instead.
+                    outstanding.fetch_sub(1, Ordering::AcqRel);
+                    flush(&mut batch);
+                    stack.extend(open_dir(ctx, child));
+                }
+            }
+            continue;
+        }
+        let b = batch.get_or_insert_with(|| Batch {
+            dir: node.clone(),
+            names: Vec::with_capacity(32),
+            bytes: 0,
+        });
+        b.bytes += name.to_bytes().len() + 1;
+        b.names.push(name.to_owned());
+        if b.names.len() >= BATCH_NAMES || b.bytes >= BATCH_BYTES {
+            flush(&mut batch);
+        }
+    }
+}
+
+fn worker(ctx: &Arc<Ctx>, rx: &Mutex<Receiver<Batch>>) {
+    loop {
+        let batch = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(batch) = batch else {
+            return;
+        };
+        ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        for name in &batch.names {
+            purge_file(ctx, &batch.dir, name);
+        }
+        ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Stats one entry (never following a symlink) and deletes it if it is
+/// old enough and selected.
+fn purge_file(ctx: &Ctx, dir: &DirNode, name: &CStr) {
+    let c = &ctx.counters;
+    let started = Instant::now();
+    let stat = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW);
+    c.metadata_calls.fetch_add(1, Ordering::Relaxed);
+    c.metadata_nanos
+        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let st = match stat {
+        Ok(st) => st,
+        Err(Errno::NOENT) => {
+            c.vanished.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Err(e) => return ctx.fail(dir.path_of(name), e),
+    };
+    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        return; // replaced by a directory since the walk saw it
+    }
+    c.listed.fetch_add(1, Ordering::Relaxed);
+    let mtime = (st.st_mtime as i64, st.st_mtime_nsec as i64);
+    let selected = mtime < ctx.cutoff
+        && (ctx.filter.selects_everything() || ctx.filter.selects(&dir.path_of(name)));
+    if !selected {
+        c.skipped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if !ctx.dry_run {
+        match rustix::fs::unlinkat(&dir.fd, name, AtFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::NOENT) => {
+                c.vanished.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => return ctx.fail(dir.path_of(name), e),
+        }
+    }
+    c.copied.fetch_add(1, Ordering::Relaxed);
+    c.bytes.fetch_add(st.st_size as u64, Ordering::Relaxed);
+    c.oldest.fetch_min(mtime.0, Ordering::Relaxed);
+    c.newest.fetch_max(mtime.0, Ordering::Relaxed);
+}
+
+/// A purge opens a directory per level per walker plus the parents of
+/// queued directories: more than the common soft limit of 1,024 on deep,
+/// wide trees. Raise the soft limit to the hard one.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("could not raise the open-file limit: {e}");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn purge_s3(
+    args: &PurgeArgs,
+    bucket: &str,
+    prefix: &str,
+    cutoff: SystemTime,
+    filter: Filter,
+    concurrency: usize,
+    counters: &Arc<Counters>,
+    gov: &Governor,
+) -> anyhow::Result<()> {
+    let s3 = s3_config(&args.s3, concurrency);
+    let client = Arc::new(s3.client(bucket)?);
+    let store = S3Store::new(client.clone(), bucket.to_string(), prefix.to_string());
+    let retry = Retry::default();
+    // The listing queue and the batches in flight, paid for up front.
+    const QUEUE_BYTES: u64 = 1 << 20;
+    let in_flight = concurrency.clamp(1, 8);
+    let _queue = gov.acquire(QUEUE_BYTES, "purge.listing").await;
+    let _batches = gov
+        .acquire(
+            (in_flight as u64 + 1) * S3_BATCH_KEYS as u64 * 1100,
+            "purge.batches",
+        )
+        .await;
+    let (tx, mut rx) = channel::bounded::<Listed>(QUEUE_BYTES, 4096);
+    let lister = {
+        let store = store.clone();
+        tokio::spawn(async move { store.list(tx, &retry).await })
+    };
+    let mut batch: Vec<(object_store::path::Path, u64, i64)> = Vec::new();
+    let mut running = FuturesUnordered::new();
+    let delete = |batch: Vec<(object_store::path::Path, u64, i64)>| {
+        let (client, counters, store, dry_run) = (
+            client.clone(),
+            counters.clone(),
+            store.clone(),
+            args.dry_run,
+        );
+        async move { delete_batch(&client, &store, batch, &counters, dry_run).await }
+    };
+    while let Some(listed) = rx.recv().await {
+        let entry = match listed {
+            Ok(e) => e,
+            Err(e) => {
+                counters.fail(e.path.clone(), e.message.clone());
+                continue;
+            }
+        };
+        counters.listed.fetch_add(1, Ordering::Relaxed);
+        let old = entry.mtime.is_some_and(|t| t < cutoff);
+        if !(old && filter.selects(&entry.key)) {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let path = store.path_of(&entry.key)?;
+        let secs = unix(entry.mtime.unwrap_or(UNIX_EPOCH)).0;
+        batch.push((path, entry.size, secs));
+        if batch.len() >= S3_BATCH_KEYS {
+            if running.len() >= in_flight {
+                running.next().await;
+            }
+            running.push(delete(std::mem::take(&mut batch)));
+        }
+    }
+    if !batch.is_empty() {
+        running.push(delete(batch));
+    }
+    while running.next().await.is_some() {}
+    lister
+        .await
+        .context("listing task")?
+        .map_err(|e| anyhow::anyhow!("cannot list the target: {e}"))?;
+    Ok(())
+}
+
+/// Deletes up to 1,000 keys with one DeleteObjects request (object_store
+/// sends them in one), recording each key's outcome.
+async fn delete_batch(
+    client: &Arc<object_store::aws::AmazonS3>,
+    store: &S3Store,
+    batch: Vec<(object_store::path::Path, u64, i64)>,
+    counters: &Counters,
+    dry_run: bool,
+) {
+    counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    let done = |size: u64, secs: i64| {
+        counters.copied.fetch_add(1, Ordering::Relaxed);
+        counters.bytes.fetch_add(size, Ordering::Relaxed);
+        counters.oldest.fetch_min(secs, Ordering::Relaxed);
+        counters.newest.fetch_max(secs, Ordering::Relaxed);
+    };
+    if dry_run {
+        for (_, size, secs) in &batch {
+            done(*size, *secs);
+        }
+    } else {
+        let paths = batch
+            .iter()
+            .map(|(p, _, _)| Ok(p.clone()))
+            .collect::<Vec<_>>();
+        let results: Vec<_> = object_store::ObjectStore::delete_stream(
+            client.as_ref(),
+            futures::stream::iter(paths).boxed(),
+        )
+        .collect()
+        .await;
+        for (result, (path, size, secs)) in results.into_iter().zip(&batch) {
+            match result {
+                Ok(_) => done(*size, *secs),
+                Err(object_store::Error::NotFound { .. }) => {
+                    counters.vanished.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => counters.fail(
+                    format!("s3://{}/{path}", store.bucket()),
+                    format!("delete: {e}"),
+                ),
+            }
+        }
+    }
+    counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+}
