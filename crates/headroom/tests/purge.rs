@@ -176,7 +176,7 @@ fn symlinks_are_never_followed() {
     std::os::unix::fs::symlink(&outside, root.join("to-outside")).unwrap();
     std::os::unix::fs::symlink("..", root.join("sub/loop")).unwrap();
     std::os::unix::fs::symlink(outside.join("precious.txt"), root.join("file-link")).unwrap();
-    filetime::set_symlink_file_times(&root.join("file-link"), long_ago, long_ago).unwrap();
+    filetime::set_symlink_file_times(root.join("file-link"), long_ago, long_ago).unwrap();
 
     let o = purge(&["--older-than", "30d", root.to_str().unwrap()]);
     assert_ok(&o);
