@@ -181,6 +181,11 @@ pub struct PurgeArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Benchmarking only: sleep this long before every metadata call, to
+    /// stand in for a high-latency filesystem (scripts/bench-purge.sh).
+    #[arg(long, hide = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub simulate_latency: Option<std::time::Duration>,
+
     /// How often to report progress, e.g. 2s, 500ms.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub progress_interval: std::time::Duration,

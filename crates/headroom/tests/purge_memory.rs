@@ -74,9 +74,9 @@ fn peak_rss_is_the_same_small_bound_for_50k_and_500k_files_flat_and_deep() {
             let last = run
                 .stderr
                 .lines()
+                .rev()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["type"] == "progress" && v["files_scanned"].as_u64() > Some(0))
-                .last()
+                .find(|v| v["type"] == "progress" && v["files_scanned"].as_u64() > Some(0))
                 .unwrap_or_else(|| panic!("{shape} {n}: no progress record:\n{}", run.stderr));
             for key in [
                 "files_scanned",

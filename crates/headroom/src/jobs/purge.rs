@@ -118,6 +118,7 @@ pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summar
                 dry_run: args.dry_run,
                 remove_empty_dirs: args.remove_empty_dirs && !args.dry_run,
                 cross_filesystems: args.cross_filesystems,
+                latency: args.simulate_latency,
                 root_dev: std::sync::OnceLock::new(),
                 counters: counters.clone(),
             });
@@ -212,12 +213,21 @@ struct Ctx {
     dry_run: bool,
     remove_empty_dirs: bool,
     cross_filesystems: bool,
+    /// `--simulate-latency`: a sleep before each metadata call.
+    latency: Option<Duration>,
     /// The target's device, set when it is opened.
     root_dev: std::sync::OnceLock<u64>,
     counters: Arc<Counters>,
 }
 
 impl Ctx {
+    /// Stands in for a slow filesystem's round trip, when asked to.
+    fn metadata_call(&self) {
+        if let Some(d) = self.latency {
+            std::thread::sleep(d);
+        }
+    }
+
     fn fail(&self, path: String, e: Errno) {
         let why = match e {
             Errno::ACCESS | Errno::PERM => format!("permission denied ({e})"),
@@ -387,6 +397,7 @@ fn open_dir(ctx: &Arc<Ctx>, job: DirJob) -> Option<(Arc<DirNode>, Dir)> {
             format!("{}/", job.rel)
         }
     };
+    ctx.metadata_call();
     let fd = match rustix::fs::openat(at, job.name.as_c_str(), flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => {
@@ -525,6 +536,7 @@ fn worker(ctx: &Arc<Ctx>, rx: &Mutex<Receiver<Batch>>) {
 fn purge_file(ctx: &Ctx, dir: &DirNode, name: &CStr) {
     let c = &ctx.counters;
     let started = Instant::now();
+    ctx.metadata_call();
     let stat = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW);
     c.metadata_calls.fetch_add(1, Ordering::Relaxed);
     c.metadata_nanos
@@ -549,6 +561,7 @@ fn purge_file(ctx: &Ctx, dir: &DirNode, name: &CStr) {
         return;
     }
     if !ctx.dry_run {
+        ctx.metadata_call();
         match rustix::fs::unlinkat(&dir.fd, name, AtFlags::empty()) {
             Ok(()) => {}
             Err(Errno::NOENT) => {
