@@ -1,7 +1,8 @@
 //! The memory claim of `headroom copy`, measured: a child process copying
-//! three 300 MiB files and thousands of small ones peaks at no more than
-//! its budget above the RSS of a run that copies nothing, for a 64 MiB and
-//! a 32 MiB budget alike. The file sizes do not show in the peak.
+//! three 300 MiB files and thousands of small ones to S3 and back peaks at
+//! no more than its budget above the RSS of a run that copies nothing (the
+//! documented base), for a 64 MiB and a 32 MiB budget alike. The file
+//! sizes do not show in the peak.
 
 mod common;
 
@@ -161,5 +162,41 @@ fn peak_rss_stays_within_the_budget_whatever_the_file_sizes() {
             "{}",
             report.last().unwrap()
         );
+
+        // And back: S3 -> local under the same budget.
+        let back = dir.path().join(format!("back-{budget}"));
+        let down = headroom_measured(
+            &[
+                "--memory",
+                budget,
+                "copy",
+                &format!("s3://mem/{budget}"),
+                back.to_str().unwrap(),
+            ],
+            &env,
+        );
+        assert!(
+            down.success,
+            "stdout:\n{}\nstderr:\n{}",
+            down.stdout, down.stderr
+        );
+        assert_eq!(
+            sizes(&back),
+            want,
+            "{budget}: every object comes back whole"
+        );
+        report.push(format!(
+            "--memory {budget}: S3 -> local peak RSS {:.1} MiB, above base {:.1} MiB",
+            down.peak_rss as f64 / MIB as f64,
+            down.peak_rss.saturating_sub(base.peak_rss) as f64 / MIB as f64,
+        ));
+        eprintln!("{}", report.last().unwrap());
+        assert!(
+            down.peak_rss <= base.peak_rss + budget_bytes,
+            "--memory {budget}: download peak RSS {} B exceeds base {} B + budget {budget_bytes} B",
+            down.peak_rss,
+            base.peak_rss
+        );
+        std::fs::remove_dir_all(&back).unwrap();
     }
 }
