@@ -511,7 +511,7 @@ impl Summary {
                 )?;
                 writeln!(
                     out,
-                    "memory: peak RSS {}, peak reserved {} of a {} budget",
+                    "memory: peak RSS {}, peak reserved {} of {} reservable",
                     self.peak_rss
                         .map_or_else(|| "unknown".into(), |b| ByteSize(b).to_string()),
                     ByteSize(self.peak_reserved),
@@ -598,7 +598,7 @@ impl Summary {
                 }
                 writeln!(
                     out,
-                    "memory: peak RSS {}, peak reserved {} of a {} budget",
+                    "memory: peak RSS {}, peak reserved {} of {} reservable",
                     self.peak_rss
                         .map_or_else(|| "unknown".into(), |b| ByteSize(b).to_string()),
                     ByteSize(self.peak_reserved),
