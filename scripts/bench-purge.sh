@@ -15,13 +15,8 @@ cd "$(dirname "$0")/.."
 files=${1:-1000000}
 base=${2:-$(mktemp -d)}
 
-need() {
-  command -v "$1" >/dev/null 2>&1 && return
-  echo "installing $2" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "$2"; else sudo apt-get install -y -qq "$2"; fi
-}
-need rclone rclone
-[ -x /usr/bin/time ] || need /usr/bin/time time
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 cargo build --release -q -p headroom --bin headroom
 bin=$PWD/target/release/headroom

@@ -15,13 +15,9 @@
 //! The counters are process-wide: a measurement counts every thread's
 //! allocations while it runs. That is what a memory claim needs (a path must
 //! stay within its reservation however many tasks it spawns), and it means
-//! measurements in one process must not overlap. A thread that belongs to
-//! something else in the same process (a test's server) can opt out with
-//! [`exclude_current_thread`]; memory it frees that a counted thread
-//! allocated stays counted, so exclusion never hides a measured byte.
+//! measurements in one process must not overlap.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -49,27 +45,8 @@ impl<A> CountingAlloc<A> {
     }
 }
 
-thread_local! {
-    // const-initialised and without a destructor: safe to read from inside
-    // the allocator, even while the thread exits.
-    static EXCLUDED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Stops counting the current thread's allocations and frees.
-pub fn exclude_current_thread() {
-    EXCLUDED.with(|e| e.set(true));
-}
-
-#[inline]
-fn counted() -> bool {
-    EXCLUDED.try_with(|e| !e.get()).unwrap_or(true)
-}
-
 #[inline]
 fn added(bytes: usize) {
-    if !counted() {
-        return;
-    }
     if !ACTIVE.load(Ordering::Relaxed) {
         ACTIVE.store(true, Ordering::Relaxed);
     }
@@ -79,9 +56,6 @@ fn added(bytes: usize) {
 
 #[inline]
 fn removed(bytes: usize) {
-    if !counted() {
-        return;
-    }
     CURRENT.fetch_sub(bytes as u64, Ordering::Relaxed);
 }
 

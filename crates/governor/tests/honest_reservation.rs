@@ -224,31 +224,3 @@ fn a_path_that_allocates_more_than_it_reserved_is_caught() {
         run.peak_reserved
     );
 }
-
-#[test]
-fn excluded_threads_are_not_counted_but_counted_threads_still_are() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    const BIG: usize = 8 << 20;
-    let (_, excluded_peak) = headroom_governor::alloc::measure_peak(|| {
-        std::thread::spawn(|| {
-            headroom_governor::alloc::exclude_current_thread();
-            let v = std::hint::black_box(vec![1u8; BIG]);
-            v.len()
-        })
-        .join()
-        .unwrap()
-    });
-    assert!(
-        excluded_peak < BIG as u64 / 8,
-        "an excluded thread's {BIG} B were counted: peak {excluded_peak} B"
-    );
-    let (_, counted_peak) = headroom_governor::alloc::measure_peak(|| {
-        std::thread::spawn(|| std::hint::black_box(vec![1u8; BIG]).len())
-            .join()
-            .unwrap()
-    });
-    assert!(
-        counted_peak >= BIG as u64,
-        "a counted thread's {BIG} B were missed: peak {counted_peak} B"
-    );
-}

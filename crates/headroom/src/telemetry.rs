@@ -509,27 +509,39 @@ impl Summary {
                     self.elapsed,
                     ByteSize(rate as u64)
                 )?;
-                writeln!(
-                    out,
-                    "memory: peak RSS {}, peak reserved {} of {} reservable",
-                    self.peak_rss
-                        .map_or_else(|| "unknown".into(), |b| ByteSize(b).to_string()),
-                    ByteSize(self.peak_reserved),
-                    ByteSize(self.budget)
-                )?;
-                if self.failed > 0 {
-                    writeln!(out, "failed objects:")?;
-                    for (what, why) in &self.failures {
-                        writeln!(out, "  {what}: {why}")?;
-                    }
-                    let more = self.failed.saturating_sub(self.failures.len() as u64);
-                    if more > 0 {
-                        writeln!(out, "  ... and {more} more (each is in the log above)")?;
-                    }
-                }
-                Ok(())
+                self.write_memory_and_failures(out, "failed objects:")
             }
         }
+    }
+}
+
+impl Summary {
+    /// The lines every job's text summary ends with: memory, then the
+    /// failures kept (the rest are in the log).
+    fn write_memory_and_failures(
+        &self,
+        out: &mut dyn std::io::Write,
+        heading: &str,
+    ) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "memory: peak RSS {}, peak reserved {} of {} reservable",
+            self.peak_rss
+                .map_or_else(|| "unknown".into(), |b| ByteSize(b).to_string()),
+            ByteSize(self.peak_reserved),
+            ByteSize(self.budget)
+        )?;
+        if self.failed > 0 {
+            writeln!(out, "{heading}")?;
+            for (what, why) in &self.failures {
+                writeln!(out, "  {what}: {why}")?;
+            }
+            let more = self.failed.saturating_sub(self.failures.len() as u64);
+            if more > 0 {
+                writeln!(out, "  ... and {more} more (each is in the log above)")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -596,25 +608,7 @@ impl Summary {
                 if let Some(e) = self.estimate {
                     writeln!(out, "a real run would take about {:.1?}", e)?;
                 }
-                writeln!(
-                    out,
-                    "memory: peak RSS {}, peak reserved {} of {} reservable",
-                    self.peak_rss
-                        .map_or_else(|| "unknown".into(), |b| ByteSize(b).to_string()),
-                    ByteSize(self.peak_reserved),
-                    ByteSize(self.budget)
-                )?;
-                if self.failed > 0 {
-                    writeln!(out, "failures:")?;
-                    for (what, why) in &self.failures {
-                        writeln!(out, "  {what}: {why}")?;
-                    }
-                    let more = self.failed.saturating_sub(self.failures.len() as u64);
-                    if more > 0 {
-                        writeln!(out, "  ... and {more} more (each is in the log above)")?;
-                    }
-                }
-                Ok(())
+                self.write_memory_and_failures(out, "failures:")
             }
         }
     }

@@ -184,16 +184,7 @@ fn unreadable_files_fail_alone_and_the_rest_is_copied() {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    let as_root = unsafe { libc::geteuid() } == 0;
-    let mut cmd = if as_root {
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_headroom"));
-        c
-    } else {
-        std::process::Command::new(env!("CARGO_BIN_EXE_headroom"))
-    };
-    let o = cmd
+    let o = headroom_unprivileged()
         .args(["copy", "--memory", "32MiB"])
         .arg(&src)
         .arg(&dst)

@@ -31,21 +31,8 @@ fn dataset(dir: &std::path::Path) {
 }
 
 fn sizes(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
-    walkdir::WalkDir::new(dir)
-        .min_depth(1)
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            let rel = e
-                .path()
-                .strip_prefix(dir)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            (rel, e.metadata().unwrap().len())
-        })
-        .filter(|(rel, _)| !rel.split('/').any(|p| p.starts_with('.')))
+    visible_files(dir)
+        .map(|(rel, e)| (rel, e.metadata().unwrap().len()))
         .collect()
 }
 

@@ -39,19 +39,7 @@ fn aged_tree(root: &Path, n: usize) -> BTreeSet<String> {
 }
 
 fn files(root: &Path) -> BTreeSet<String> {
-    walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| !e.file_type().is_dir())
-        .map(|e| {
-            e.path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect()
+    entries_below(root).map(|(rel, _)| rel).collect()
 }
 
 fn purge(args: &[&str]) -> std::process::Output {
@@ -218,16 +206,7 @@ fn unreadable_directories_are_reported_and_the_rest_is_purged() {
     }
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
 
-    let as_root = unsafe { libc::geteuid() } == 0;
-    let mut cmd = if as_root {
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_headroom"));
-        c
-    } else {
-        std::process::Command::new(env!("CARGO_BIN_EXE_headroom"))
-    };
-    let o = cmd
+    let o = headroom_unprivileged()
         .args(["purge", "--older-than", "30d"])
         .arg(&root)
         .env("RUST_LOG", "warn")

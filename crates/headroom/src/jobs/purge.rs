@@ -77,6 +77,16 @@ const RESERVED_DEPTH: u64 = 32;
 /// Keys per DeleteObjects request (S3's maximum).
 pub const S3_BATCH_KEYS: usize = 1000;
 
+/// What is purged, once checked.
+enum Target<'a> {
+    /// A canonical directory path.
+    Local(PathBuf),
+    S3 {
+        bucket: &'a str,
+        prefix: &'a str,
+    },
+}
+
 /// Runs the purge and returns its summary.
 pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summary> {
     let filter = Filter::new(&args.include, &args.exclude)?;
@@ -93,9 +103,10 @@ pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summar
     if concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let root = match &args.target {
-        Location::Local(path) => Some(check_local_target(path, args.force)?),
-        Location::S3 { .. } => None,
+    // Checked before anything starts: a bad target costs nothing.
+    let target = match &args.target {
+        Location::Local(path) => Target::Local(check_local_target(path, args.force)?),
+        Location::S3 { bucket, prefix } => Target::S3 { bucket, prefix },
     };
 
     let plan = MemoryPlan::start(global.memory);
@@ -110,8 +121,8 @@ pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summar
         global.log_format,
         Job::Purge,
     );
-    let outcome = match (&args.target, root) {
-        (_, Some(root)) => {
+    let outcome = match target {
+        Target::Local(root) => {
             let ctx = Arc::new(Ctx {
                 cutoff: unix(cutoff),
                 filter,
@@ -124,7 +135,7 @@ pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summar
             });
             purge_local(ctx, root, concurrency, &gov).await
         }
-        (Location::S3 { bucket, prefix }, None) => {
+        Target::S3 { bucket, prefix } => {
             purge_s3(
                 args,
                 bucket,
@@ -137,7 +148,6 @@ pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summar
             )
             .await
         }
-        (Location::Local(_), None) => unreachable!("a local target is checked above"),
     };
     reporter.stop();
     outcome?;
@@ -688,10 +698,10 @@ async fn delete_batch(
             done(*size, *secs);
         }
     } else {
-        let paths = batch
-            .iter()
-            .map(|(p, _, _)| Ok(p.clone()))
-            .collect::<Vec<_>>();
+        // object_store wants an owned stream: one clone of each path, at
+        // most S3_BATCH_KEYS, paid for by the "purge.batches" permit like
+        // the results that pair up with `batch`.
+        let paths: Vec<_> = batch.iter().map(|(p, _, _)| Ok(p.clone())).collect();
         let results: Vec<_> = object_store::ObjectStore::delete_stream(
             client.as_ref(),
             futures::stream::iter(paths).boxed(),

@@ -173,6 +173,21 @@ pub fn headroom(args: &[&str], env: &[(&str, String)]) -> Output {
     cmd.output().expect("run headroom")
 }
 
+/// A `headroom` command that runs as `nobody` when the tests run as root
+/// (CI containers do), so that file modes deny access as they would for a
+/// user.
+pub fn headroom_unprivileged() -> Command {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_headroom"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_headroom"))
+    }
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -189,32 +204,49 @@ pub fn assert_ok(o: &Output) {
     );
 }
 
-/// Every regular file below `dir` (skipping hidden names, which are the
-/// server's metadata), by relative path, with its size and MD5.
+/// Every entry below `dir` that is not a directory (files, symlinks), by
+/// path relative to `dir`.
+pub fn entries_below(dir: &Path) -> impl Iterator<Item = (String, walkdir::DirEntry)> + '_ {
+    walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| !e.file_type().is_dir())
+        .map(move |e| {
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (rel, e)
+        })
+}
+
+/// Regular files below `dir`, skipping hidden names (the S3 server's
+/// metadata), by relative path.
+pub fn visible_files(dir: &Path) -> impl Iterator<Item = (String, walkdir::DirEntry)> + '_ {
+    entries_below(dir).filter(|(rel, e)| {
+        e.file_type().is_file() && !rel.split('/').any(|part| part.starts_with('.'))
+    })
+}
+
+/// Every visible regular file below `dir`, with its size and MD5 (read in
+/// a stream, not whole).
 pub fn tree(dir: &Path) -> BTreeMap<String, (u64, String)> {
-    let mut out = BTreeMap::new();
-    for e in walkdir::WalkDir::new(dir).min_depth(1) {
-        let e = e.unwrap();
-        if !e.file_type().is_file() {
-            continue;
-        }
-        let rel = e
-            .path()
-            .strip_prefix(dir)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        if rel.split('/').any(|part| part.starts_with('.')) {
-            continue;
-        }
-        let data = std::fs::read(e.path()).unwrap();
-        let md5: String = Md5::digest(&data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        out.insert(rel, (data.len() as u64, md5));
-    }
-    out
+    visible_files(dir)
+        .map(|(rel, e)| {
+            let mut hasher = Md5::new();
+            let mut file = std::fs::File::open(e.path()).unwrap();
+            let len = std::io::copy(&mut file, &mut hasher).unwrap();
+            let md5: String = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            (rel, (len, md5))
+        })
+        .collect()
 }
 
 /// Deterministic pseudo-random bytes.
