@@ -63,6 +63,15 @@ pub enum Command {
     /// its target) and stays on the target's filesystem. Refuses `/` and
     /// the home directory without --force.
     Purge(Box<PurgeArgs>),
+    /// Append a stream of events to a Redis stream, with backpressure from
+    /// the stream back to the source.
+    ///
+    /// SOURCE is a WebSocket URL (ws://, wss://; one event per frame) or
+    /// `-` for standard input (one event per line). While the stream holds
+    /// --high-water entries or more, writing pauses and so does reading:
+    /// the WebSocket's TCP window closes, a pipe fills. An event leaves
+    /// memory only after Redis acknowledged it.
+    Ingest(Box<IngestArgs>),
     /// Show the memory plan: the detected limit, the budget headroom would
     /// use, the circuit breaker's thresholds and current usage.
     Memory(MemoryArgs),
@@ -192,6 +201,77 @@ pub struct PurgeArgs {
 
     #[command(flatten)]
     pub s3: S3Args,
+}
+
+/// Arguments of `headroom ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// ws://HOST[:PORT]/PATH, wss://..., or `-` for standard input.
+    #[arg(long, value_name = "SOURCE")]
+    pub from: crate::jobs::ingest::Source,
+
+    /// redis://[USER:PASSWORD@]HOST[:PORT][/DB]/STREAM.
+    #[arg(long, value_name = "URL")]
+    pub to: crate::jobs::ingest::Target,
+
+    /// Events per XADD batch (one MULTI/EXEC round trip).
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Bytes per batch at most (a single larger event goes alone).
+    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
+    pub batch_bytes: headroom_governor::ByteSize,
+
+    /// Send a batch that is not full after this long.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub flush_interval: std::time::Duration,
+
+    /// Trim the stream to about this many entries on every XADD
+    /// (`MAXLEN ~ N`). Default: no trimming.
+    #[arg(long, value_name = "N")]
+    pub maxlen: Option<u64>,
+
+    /// Pause writing (and so reading) while the stream holds this many
+    /// entries or more; resume when a consumer has trimmed it.
+    #[arg(long, value_name = "N")]
+    pub high_water: Option<u64>,
+
+    /// Events read but not yet acknowledged by Redis, at most.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_in_flight: usize,
+
+    /// The largest event accepted (a WebSocket message or a line); a
+    /// larger one is an error, never truncated.
+    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
+    pub max_event_size: headroom_governor::ByteSize,
+
+    /// The stream entry's field that holds the event.
+    #[arg(long, default_value = "data", value_name = "NAME")]
+    pub field: String,
+
+    /// WebSocket only: on reconnect, add this query parameter with the
+    /// sequence number of the last event Redis acknowledged, e.g.
+    /// `cursor` gives ws://host/path?cursor=1234.
+    #[arg(long, value_name = "NAME")]
+    pub cursor_param: Option<String>,
+
+    /// The numeric top-level JSON field of an event that holds its
+    /// sequence number (used with --cursor-param; events at or below the
+    /// last one read are dropped as replays).
+    #[arg(long, default_value = "seq", value_name = "NAME")]
+    pub sequence_field: String,
+
+    /// Give up when Redis has refused every write for this long.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub redis_retry_for: std::time::Duration,
+
+    /// Give up when the WebSocket cannot be reconnected for this long.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub reconnect_for: std::time::Duration,
+
+    /// How often to report progress, e.g. 2s, 500ms.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub progress_interval: std::time::Duration,
 }
 
 /// Parses an age such as `30d`, `12h`, `90m`, `1w`, `2d12h`.

@@ -45,6 +45,14 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 })
             }
+            Command::Ingest(args) => {
+                let summary = headroom::jobs::ingest::run(args, &cli.global).await?;
+                summary.print(cli.global.log_format, &mut std::io::stdout().lock())?;
+                match &summary.error {
+                    Some(e) => Err(anyhow::anyhow!("{e}")),
+                    None => Ok(ExitCode::SUCCESS),
+                }
+            }
             Command::Copy(args) => {
                 let summary = headroom::jobs::copy::run(args, &cli.global).await?;
                 summary.print(cli.global.log_format, &mut std::io::stdout().lock())?;

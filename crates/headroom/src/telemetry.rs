@@ -165,7 +165,8 @@ impl LeakDetector {
     }
 }
 
-fn mb(bytes: u64) -> f64 {
+/// Bytes as MiB with two decimals, as every record shows memory.
+pub fn mb(bytes: u64) -> f64 {
     (bytes as f64 / 1048576.0 * 100.0).round() / 100.0
 }
 
@@ -298,8 +299,50 @@ pub struct Reporter {
     handle: tokio::task::JoinHandle<()>,
 }
 
+/// One progress record, as printed: a JSON line with `--log-format json`,
+/// else a log line (and the progress bar's message on a terminal).
+pub struct Record {
+    /// The JSON form.
+    pub json: serde_json::Value,
+    /// The one-line text form.
+    pub line: String,
+}
+
 impl Reporter {
-    /// Starts reporting every `interval` until [`stop`](Self::stop).
+    /// Calls `record` every `interval` and prints what it returns, until
+    /// [`stop`](Self::stop). Every job's reports go through here.
+    pub fn every(
+        interval: Duration,
+        format: LogFormat,
+        mut record: impl FnMut() -> Record + Send + 'static,
+    ) -> Self {
+        let bar = (format == LogFormat::Text && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        let handle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let r = record();
+                match format {
+                    LogFormat::Json => eprintln!("{}", r.json),
+                    LogFormat::Text if bar.is_some() => {}
+                    LogFormat::Text => tracing::info!("{}", r.line),
+                }
+                if let Some(bar) = &bar {
+                    bar.set_message(r.line);
+                }
+            }
+        });
+        Reporter { handle }
+    }
+
+    /// Starts reporting a copy or purge every `interval`, with the leak
+    /// detector watching memory per 1,000 files.
     pub fn start(
         counters: std::sync::Arc<Counters>,
         gov: Governor,
@@ -308,43 +351,27 @@ impl Reporter {
         format: LogFormat,
         job: Job,
     ) -> Self {
-        let bar = (format == LogFormat::Text && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        });
-        let handle = tokio::spawn(async move {
-            let started = Instant::now();
-            let mut last = (Instant::now(), 0u64, 0u64);
-            let mut leak = LeakDetector::default();
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let s = snapshot(job, &counters, &gov, &probe, started, &mut last);
-                match format {
-                    LogFormat::Json => eprintln!("{}", s.json()),
-                    LogFormat::Text if bar.is_some() => {}
-                    LogFormat::Text => tracing::info!("{}", s.line()),
-                }
-                if let Some(bar) = &bar {
-                    bar.set_message(s.line());
-                }
-                if let Some(v) = s.mb_per_1k_files()
-                    && s.files_done + s.files_skipped + s.files_scanned >= 1000
-                    && leak.observe(v)
-                {
-                    tracing::warn!(
-                        mb_per_1k_files = v,
-                        "memory per 1,000 files has risen for {} windows in a row: something may be keeping per-file state (rss {})",
-                        LeakDetector::WINDOWS,
-                        ByteSize(s.rss)
-                    );
-                }
+        let started = Instant::now();
+        let mut last = (Instant::now(), 0u64, 0u64);
+        let mut leak = LeakDetector::default();
+        Self::every(interval, format, move || {
+            let s = snapshot(job, &counters, &gov, &probe, started, &mut last);
+            if let Some(v) = s.mb_per_1k_files()
+                && s.files_done + s.files_skipped + s.files_scanned >= 1000
+                && leak.observe(v)
+            {
+                tracing::warn!(
+                    mb_per_1k_files = v,
+                    "memory per 1,000 files has risen for {} windows in a row: something may be keeping per-file state (rss {})",
+                    LeakDetector::WINDOWS,
+                    ByteSize(s.rss)
+                );
             }
-        });
-        Reporter { handle }
+            Record {
+                json: s.json(),
+                line: s.line(),
+            }
+        })
     }
 
     /// Stops reporting.
@@ -523,14 +550,7 @@ impl Summary {
         out: &mut dyn std::io::Write,
         heading: &str,
     ) -> std::io::Result<()> {
-        writeln!(
-            out,
-            "memory: peak RSS {}, peak reserved {} of {} reservable",
-            self.peak_rss
-                .map_or_else(|| "unknown".into(), |b| ByteSize(b).to_string()),
-            ByteSize(self.peak_reserved),
-            ByteSize(self.budget)
-        )?;
+        write_memory_line(out, self.peak_rss, self.peak_reserved, self.budget)?;
         if self.failed > 0 {
             writeln!(out, "{heading}")?;
             for (what, why) in &self.failures {
@@ -543,6 +563,22 @@ impl Summary {
         }
         Ok(())
     }
+}
+
+/// The memory line every text summary has.
+pub fn write_memory_line(
+    out: &mut dyn std::io::Write,
+    peak_rss: Option<u64>,
+    peak_reserved: u64,
+    budget: u64,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "memory: peak RSS {}, peak reserved {} of {} reservable",
+        peak_rss.map_or_else(|| "unknown".into(), |b| ByteSize(b).to_string()),
+        ByteSize(peak_reserved),
+        ByteSize(budget)
+    )
 }
 
 fn rfc3339(t: std::time::SystemTime) -> String {

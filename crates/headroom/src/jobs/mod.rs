@@ -2,4 +2,5 @@
 
 pub mod copy;
 pub mod filter;
+pub mod ingest;
 pub mod purge;

@@ -1,0 +1,528 @@
+//! `headroom ingest`: events from a WebSocket or standard input into a
+//! Redis stream, with backpressure from the stream back to the source.
+//!
+//! ```text
+//!  reader ──(event + permit)──▶ queue ──▶ writer ──MULTI/XADD…/EXEC──▶ Redis
+//!   │ waits for a permit          │ bounded in     │ waits while the stream
+//!   │ (governor, bytes)           │ bytes and      │ is at --high-water
+//!   │ and for queue room          │ events         │
+//!   ▼                             ▼                ▼
+//!  stops reading: TCP window closes / the pipe fills
+//! ```
+//!
+//! Memory is bounded at every stage (the lesson of incident 05, where an
+//! unbounded channel behind a paused writer grew to 7 GB):
+//!
+//! * every event is paid for by a governor permit from the moment it is
+//!   read until Redis acknowledged the batch holding it (at-least-once:
+//!   nothing leaves memory unwritten);
+//! * the queue between reader and writer holds at most `--max-in-flight`
+//!   events minus one batch, and at most the budget in bytes;
+//! * the writer's own buffers (one encoded batch) are a fixed reservation.
+//!
+//! So a writer paused for ten minutes holds exactly what it held after ten
+//! milliseconds.
+
+mod redis_stream;
+mod source;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use headroom_governor::{ByteSize, Governor, MemoryProbe, Permit, channel};
+use serde_json::json;
+
+pub use redis_stream::{StreamId, Target};
+pub use source::{Source, sequence_of};
+
+use crate::cli::{GlobalArgs, IngestArgs, LogFormat};
+use crate::telemetry::{Record, Reporter, mb};
+
+/// What one queued event costs besides its bytes: the `Event` itself, the
+/// `Bytes` header and the allocator's rounding.
+pub const EVENT_OVERHEAD: u64 = 128;
+
+/// What one event costs in the encoded transaction besides its bytes: the
+/// XADD, key, ID, field and RESP framing.
+const COMMAND_OVERHEAD: u64 = 160;
+
+/// The Redis connection's own buffers.
+const CONNECTION_FOOTPRINT: u64 = 128 << 10;
+
+/// One event between reader and Redis, with the permit that pays for it.
+pub struct Event {
+    /// The event as read (a line without its newline, or a message).
+    pub data: Bytes,
+    /// Its sequence number, when `--cursor-param` is used and it has one.
+    pub seq: Option<u64>,
+    _permit: Permit,
+}
+
+/// Live counters of an ingest, shared by reader, writer and reporter.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    pub events_read: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub events_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub batches: AtomicU64,
+    /// The stream's length after the last write or poll.
+    pub stream_length: AtomicU64,
+    /// WebSocket reconnections.
+    pub reconnects: AtomicU64,
+    /// Redis calls that failed and were retried.
+    pub redis_retries: AtomicU64,
+    /// Events replayed by the source after a reconnect and dropped.
+    pub replays_dropped: AtomicU64,
+    /// The last acknowledged sequence number, plus one (0: none yet).
+    acked_seq_plus_one: AtomicU64,
+    backpressure: AtomicBool,
+    /// Since the job started, when the current pause began (ns).
+    backpressure_since_ns: AtomicU64,
+    backpressure_total_ns: AtomicU64,
+    pub backpressure_episodes: AtomicU64,
+    started: std::sync::OnceLock<Instant>,
+}
+
+impl IngestCounters {
+    fn new() -> Self {
+        let c = IngestCounters::default();
+        let _ = c.started.set(Instant::now());
+        c
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.started
+            .get()
+            .map_or(0, |s| s.elapsed().as_nanos() as u64)
+    }
+
+    /// Marks writing as paused; `true` if it was not already.
+    pub fn start_backpressure(&self) -> bool {
+        if self.backpressure.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.backpressure_since_ns
+            .store(self.now_ns(), Ordering::Relaxed);
+        self.backpressure_episodes.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Marks writing as resumed.
+    pub fn end_backpressure(&self) {
+        if self.backpressure.swap(false, Ordering::AcqRel) {
+            let since = self.backpressure_since_ns.load(Ordering::Relaxed);
+            self.backpressure_total_ns
+                .fetch_add(self.now_ns().saturating_sub(since), Ordering::Relaxed);
+            tracing::info!(
+                "stream below high water after {:.1?}: writing again",
+                Duration::from_nanos(self.now_ns().saturating_sub(since))
+            );
+        }
+    }
+
+    /// How long the current pause has lasted, if writing is paused.
+    pub fn backpressure_for(&self) -> Option<Duration> {
+        self.backpressure.load(Ordering::Acquire).then(|| {
+            Duration::from_nanos(
+                self.now_ns()
+                    .saturating_sub(self.backpressure_since_ns.load(Ordering::Relaxed)),
+            )
+        })
+    }
+
+    /// All time spent paused, the current pause included.
+    pub fn backpressure_total(&self) -> Duration {
+        Duration::from_nanos(self.backpressure_total_ns.load(Ordering::Relaxed))
+            + self.backpressure_for().unwrap_or_default()
+    }
+
+    /// The sequence number of the last event Redis acknowledged.
+    pub fn last_acked_seq(&self) -> Option<u64> {
+        self.acked_seq_plus_one
+            .load(Ordering::Acquire)
+            .checked_sub(1)
+    }
+
+    /// Events read and not yet acknowledged.
+    pub fn events_in_flight(&self) -> u64 {
+        let written = self.events_written.load(Ordering::Acquire);
+        self.events_read
+            .load(Ordering::Acquire)
+            .saturating_sub(written)
+    }
+
+    /// Their bytes.
+    pub fn bytes_in_flight(&self) -> u64 {
+        let written = self.bytes_written.load(Ordering::Acquire);
+        self.bytes_read
+            .load(Ordering::Acquire)
+            .saturating_sub(written)
+    }
+}
+
+/// How an ingest ended.
+#[derive(Debug)]
+pub struct IngestSummary {
+    pub source: String,
+    pub target: String,
+    pub events_read: u64,
+    pub events_written: u64,
+    pub bytes_written: u64,
+    pub batches: u64,
+    pub replays_dropped: u64,
+    pub reconnects: u64,
+    pub redis_retries: u64,
+    pub backpressure_episodes: u64,
+    pub backpressure_total: Duration,
+    pub stream_length: u64,
+    pub elapsed: Duration,
+    pub peak_rss: Option<u64>,
+    pub peak_reserved: u64,
+    pub budget: u64,
+    /// Why the job stopped early, if it did.
+    pub error: Option<String>,
+}
+
+impl IngestSummary {
+    /// Events read but never acknowledged (only after an error).
+    pub fn unwritten(&self) -> u64 {
+        self.events_read - self.events_written
+    }
+
+    /// Prints the summary (text or one JSON object) to `out`.
+    pub fn print(&self, format: LogFormat, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let secs = self.elapsed.as_secs_f64().max(1e-3);
+        let rate = self.events_written as f64 / secs;
+        match format {
+            LogFormat::Json => {
+                let v = json!({
+                    "type": "summary",
+                    "job": "ingest",
+                    "source": self.source,
+                    "target": self.target,
+                    "events_read": self.events_read,
+                    "events_written": self.events_written,
+                    "events_unwritten": self.unwritten(),
+                    "bytes_written": self.bytes_written,
+                    "batches": self.batches,
+                    "replays_dropped": self.replays_dropped,
+                    "reconnects": self.reconnects,
+                    "redis_retries": self.redis_retries,
+                    "backpressure_episodes": self.backpressure_episodes,
+                    "backpressure_s": self.backpressure_total.as_secs_f64(),
+                    "stream_length": self.stream_length,
+                    "elapsed_s": self.elapsed.as_secs_f64(),
+                    "events_per_second": rate.round(),
+                    "bytes_per_second": (self.bytes_written as f64 / secs).round(),
+                    "peak_rss_mb": self.peak_rss.map(mb),
+                    "peak_reserved_mb": mb(self.peak_reserved),
+                    "budget_mb": mb(self.budget),
+                    "error": self.error,
+                });
+                writeln!(out, "{v}")
+            }
+            LogFormat::Text => {
+                writeln!(
+                    out,
+                    "wrote {} events ({}) from {} to {} in {:.1?} ({:.0} events/s, {}/s)",
+                    self.events_written,
+                    ByteSize(self.bytes_written),
+                    self.source,
+                    self.target,
+                    self.elapsed,
+                    rate,
+                    ByteSize((self.bytes_written as f64 / secs) as u64),
+                )?;
+                writeln!(
+                    out,
+                    "stream length {}; paused {} times for {:.1?} in all (high water); {} reconnects, {} Redis retries, {} replayed events dropped",
+                    self.stream_length,
+                    self.backpressure_episodes,
+                    self.backpressure_total,
+                    self.reconnects,
+                    self.redis_retries,
+                    self.replays_dropped,
+                )?;
+                crate::telemetry::write_memory_line(
+                    out,
+                    self.peak_rss,
+                    self.peak_reserved,
+                    self.budget,
+                )?;
+                if self.unwritten() > 0 {
+                    writeln!(
+                        out,
+                        "NOT WRITTEN: {} events were read but Redis never acknowledged them",
+                        self.unwritten()
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn progress(
+    c: &IngestCounters,
+    gov: &Governor,
+    probe: &MemoryProbe,
+    last: &mut (Instant, u64, u64),
+) -> Record {
+    let now = Instant::now();
+    let events = c.events_written.load(Ordering::Relaxed);
+    let bytes = c.bytes_written.load(Ordering::Relaxed);
+    let window = now.duration_since(last.0).as_secs_f64().max(1e-3);
+    let events_per_second = (events - last.1.min(events)) as f64 / window;
+    let bytes_per_second = (bytes - last.2.min(bytes)) as f64 / window;
+    *last = (now, events, bytes);
+    let sample = probe.sample();
+    let stats = gov.stats();
+    let paused = c.backpressure_for();
+    let json = json!({
+        "type": "progress",
+        "job": "ingest",
+        "elapsed_s": c.started.get().map(|s| (s.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+        "events_read": c.events_read.load(Ordering::Relaxed),
+        "events_written": events,
+        "bytes_written": bytes,
+        "events_per_second": events_per_second.round(),
+        "bytes_per_second": bytes_per_second.round(),
+        "events_in_flight": c.events_in_flight(),
+        "bytes_in_flight": c.bytes_in_flight(),
+        "stream_length": c.stream_length.load(Ordering::Relaxed),
+        "backpressure": paused.is_some(),
+        "backpressure_s": paused.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
+        "backpressure_total_s": (c.backpressure_total().as_secs_f64() * 10.0).round() / 10.0,
+        "reconnects": c.reconnects.load(Ordering::Relaxed),
+        "redis_retries": c.redis_retries.load(Ordering::Relaxed),
+        "rss_mb": sample.rss.map(mb),
+        "heap_mb": sample.heap.map(mb),
+        "reserved_mb": mb(stats.reserved),
+        "budget_mb": mb(stats.budget),
+    });
+    let line = format!(
+        "{events} events written at {:.0}/s ({}/s), {} in flight ({}), stream length {}{} | memory: rss {}, reserved {} of {}",
+        events_per_second,
+        ByteSize(bytes_per_second as u64),
+        c.events_in_flight(),
+        ByteSize(c.bytes_in_flight()),
+        c.stream_length.load(Ordering::Relaxed),
+        paused.map_or_else(String::new, |d| format!(
+            ", PAUSED at high water for {d:.0?}"
+        )),
+        ByteSize(sample.rss.unwrap_or(0)),
+        ByteSize(stats.reserved),
+        ByteSize(stats.budget),
+    );
+    Record { json, line }
+}
+
+/// Checks the flags against each other and the budget; returns the
+/// writer's and the reader's fixed reservations.
+fn plan(args: &IngestArgs, budget: u64) -> anyhow::Result<(u64, u64)> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if args.max_in_flight < 2 * args.batch_size {
+        bail!(
+            "--max-in-flight ({}) must be at least twice --batch-size ({}): one batch is written while the next gathers",
+            args.max_in_flight,
+            args.batch_size
+        );
+    }
+    if args.max_event_size.0 == 0 || args.batch_bytes.0 == 0 {
+        bail!("--max-event-size and --batch-bytes must be more than zero");
+    }
+    if args.high_water == Some(0) {
+        bail!("--high-water must be at least 1");
+    }
+    if args.field.is_empty() {
+        bail!("--field must not be empty");
+    }
+    let max_event = args.max_event_size.0;
+    let writer = args.batch_bytes.0.max(max_event)
+        + args.batch_size as u64 * COMMAND_OVERHEAD
+        + CONNECTION_FOOTPRINT;
+    let reader = args.from.reader_footprint(max_event);
+    let least = writer + reader + max_event + EVENT_OVERHEAD;
+    if budget < least {
+        bail!(
+            "the memory budget leaves {} for buffers, less than the {} ingest needs with --max-event-size {} and --batch-bytes {}: raise --memory or lower those",
+            ByteSize(budget),
+            ByteSize(least),
+            args.max_event_size,
+            args.batch_bytes
+        );
+    }
+    Ok((writer, reader))
+}
+
+/// Runs `headroom ingest` until the source ends, a signal stops it, or
+/// something fails; the summary says which.
+pub async fn run(args: &IngestArgs, global: &GlobalArgs) -> anyhow::Result<IngestSummary> {
+    let memory = crate::memory::MemoryPlan::start(global.memory);
+    let gov = memory.governor.clone();
+    let (writer_bytes, reader_bytes) = plan(args, gov.budget())?;
+    let counters = Arc::new(IngestCounters::new());
+    let mut writer = redis_stream::StreamWriter::connect(
+        args.to.clone(),
+        redis_stream::WriterOptions {
+            field: args.field.clone(),
+            maxlen: args.maxlen,
+            high_water: args.high_water,
+            retry_for: args.redis_retry_for,
+        },
+        counters.clone(),
+    )
+    .await?;
+    tracing::info!(
+        "ingesting from {} into {} (stream length {})",
+        args.from,
+        writer.target(),
+        counters.stream_length.load(Ordering::Relaxed)
+    );
+    let _writer_permit = gov
+        .try_acquire(writer_bytes, "ingest.writer")
+        .context("reserving the writer's buffers")?;
+    let _reader_permit = gov
+        .try_acquire(reader_bytes, "ingest.reader")
+        .context("reserving the reader's buffers")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(stop_on_signals(stop_tx));
+    // One event waits in the reader and up to a batch in the writer; the
+    // queue holds the rest of --max-in-flight.
+    let queue_events = args.max_in_flight - args.batch_size - 1;
+    let (tx, rx) = channel::bounded::<Event>(gov.budget(), queue_events);
+
+    let started = Instant::now();
+    let reporter = {
+        let (c, g, p) = (counters.clone(), gov.clone(), memory.probe.clone());
+        let mut last = (Instant::now(), 0, 0);
+        Reporter::every(args.progress_interval, global.log_format, move || {
+            progress(&c, &g, &p, &mut last)
+        })
+    };
+    let reader = {
+        let cx = source::ReaderContext::new(gov.clone(), tx, counters.clone(), args, stop_rx);
+        let from = args.from.clone();
+        tokio::spawn(async move { source::read(&from, cx).await })
+    };
+    let written = write_loop(rx, &mut writer, args, &counters).await;
+    // A failed writer dropped the queue: the reader stops at its next send.
+    let read = match reader.await {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("the reader task failed: {e}")),
+    };
+    reporter.stop();
+    signals.abort();
+    let error = match (read, written) {
+        (_, Err(w)) => Some(format!("{w:#}")),
+        (Err(r), Ok(())) => Some(format!("{r:#}")),
+        (Ok(()), Ok(())) => None,
+    };
+    let stats = gov.stats();
+    Ok(IngestSummary {
+        source: args.from.to_string(),
+        target: writer.target().to_string(),
+        events_read: counters.events_read.load(Ordering::Relaxed),
+        events_written: counters.events_written.load(Ordering::Relaxed),
+        bytes_written: counters.bytes_written.load(Ordering::Relaxed),
+        batches: counters.batches.load(Ordering::Relaxed),
+        replays_dropped: counters.replays_dropped.load(Ordering::Relaxed),
+        reconnects: counters.reconnects.load(Ordering::Relaxed),
+        redis_retries: counters.redis_retries.load(Ordering::Relaxed),
+        backpressure_episodes: counters.backpressure_episodes.load(Ordering::Relaxed),
+        backpressure_total: counters.backpressure_total(),
+        stream_length: counters.stream_length.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        peak_rss: memory.probe.sample().peak_rss,
+        peak_reserved: stats.peak_reserved,
+        budget: stats.budget,
+        error,
+    })
+}
+
+/// Gathers batches from the queue and writes them until the queue closes
+/// and is empty. A batch closes at `--batch-size` events, `--batch-bytes`
+/// bytes, or `--flush-interval` after its first event.
+async fn write_loop(
+    mut rx: channel::Receiver<Event>,
+    writer: &mut redis_stream::StreamWriter,
+    args: &IngestArgs,
+    counters: &IngestCounters,
+) -> anyhow::Result<()> {
+    let mut batch: Vec<Event> = Vec::with_capacity(args.batch_size);
+    let mut carried: Option<Event> = None;
+    loop {
+        let first = match carried.take() {
+            Some(e) => e,
+            None => match rx.recv().await {
+                Some(e) => e,
+                None => return Ok(()),
+            },
+        };
+        let mut bytes = first.data.len() as u64;
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + args.flush_interval;
+        while batch.len() < args.batch_size {
+            let next = match rx.try_recv() {
+                Some(e) => Some(e),
+                None => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => None,
+                },
+            };
+            let Some(e) = next else { break };
+            let len = e.data.len() as u64;
+            if bytes + len > args.batch_bytes.0 {
+                carried = Some(e);
+                break;
+            }
+            bytes += len;
+            batch.push(e);
+        }
+        writer.wait_below_high_water().await?;
+        writer.write(&batch).await?;
+        if let Some(seq) = batch.iter().rev().find_map(|e| e.seq) {
+            counters
+                .acked_seq_plus_one
+                .store(seq + 1, Ordering::Release);
+        }
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters.bytes_written.fetch_add(bytes, Ordering::AcqRel);
+        counters
+            .events_written
+            .fetch_add(batch.len() as u64, Ordering::AcqRel);
+        // Acknowledged: the events and their permits go.
+        batch.clear();
+    }
+}
+
+/// The first SIGINT or SIGTERM stops reading (what was read is still
+/// written); a second one exits at once.
+async fn stop_on_signals(stop: tokio::sync::watch::Sender<bool>) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping: writing the events already read (signal again to exit at once)");
+    let _ = stop.send(true);
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("error: stopped by a second signal; events in flight were not written");
+    std::process::exit(130);
+}

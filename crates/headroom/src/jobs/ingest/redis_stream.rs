@@ -1,0 +1,572 @@
+//! The Redis side of `headroom ingest`: the target URL, and the writer that
+//! appends batches to the stream.
+//!
+//! # Exactly once, in order, across Redis failures
+//!
+//! A pipelined batch whose connection drops may have been applied in full,
+//! in part, or not at all, and the client cannot tell which. Retrying it
+//! blindly would duplicate events; skipping it would lose them. So:
+//!
+//! * Each batch is one `MULTI` … `EXEC` transaction: Redis applies all of
+//!   it or none of it.
+//! * headroom assigns the entry IDs itself (`<ms>-<seq>`, increasing, as
+//!   Redis's own `*` would), so a batch's last ID says whether it landed.
+//! * After a failure whose outcome is unknown, the writer asks the stream
+//!   for its `last-generated-id` (which trimming never lowers): if it is at
+//!   or past the batch's last ID, the batch was applied; otherwise the same
+//!   batch, with the same IDs, is sent again.
+//!
+//! This assumes headroom is the stream's only writer, as an ingester is.
+//! If another writer adds entries with higher IDs, headroom notices the
+//! conflict, takes IDs above the new top and goes on.
+//!
+//! # High water
+//!
+//! Every transaction ends with `XLEN`, so the writer knows the stream's
+//! length after each batch without an extra round trip. Before a batch, if
+//! that length is at or above `--high-water`, it polls `XLEN` (20 ms,
+//! doubling to 500 ms) until a consumer has trimmed the stream below it;
+//! meanwhile nothing is written, the bounded queue behind the writer fills,
+//! and the reader stops reading. The stream never holds more than
+//! high-water + one batch entries because of headroom.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Value};
+
+use super::{Event, IngestCounters};
+
+/// Where events go: `redis://[USER:PASSWORD@]HOST[:PORT][/DB]/STREAM`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The connection URL without the stream: `redis://host:port/db`.
+    connection: url::Url,
+    /// The database number.
+    pub db: u32,
+    /// The stream key.
+    pub stream: String,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// Shows the target without its password.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = self.connection.host_str().unwrap_or("");
+        let port = self.connection.port().unwrap_or(6379);
+        write!(f, "redis://{host}:{port}/{}/{}", self.db, self.stream)
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = "use redis://HOST[:PORT][/DB]/STREAM";
+        let url =
+            url::Url::parse(s).map_err(|e| format!("invalid Redis URL {s:?}: {e} ({usage})"))?;
+        match url.scheme() {
+            "redis" => {}
+            "rediss" => {
+                return Err(format!(
+                    "{s:?}: TLS (rediss://) is not supported yet; {usage}"
+                ));
+            }
+            other => return Err(format!("{s:?}: unsupported scheme {other}://; {usage}")),
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{s:?} names no host; {usage}"));
+        }
+        let segments: Vec<String> = url
+            .path_segments()
+            .into_iter()
+            .flatten()
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                percent_decode(p).ok_or_else(|| format!("{s:?}: invalid percent-encoding in {p:?}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let (db, stream) = match segments.as_slice() {
+            [] => return Err(format!("{s:?} names no stream; {usage}")),
+            [first, rest @ ..] if !rest.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) => {
+                let db = first
+                    .parse::<u32>()
+                    .map_err(|_| format!("{s:?}: database {first:?} is out of range"))?;
+                (db, rest.join("/"))
+            }
+            all => (0, all.join("/")),
+        };
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "{s:?}: query and fragment are not supported; {usage}"
+            ));
+        }
+        let mut connection = url.clone();
+        connection.set_path(&format!("/{db}"));
+        Ok(Target {
+            connection,
+            db,
+            stream,
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A stream entry ID, `<milliseconds>-<sequence>`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl FromStr for StreamId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        Ok(StreamId {
+            ms: ms.parse().map_err(|_| format!("bad stream ID {s:?}"))?,
+            seq: seq.parse().map_err(|_| format!("bad stream ID {s:?}"))?,
+        })
+    }
+}
+
+impl StreamId {
+    /// The next ID after `self` at wall-clock time `now_ms`, as Redis's
+    /// `*` would choose it.
+    pub fn next(self, now_ms: u64) -> StreamId {
+        if now_ms > self.ms {
+            StreamId { ms: now_ms, seq: 0 }
+        } else {
+            StreamId {
+                ms: self.ms,
+                seq: self.seq + 1,
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a failed write means for the batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// Nothing was applied; send the batch again after a pause.
+    NotApplied,
+    /// The batch may have been applied: ask the stream before resending.
+    Unknown,
+    /// Another writer's entries are above our IDs.
+    IdConflict,
+    /// Retrying cannot help (wrong key type, bad configuration).
+    Fatal,
+}
+
+fn classify(e: &RedisError) -> Failure {
+    let detail = e.detail().unwrap_or("");
+    match e.code() {
+        Some("WRONGTYPE") => return Failure::Fatal,
+        Some("EXECABORT") if detail.contains("WRONGTYPE") => return Failure::Fatal,
+        // Refused at queue time (e.g. OOM): the transaction was discarded.
+        Some("EXECABORT") => return Failure::NotApplied,
+        Some(
+            "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "OOM" | "NOREPLICAS",
+        ) => {
+            return Failure::NotApplied;
+        }
+        _ => {}
+    }
+    if e.to_string()
+        .contains("equal or smaller than the target stream top item")
+    {
+        return Failure::IdConflict;
+    }
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return Failure::Unknown;
+    }
+    match e.retry_method() {
+        redis::RetryMethod::NoRetry => Failure::Fatal,
+        _ => Failure::Unknown,
+    }
+}
+
+/// Appends batches of events to one stream; see the [module docs](self).
+pub struct StreamWriter {
+    con: ConnectionManager,
+    target: Target,
+    field: String,
+    maxlen: Option<u64>,
+    high_water: Option<u64>,
+    retry_for: Duration,
+    /// The last ID assigned (and, once its batch is acknowledged, written).
+    last_id: StreamId,
+    /// The stream's length after our last write or poll; consumers only
+    /// lower it.
+    length: u64,
+    counters: Arc<IngestCounters>,
+}
+
+/// How a writer is set up.
+pub struct WriterOptions {
+    pub field: String,
+    pub maxlen: Option<u64>,
+    pub high_water: Option<u64>,
+    pub retry_for: Duration,
+}
+
+impl StreamWriter {
+    /// Connects, checks that the key is a stream (or absent) and reads
+    /// where the stream stands. Fails at once when Redis is unreachable.
+    pub async fn connect(
+        target: Target,
+        options: WriterOptions,
+        counters: Arc<IngestCounters>,
+    ) -> anyhow::Result<Self> {
+        let client = redis::Client::open(target.connection.as_str())
+            .with_context(|| format!("invalid Redis target {target}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let mut con = ConnectionManager::new_with_config(client, config)
+            .await
+            .with_context(|| format!("cannot connect to Redis at {target}"))?;
+        let kind: String = redis::cmd("TYPE")
+            .arg(&target.stream)
+            .query_async(&mut con)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot read the type of key {:?} at {target}",
+                    target.stream
+                )
+            })?;
+        if kind != "stream" && kind != "none" {
+            bail!(
+                "Redis key {:?} in database {} holds a {kind}, not a stream: choose another stream name or delete the key",
+                target.stream,
+                target.db
+            );
+        }
+        let mut writer = StreamWriter {
+            con,
+            target,
+            field: options.field,
+            maxlen: options.maxlen,
+            high_water: options.high_water,
+            retry_for: options.retry_for,
+            last_id: StreamId::default(),
+            length: 0,
+            counters,
+        };
+        let (top, length) = writer
+            .stream_state()
+            .await
+            .with_context(|| format!("cannot read stream {}", writer.target))?;
+        writer.last_id = top.unwrap_or_default();
+        writer.set_length(length);
+        Ok(writer)
+    }
+
+    /// The target written to.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    fn set_length(&mut self, length: u64) {
+        self.length = length;
+        self.counters.stream_length.store(length, Ordering::Relaxed);
+    }
+
+    /// The stream's last generated ID (`None` if it does not exist) and
+    /// its length.
+    async fn stream_state(&mut self) -> Result<(Option<StreamId>, u64), RedisError> {
+        let (kind, info): (String, Value) = redis::pipe()
+            .cmd("TYPE")
+            .arg(&self.target.stream)
+            .cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.target.stream)
+            .ignore_errors()
+            .query_async(&mut self.con)
+            .await?;
+        if kind == "none" {
+            return Ok((None, 0));
+        }
+        let fields = match info {
+            Value::Array(v) => v,
+            Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            Value::ServerError(e) => return Err(e.into()),
+            other => {
+                return Err(RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "unexpected XINFO STREAM reply",
+                    format!("{other:?}"),
+                )));
+            }
+        };
+        let mut top = None;
+        let mut length = 0;
+        for pair in fields.chunks(2) {
+            let [k, v] = pair else { break };
+            let key: String = redis::from_redis_value_ref(k).unwrap_or_default();
+            match key.as_str() {
+                "last-generated-id" => {
+                    let s: String = redis::from_redis_value_ref(v)?;
+                    top = s.parse().ok();
+                }
+                "length" => length = redis::from_redis_value_ref(v)?,
+                _ => {}
+            }
+        }
+        Ok((top, length))
+    }
+
+    /// Waits while the stream holds `--high-water` entries or more.
+    pub async fn wait_below_high_water(&mut self) -> anyhow::Result<()> {
+        let Some(high_water) = self.high_water else {
+            return Ok(());
+        };
+        if self.length < high_water {
+            return Ok(());
+        }
+        let mut poll = Duration::from_millis(20);
+        let mut failing: Option<(Instant, RedisError)> = None;
+        loop {
+            match redis::cmd("XLEN")
+                .arg(&self.target.stream)
+                .query_async::<u64>(&mut self.con)
+                .await
+            {
+                Ok(length) => {
+                    failing = None;
+                    self.set_length(length);
+                    if length < high_water {
+                        self.counters.end_backpressure();
+                        return Ok(());
+                    }
+                    if self.counters.start_backpressure() {
+                        tracing::info!(
+                            "stream {} holds {length} entries (high water {high_water}): pausing until a consumer trims it",
+                            self.target
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.counters.redis_retries.fetch_add(1, Ordering::Relaxed);
+                    let since = failing.as_ref().map_or_else(Instant::now, |f| f.0);
+                    if since.elapsed() > self.retry_for {
+                        bail!(
+                            "Redis at {} has failed for {:?}: {e}",
+                            self.target,
+                            self.retry_for
+                        );
+                    }
+                    tracing::warn!("reading the length of {}: {e}; retrying", self.target);
+                    failing = Some((since, e));
+                }
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Appends `batch` exactly once and in order, retrying through Redis
+    /// errors and restarts for up to `--redis-retry-for`.
+    pub async fn write(&mut self, batch: &[Event]) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut first = self.last_id.next(now_ms());
+        let mut pipe = self.transaction(batch, first);
+        let mut last = StreamId {
+            ms: first.ms,
+            seq: first.seq + batch.len() as u64 - 1,
+        };
+        let mut maybe_applied = false;
+        let mut failing_since: Option<Instant> = None;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            if maybe_applied {
+                match self.stream_state().await {
+                    Ok((Some(top), length)) if top >= last => {
+                        tracing::info!(
+                            "the batch ending at {last} was applied before the connection failed; not sending it again"
+                        );
+                        self.set_length(length);
+                        break;
+                    }
+                    Ok(_) => maybe_applied = false,
+                    Err(e) => {
+                        self.failed(&e, &mut failing_since, &mut pause).await?;
+                        continue;
+                    }
+                }
+            }
+            match pipe.query_async::<(u64,)>(&mut self.con).await {
+                Ok((length,)) => {
+                    self.set_length(length);
+                    break;
+                }
+                Err(e) => match classify(&e) {
+                    Failure::Fatal => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("appending to {} failed", self.target)));
+                    }
+                    Failure::NotApplied => {
+                        self.failed(&e, &mut failing_since, &mut pause).await?;
+                    }
+                    Failure::Unknown => {
+                        maybe_applied = true;
+                        self.failed(&e, &mut failing_since, &mut pause).await?;
+                    }
+                    Failure::IdConflict => {
+                        // A retry whose first attempt landed is caught by
+                        // the check above; this is another writer.
+                        let (top, _) = self.stream_state().await.unwrap_or_default();
+                        let top = top.unwrap_or_default();
+                        tracing::warn!(
+                            "stream {} has entries up to {top}, above ours: another client writes to it; continuing after them",
+                            self.target
+                        );
+                        first = top.max(self.last_id).next(now_ms());
+                        last = StreamId {
+                            ms: first.ms,
+                            seq: first.seq + batch.len() as u64 - 1,
+                        };
+                        pipe = self.transaction(batch, first);
+                        self.failed(&e, &mut failing_since, &mut pause).await?;
+                    }
+                },
+            }
+        }
+        self.last_id = last;
+        Ok(())
+    }
+
+    /// Counts a failed attempt and sleeps before the next; gives up after
+    /// `--redis-retry-for` of continuous failure.
+    async fn failed(
+        &self,
+        e: &RedisError,
+        failing_since: &mut Option<Instant>,
+        pause: &mut Duration,
+    ) -> anyhow::Result<()> {
+        self.counters.redis_retries.fetch_add(1, Ordering::Relaxed);
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > self.retry_for {
+            bail!(
+                "Redis at {} has refused writes for {}: {e}",
+                self.target,
+                humantime::format_duration(self.retry_for)
+            );
+        }
+        tracing::warn!("writing to {}: {e}; retrying in {pause:?}", self.target);
+        tokio::time::sleep(*pause).await;
+        *pause = (*pause * 2).min(Duration::from_secs(2));
+        Ok(())
+    }
+
+    /// One `MULTI` … `EXEC` with an `XADD` per event, IDs from `first` on,
+    /// and an `XLEN` at the end.
+    fn transaction(&self, batch: &[Event], first: StreamId) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (i, event) in batch.iter().enumerate() {
+            let id = StreamId {
+                ms: first.ms,
+                seq: first.seq + i as u64,
+            };
+            let cmd = pipe.cmd("XADD").arg(&self.target.stream);
+            if let Some(n) = self.maxlen {
+                cmd.arg("MAXLEN").arg("~").arg(n);
+            }
+            cmd.arg(id.to_string())
+                .arg(&self.field)
+                .arg(&event.data[..])
+                .ignore();
+        }
+        pipe.cmd("XLEN").arg(&self.target.stream);
+        pipe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_with_and_without_a_database() {
+        let t: Target = "redis://127.0.0.1:6390/3/events".parse().unwrap();
+        assert_eq!((t.db, t.stream.as_str()), (3, "events"));
+        assert_eq!(t.connection.as_str(), "redis://127.0.0.1:6390/3");
+        let t: Target = "redis://localhost/firehose".parse().unwrap();
+        assert_eq!((t.db, t.stream.as_str()), (0, "firehose"));
+        let t: Target = "redis://h/app/events%3Araw".parse().unwrap();
+        assert_eq!((t.db, t.stream.as_str()), (0, "app/events:raw"));
+        let t: Target = "redis://:secret@h:1/1/s".parse().unwrap();
+        assert_eq!(t.to_string(), "redis://h:1/1/s", "no password shown");
+    }
+
+    #[test]
+    fn bad_targets_say_what_is_wrong() {
+        for (url, words) in [
+            ("redis://127.0.0.1:6379", "names no stream"),
+            ("redis://127.0.0.1:6379/", "names no stream"),
+            ("http://h/s", "unsupported scheme"),
+            ("rediss://h/s", "TLS"),
+            ("not a url", "invalid Redis URL"),
+            ("redis://h/99999999999/s", "out of range"),
+        ] {
+            let e = url.parse::<Target>().unwrap_err();
+            assert!(e.contains(words), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn ids_increase_like_redis_star() {
+        let id = StreamId { ms: 10, seq: 4 };
+        assert_eq!(id.next(9), StreamId { ms: 10, seq: 5 }, "clock behind");
+        assert_eq!(id.next(10), StreamId { ms: 10, seq: 5 });
+        assert_eq!(id.next(11), StreamId { ms: 11, seq: 0 });
+        assert_eq!(
+            "5-7".parse::<StreamId>().unwrap(),
+            StreamId { ms: 5, seq: 7 }
+        );
+        assert!(StreamId { ms: 5, seq: 7 } < StreamId { ms: 6, seq: 0 });
+    }
+}
