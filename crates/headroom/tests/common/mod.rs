@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
+pub mod ingest;
+
 pub const ACCESS_KEY: &str = "headroom-test-key";
 pub const SECRET_KEY: &str = "headroom-test-secret";
 
@@ -300,6 +302,18 @@ pub fn headroom_measured(args: &[&str], env: &[(&str, String)]) -> Measured {
         cmd.env(k, v);
     }
     let child = cmd.spawn().expect("run headroom");
+    let (success, peak_rss) = wait_measured(child);
+    Measured {
+        success,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        peak_rss,
+    }
+}
+
+/// Waits for `child` with `wait4`: whether it exited 0, and its own peak
+/// RSS in bytes.
+pub fn wait_measured(child: std::process::Child) -> (bool, u64) {
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value to be overwritten.
@@ -309,10 +323,8 @@ pub fn headroom_measured(args: &[&str], env: &[(&str, String)]) -> Measured {
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
     std::mem::forget(child); // already reaped
-    Measured {
-        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-        peak_rss: usage.ru_maxrss as u64 * 1024,
-    }
+    (
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        usage.ru_maxrss as u64 * 1024,
+    )
 }
