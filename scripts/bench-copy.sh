@@ -15,8 +15,11 @@ small=${1:-20000}
 big=${2:-8}
 big_mib=${3:-256}
 
-# shellcheck source=scripts/bench-lib.sh
-source scripts/bench-lib.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+# rclone for the comparison, GNU time for wall time and peak RSS.
+need rclone rclone
+[ -x /usr/bin/time ] || need /usr/bin/time time
 
 cargo build --release -q -p headroom --bin headroom --example s3_test_server
 bin=target/release/headroom

@@ -15,8 +15,11 @@ cd "$(dirname "$0")/.."
 files=${1:-1000000}
 base=${2:-$(mktemp -d)}
 
-# shellcheck source=scripts/bench-lib.sh
-source scripts/bench-lib.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+# rclone for the comparison, GNU time for wall time and peak RSS.
+need rclone rclone
+[ -x /usr/bin/time ] || need /usr/bin/time time
 
 cargo build --release -q -p headroom --bin headroom
 bin=$PWD/target/release/headroom

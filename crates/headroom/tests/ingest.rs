@@ -179,7 +179,7 @@ fn high_water_stops_the_socket_memory_stays_flat_and_a_consumer_resumes_it() {
             "only {} of {TOTAL} arrived",
             next - 1
         );
-        let page: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let page: common::ingest::Entries = redis::cmd("XRANGE")
             .arg("paused")
             .arg(format!("({last_id}"))
             .arg("+")
@@ -200,7 +200,7 @@ fn high_water_stops_the_socket_memory_stays_flat_and_a_consumer_resumes_it() {
         let _: u64 = redis::cmd("XTRIM")
             .arg("paused")
             .arg("MINID")
-            .arg(format!("{}", bump(&last_id)))
+            .arg(bump(&last_id))
             .query(&mut c)
             .unwrap();
     }
@@ -599,5 +599,68 @@ fn a_line_longer_than_the_largest_event_fails_after_writing_the_lines_before_it(
         data,
         [&b"{\"seq\":1}"[..], b"{\"seq\":2}"],
         "blank line skipped, CR stripped"
+    );
+}
+
+#[test]
+fn another_writer_with_higher_ids_does_not_lose_events() {
+    let redis = RedisServer::start();
+    let mut child = ingest_command(&[
+        "ingest",
+        "--from",
+        "-",
+        "--to",
+        &redis.url("shared"),
+        "--flush-interval",
+        "1ms",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut c = redis.connection();
+    for seq in 1..=100 {
+        writeln!(stdin, "{{\"seq\":{seq}}}").unwrap();
+    }
+    stdin.flush().unwrap();
+    wait_until(Duration::from_secs(20), "the first 100 events", || {
+        xlen(&mut c, "shared") >= 100
+    });
+    // Another client appends an entry an hour ahead of the clock.
+    let ahead = format!(
+        "{}-0",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            + 3_600_000
+    );
+    let _: String = redis::cmd("XADD")
+        .arg("shared")
+        .arg(&ahead)
+        .arg("data")
+        .arg(r#"{"seq":0}"#)
+        .query(&mut c)
+        .unwrap();
+    for seq in 101..=200 {
+        writeln!(stdin, "{{\"seq\":{seq}}}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let seqs: Vec<u64> = stream_entries(&mut c, "shared")
+        .iter()
+        .map(|(_, d)| common::ingest::seq_of(d))
+        .collect();
+    let mut expected: Vec<u64> = (1..=100).collect();
+    expected.push(0);
+    expected.extend(101..=200);
+    assert_eq!(seqs, expected, "ours, theirs, then ours after theirs");
+    assert!(
+        text(&out.stderr).contains("another client"),
+        "{}",
+        text(&out.stderr)
     );
 }

@@ -120,13 +120,16 @@ impl Drop for RedisServer {
     }
 }
 
+/// A page of XRANGE: (ID, [(field, value)]).
+pub type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
 /// Every entry of `stream` in order, as (ID, the `data` field), read in
 /// pages.
 pub fn stream_entries(c: &mut redis::Connection, stream: &str) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut start = "-".to_string();
     loop {
-        let page: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let page: Entries = redis::cmd("XRANGE")
             .arg(stream)
             .arg(&start)
             .arg("+")
@@ -255,6 +258,7 @@ impl Firehose {
 async fn serve(tcp: tokio::net::TcpStream, o: FirehoseOptions, stats: Arc<FirehoseStats>) {
     let cursor = Arc::new(Mutex::new(None));
     let c = cursor.clone();
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature
     let callback = move |req: &Request, resp: Response| {
         let parsed = req.uri().query().and_then(|q| {
             q.split('&')
@@ -271,8 +275,7 @@ async fn serve(tcp: tokio::net::TcpStream, o: FirehoseOptions, stats: Arc<Fireho
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.cursors.lock().unwrap().push(cursor);
     let pad = "x".repeat(o.padding);
-    let mut on_this_connection = 0;
-    for seq in cursor.map_or(1, |c| c + 1)..=o.total {
+    for (sent_here, seq) in (cursor.map_or(1, |c| c + 1)..=o.total).enumerate() {
         let event = format!(r#"{{"seq":{seq},"pad":"{pad}"}}"#);
         let started = stats.now_ms();
         stats.send_started_ms.store(started, Ordering::Release);
@@ -287,8 +290,7 @@ async fn serve(tcp: tokio::net::TcpStream, o: FirehoseOptions, stats: Arc<Fireho
             return;
         }
         stats.sent.fetch_max(seq, Ordering::AcqRel);
-        on_this_connection += 1;
-        if o.drop_every.is_some_and(|n| on_this_connection >= n) && seq < o.total {
+        if o.drop_every.is_some_and(|n| sent_here as u64 + 1 >= n) && seq < o.total {
             // Abruptly: flush what was sent, then drop the socket.
             let _ = ws.flush().await;
             return;

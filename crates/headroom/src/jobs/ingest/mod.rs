@@ -472,10 +472,11 @@ async fn write_loop(
         while batch.len() < args.batch_size {
             let next = match rx.try_recv() {
                 Some(e) => Some(e),
-                None => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(e) => e,
-                    Err(_) => None,
-                },
+                // Past the deadline, the batch goes as it is.
+                None => tokio::time::timeout_at(deadline, rx.recv())
+                    .await
+                    .ok()
+                    .flatten(),
             };
             let Some(e) = next else { break };
             let len = e.data.len() as u64;

@@ -188,8 +188,6 @@ enum Failure {
     NotApplied,
     /// The batch may have been applied: ask the stream before resending.
     Unknown,
-    /// Another writer's entries are above our IDs.
-    IdConflict,
     /// Retrying cannot help (wrong key type, bad configuration).
     Fatal,
 }
@@ -207,11 +205,6 @@ fn classify(e: &RedisError) -> Failure {
             return Failure::NotApplied;
         }
         _ => {}
-    }
-    if e.to_string()
-        .contains("equal or smaller than the target stream top item")
-    {
-        return Failure::IdConflict;
     }
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return Failure::Unknown;
@@ -408,39 +401,88 @@ impl StreamWriter {
     /// Appends `batch` exactly once and in order, retrying through Redis
     /// errors and restarts for up to `--redis-retry-for`.
     pub async fn write(&mut self, batch: &[Event]) -> anyhow::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
+        // `batch[done..end]` is still to be written, with IDs from `first`
+        // on (`end` is short of the batch only after an ID conflict).
+        let mut done = 0;
+        let mut end = batch.len();
         let mut first = self.last_id.next(now_ms());
-        let mut pipe = self.transaction(batch, first);
-        let mut last = StreamId {
-            ms: first.ms,
-            seq: first.seq + batch.len() as u64 - 1,
-        };
         let mut maybe_applied = false;
         let mut failing_since: Option<Instant> = None;
         let mut pause = Duration::from_millis(50);
-        loop {
+        while done < end {
+            let rest = &batch[done..end];
             if maybe_applied {
+                // The script runs whole or not at all, but a connection
+                // lost mid-way leaves us not knowing which: the stream's
+                // last-generated-id says how much of `rest` landed.
                 match self.stream_state().await {
-                    Ok((Some(top), length)) if top >= last => {
-                        tracing::info!(
-                            "the batch ending at {last} was applied before the connection failed; not sending it again"
-                        );
-                        self.set_length(length);
-                        break;
+                    Ok((top, length)) => {
+                        maybe_applied = false;
+                        let landed = applied_prefix(first, rest.len(), top);
+                        if landed > 0 {
+                            tracing::info!(
+                                "{landed} events were written before the connection failed; not sending them again"
+                            );
+                            self.set_length(length);
+                            self.landed(&mut first, &mut done, landed);
+                            continue;
+                        }
                     }
-                    Ok(_) => maybe_applied = false,
                     Err(e) => {
-                        self.failed(&e, &mut failing_since, &mut pause).await?;
+                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
+                            .await?;
                         continue;
                     }
                 }
             }
-            match pipe.query_async::<(u64,)>(&mut self.con).await {
-                Ok((length,)) => {
-                    self.set_length(length);
-                    break;
+            let reply = self
+                .transaction(rest, first)
+                .query_async::<Vec<Value>>(&mut self.con)
+                .await;
+            match reply {
+                Ok(results) => {
+                    // Per-command results in order, then XLEN. Within one
+                    // EXEC nobody else writes, so only an ID at or below
+                    // the top (another writer's entries) fails, and such
+                    // failures come first.
+                    let mut length = None;
+                    let mut added = 0;
+                    let mut refused = None;
+                    for (i, r) in results.into_iter().enumerate() {
+                        match r {
+                            Value::Int(n) if i == rest.len() => length = Some(n as u64),
+                            Value::ServerError(e) => {
+                                refused.get_or_insert(e);
+                            }
+                            _ => added += 1,
+                        }
+                    }
+                    if let Some(length) = length {
+                        self.set_length(length);
+                    }
+                    match refused {
+                        None => self.landed(&mut first, &mut done, rest.len()),
+                        Some(e) if e.code() == "WRONGTYPE" => {
+                            bail!("appending to {} failed: {e:?}", self.target);
+                        }
+                        Some(e) => {
+                            // The refused ones are the first of `rest`;
+                            // the rest landed. Resend the refused ones after
+                            // the other writer's entries.
+                            let refused = rest.len() - added;
+                            if added > 0 {
+                                self.last_id = nth_id(first, rest.len() - 1);
+                            }
+                            end = done + refused;
+                            let (top, _) = self.stream_state().await.unwrap_or_default();
+                            first = top.unwrap_or_default().max(self.last_id).next(now_ms());
+                            tracing::warn!(
+                                "stream {} has entries from another client above headroom's IDs; {refused} events go after them ({e:?})",
+                                self.target,
+                            );
+                            self.counters.redis_retries.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
                 Err(e) => match classify(&e) {
                     Failure::Fatal => {
@@ -448,41 +490,34 @@ impl StreamWriter {
                             .context(format!("appending to {} failed", self.target)));
                     }
                     Failure::NotApplied => {
-                        self.failed(&e, &mut failing_since, &mut pause).await?;
+                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
+                            .await?;
                     }
                     Failure::Unknown => {
                         maybe_applied = true;
-                        self.failed(&e, &mut failing_since, &mut pause).await?;
-                    }
-                    Failure::IdConflict => {
-                        // A retry whose first attempt landed is caught by
-                        // the check above; this is another writer.
-                        let (top, _) = self.stream_state().await.unwrap_or_default();
-                        let top = top.unwrap_or_default();
-                        tracing::warn!(
-                            "stream {} has entries up to {top}, above ours: another client writes to it; continuing after them",
-                            self.target
-                        );
-                        first = top.max(self.last_id).next(now_ms());
-                        last = StreamId {
-                            ms: first.ms,
-                            seq: first.seq + batch.len() as u64 - 1,
-                        };
-                        pipe = self.transaction(batch, first);
-                        self.failed(&e, &mut failing_since, &mut pause).await?;
+                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
+                            .await?;
                     }
                 },
             }
         }
-        self.last_id = last;
         Ok(())
+    }
+
+    /// Records that `n` events from ID `first` on were written.
+    fn landed(&mut self, first: &mut StreamId, done: &mut usize, n: usize) {
+        if n > 0 {
+            self.last_id = nth_id(*first, n - 1);
+            *first = nth_id(*first, n);
+            *done += n;
+        }
     }
 
     /// Counts a failed attempt and sleeps before the next; gives up after
     /// `--redis-retry-for` of continuous failure.
     async fn failed(
         &self,
-        e: &RedisError,
+        e: &str,
         failing_since: &mut Option<Instant>,
         pause: &mut Duration,
     ) -> anyhow::Result<()> {
@@ -501,27 +536,62 @@ impl StreamWriter {
         Ok(())
     }
 
-    /// One `MULTI` … `EXEC` with an `XADD` per event, IDs from `first` on,
-    /// and an `XLEN` at the end.
-    fn transaction(&self, batch: &[Event], first: StreamId) -> redis::Pipeline {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (i, event) in batch.iter().enumerate() {
-            let id = StreamId {
-                ms: first.ms,
-                seq: first.seq + i as u64,
-            };
-            let cmd = pipe.cmd("XADD").arg(&self.target.stream);
-            if let Some(n) = self.maxlen {
+    /// `MULTI`, an `XADD` per event with IDs from `first` on, `XLEN`,
+    /// `EXEC`. Each command is sized before it is filled, so building a
+    /// batch copies each event once.
+    fn transaction(&self, events: &[Event], first: StreamId) -> redis::Pipeline {
+        let mut pipe = redis::Pipeline::with_capacity(events.len() + 1);
+        // Per-command errors come back as values, so a partly refused
+        // batch can be told from a failed one.
+        pipe.atomic().ignore_errors();
+        let mut ms = itoa::Buffer::new();
+        let ms = ms.format(first.ms).as_bytes();
+        let mut seq = itoa::Buffer::new();
+        let mut id = [0u8; 41];
+        id[..ms.len()].copy_from_slice(ms);
+        id[ms.len()] = b'-';
+        let maxlen = self.maxlen.map(|n| n.to_string());
+        for (i, event) in events.iter().enumerate() {
+            // "<ms>-<seq>" without a String per event.
+            let sq = seq.format(first.seq + i as u64).as_bytes();
+            let id_len = ms.len() + 1 + sq.len();
+            id[ms.len() + 1..id_len].copy_from_slice(sq);
+            let mut cmd = redis::Cmd::with_capacity(
+                9,
+                64 + self.target.stream.len() + self.field.len() + event.data.len(),
+            );
+            cmd.arg("XADD").arg(&self.target.stream);
+            if let Some(n) = &maxlen {
                 cmd.arg("MAXLEN").arg("~").arg(n);
             }
-            cmd.arg(id.to_string())
-                .arg(&self.field)
-                .arg(&event.data[..])
-                .ignore();
+            cmd.arg(&id[..id_len]).arg(&self.field).arg(&event.data[..]);
+            pipe.add_command(cmd);
         }
         pipe.cmd("XLEN").arg(&self.target.stream);
         pipe
+    }
+}
+
+/// The `n`-th ID from `first` (IDs of one batch share `first.ms`).
+fn nth_id(first: StreamId, n: usize) -> StreamId {
+    StreamId {
+        ms: first.ms,
+        seq: first.seq + n as u64,
+    }
+}
+
+/// How many of `len` events with IDs from `first` on are in a stream whose
+/// last generated ID is `top`.
+fn applied_prefix(first: StreamId, len: usize, top: Option<StreamId>) -> usize {
+    match top {
+        Some(top) if top >= first => {
+            if top.ms > first.ms {
+                len
+            } else {
+                ((top.seq - first.seq + 1) as usize).min(len)
+            }
+        }
+        _ => 0,
     }
 }
 
@@ -555,6 +625,30 @@ mod tests {
             let e = url.parse::<Target>().unwrap_err();
             assert!(e.contains(words), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn the_applied_prefix_follows_the_last_generated_id() {
+        let first = StreamId { ms: 100, seq: 5 };
+        assert_eq!(applied_prefix(first, 10, None), 0, "no stream");
+        assert_eq!(
+            applied_prefix(first, 10, Some(StreamId { ms: 100, seq: 4 })),
+            0
+        );
+        assert_eq!(applied_prefix(first, 10, Some(first)), 1);
+        assert_eq!(
+            applied_prefix(first, 10, Some(StreamId { ms: 100, seq: 11 })),
+            7
+        );
+        assert_eq!(
+            applied_prefix(first, 10, Some(StreamId { ms: 100, seq: 99 })),
+            10
+        );
+        assert_eq!(
+            applied_prefix(first, 10, Some(StreamId { ms: 101, seq: 0 })),
+            10
+        );
+        assert_eq!(nth_id(first, 3), StreamId { ms: 100, seq: 8 });
     }
 
     #[test]

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Benchmark: headroom ingest of EVENTS events of 1 KiB (default 1,000,000)
+# from standard input into a local redis-server, against redis-benchmark
+# running XADD with the same 1 KiB payload on the same server as the
+# ceiling. Prints events/s, MiB/s and peak RSS (GNU time's %M).
+#
+#   scripts/bench-ingest.sh [EVENTS]
+#
+# Installs redis-server and GNU time from Debian's packages when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+events=${1:-1000000}
+
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+need redis-server redis-server
+need redis-benchmark redis-tools
+[ -x /usr/bin/time ] || need /usr/bin/time time
+
+cargo build --release -q -p headroom --bin headroom
+bin=$PWD/target/release/headroom
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+  --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
+trap 'kill "$(cat "$work/redis.pid")" 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+echo "generating $events events of 1 KiB"
+python3 - "$work/events" "$events" <<'PY'
+import sys
+path, n = sys.argv[1], int(sys.argv[2])
+with open(path, "w") as f:
+    for i in range(1, n + 1):
+        head = '{"seq":%d,"pad":"' % i
+        f.write(head + "p" * (1024 - len(head) - 2) + '"}\n')
+PY
+
+payload=$(python3 -c 'print("p" * 1024)')
+echo
+echo "== ceiling: redis-benchmark XADD, 1 KiB, 50 clients, pipeline 64"
+redis-benchmark -p "$port" -n "$events" -c 50 -P 64 -q XADD ceiling '*' data "$payload" \
+  | tr '\r' '\n' | grep -i "requests per second" | tail -1
+redis-cli -p "$port" del ceiling >/dev/null
+echo "== redis-benchmark XADD, 1 KiB, 1 client, pipeline 500 (one writer, as headroom)"
+redis-benchmark -p "$port" -n "$events" -c 1 -P 500 -q XADD ceiling1 '*' data "$payload" \
+  | tr '\r' '\n' | grep -i "requests per second" | tail -1
+redis-cli -p "$port" del ceiling1 >/dev/null
+
+for batch in 500 1000; do
+  redis-cli -p "$port" del bench >/dev/null
+  echo "== headroom ingest --batch-size $batch --memory 64MiB (stdin)"
+  /usr/bin/time -f "%e s wall, peak RSS %M KiB" "$bin" --memory 64MiB --log-format json \
+    ingest --from - --to "redis://127.0.0.1:$port/bench" --batch-size "$batch" \
+    < "$work/events" 2> "$work/err" | python3 -c '
+import json, sys
+s = json.loads(sys.stdin.read().strip().splitlines()[-1])
+print("%d events in %.2f s: %.0f events/s, %.1f MiB/s, peak RSS %.1f MiB" % (
+    s["events_written"], s["elapsed_s"], s["events_per_second"],
+    s["bytes_per_second"] / 1048576, s["peak_rss_mb"]))'
+  tail -1 "$work/err"
+  echo "stream length: $(redis-cli -p "$port" xlen bench)"
+done
