@@ -72,6 +72,12 @@ pub enum Command {
     /// the WebSocket's TCP window closes, a pipe fills. An event leaves
     /// memory only after Redis acknowledged it.
     Ingest(Box<IngestArgs>),
+    /// Run copy tasks behind an HTTP API and a web dashboard, with their
+    /// state in a database (SQLite file by default, or PostgreSQL).
+    ///
+    /// Open http://127.0.0.1:8080 for the dashboard; the API is described
+    /// at /api/openapi.json.
+    Serve(ServeArgs),
     /// Show the memory plan: the detected limit, the budget headroom would
     /// use, the circuit breaker's thresholds and current usage.
     Memory(MemoryArgs),
@@ -272,6 +278,39 @@ pub struct IngestArgs {
     /// How often to report progress, e.g. 2s, 500ms.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub progress_interval: std::time::Duration,
+}
+
+/// Arguments of `headroom serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. A non-loopback address needs a token.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+
+    /// The task database: a SQLite file path (created if missing),
+    /// sqlite:PATH, or postgres://USER:PASSWORD@HOST/DB.
+    #[arg(
+        long,
+        default_value = "headroom.db",
+        env = "HEADROOM_DB",
+        value_name = "URL"
+    )]
+    pub db: String,
+
+    /// A file holding the bearer token that creating, cancelling and
+    /// deleting tasks require (default: HEADROOM_TOKEN).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+
+    /// Tasks running at once; the rest wait in the queue.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub max_running: usize,
+
+    /// Tasks that were running when the service stopped become
+    /// `interrupted` (resume them with POST /api/tasks/{id}/resume)
+    /// instead of resuming at start.
+    #[arg(long)]
+    pub no_resume: bool,
 }
 
 /// Parses an age such as `30d`, `12h`, `90m`, `1w`, `2d12h`.

@@ -10,11 +10,14 @@
 //! * [`transfer`]: streaming copy of one object, with named footprints.
 //! * [`jobs`]: the jobs themselves (`copy`), each a pipeline of bounded
 //!   stages whose concurrency the governor decides.
+//! * [`serve`]: `headroom serve`, the task service (HTTP API, dashboard,
+//!   durable tasks in SQLite or PostgreSQL).
 //! * [`telemetry`]: logs, progress records, leak detector, summaries.
 
 pub mod cli;
 pub mod jobs;
 pub mod memory;
+pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod transfer;

@@ -45,6 +45,10 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 })
             }
+            Command::Serve(args) => {
+                headroom::serve::run(args, &cli.global).await?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Ingest(args) => {
                 let summary = headroom::jobs::ingest::run(args, &cli.global).await?;
                 summary.print(cli.global.log_format, &mut std::io::stdout().lock())?;

@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use headroom_governor::{ByteSize, Governor, channel};
+use headroom_governor::{ByteSize, Governor, MemoryProbe, channel};
 use md5::{Digest, Md5};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::cli::{CopyArgs, GlobalArgs, S3Args};
 use crate::jobs::filter::Filter;
@@ -270,9 +270,63 @@ impl AdaptiveLimit {
     }
 }
 
+/// What a copy runs with when something else owns the memory plan and the
+/// progress reports: `headroom copy` itself, or a `headroom serve` task.
+pub struct CopyEnv {
+    /// The process's governor (shared by every task of a service).
+    pub gov: Governor,
+    /// The probe for the summary's peak RSS.
+    pub probe: MemoryProbe,
+    /// Where progress is counted.
+    pub counters: Arc<Counters>,
+    /// Becomes `true` to stop: no new object starts, running ones finish.
+    pub cancel: watch::Receiver<bool>,
+    /// Resume an S3 listing after this key (a checkpoint's watermark).
+    pub start_after: Option<String>,
+    /// Tracks the completed prefix of the listing, for checkpoints.
+    pub watermark: Option<Arc<Watermark>>,
+}
+
 /// Runs `headroom copy`; returns the summary (failures included), or an
 /// error when the job could not run at all.
 pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary> {
+    let plan = MemoryPlan::start(global.memory);
+    let counters = Arc::new(Counters::default());
+    let reporter = Reporter::start(
+        counters.clone(),
+        plan.governor.clone(),
+        plan.probe.clone(),
+        args.progress_interval,
+        global.log_format,
+        Job::Copy,
+    );
+    let (_never, cancel) = watch::channel(false);
+    let summary = execute(
+        args,
+        CopyEnv {
+            gov: plan.governor.clone(),
+            probe: plan.probe.clone(),
+            counters,
+            cancel,
+            start_after: None,
+            watermark: None,
+        },
+    )
+    .await;
+    reporter.stop();
+    summary
+}
+
+/// Runs one copy in `env`.
+pub async fn execute(args: &CopyArgs, env: CopyEnv) -> anyhow::Result<Summary> {
+    let CopyEnv {
+        gov,
+        probe,
+        counters,
+        mut cancel,
+        start_after,
+        watermark,
+    } = env;
     let ceiling = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1);
     let filter = Filter::new(&args.include, &args.exclude)?;
     if let Some(p) = args.part_size
@@ -283,8 +337,6 @@ pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary
     let s3 = s3_config(&args.s3, ceiling);
     let src = open_source(&args.src, &s3).await?;
     let dst = open_destination(&args.dst, &s3).await?;
-    let plan = MemoryPlan::start(global.memory);
-    let gov = plan.governor.clone();
     let cfg = TransferConfig {
         part_size: args.part_size.map(|p| p.0),
         retry: Retry {
@@ -294,22 +346,13 @@ pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary
         ..TransferConfig::default()
     };
     let started = Instant::now();
-    let counters = Arc::new(Counters::default());
-    let reporter = Reporter::start(
-        counters.clone(),
-        gov.clone(),
-        plan.probe.clone(),
-        args.progress_interval,
-        global.log_format,
-        Job::Copy,
-    );
 
     // The listing queue's memory is paid for up front.
     let _queue = gov.acquire(LISTING_QUEUE_BYTES, "copy.listing").await;
     let (tx, mut rx) = channel::bounded::<Listed>(LISTING_QUEUE_BYTES, LISTING_QUEUE_ITEMS);
     let lister = {
         let (src, retry) = (src.clone(), cfg.retry);
-        tokio::spawn(async move { src.list(tx, &retry).await })
+        tokio::spawn(async move { src.list(tx, &retry, start_after.as_deref()).await })
     };
 
     let limit = AdaptiveLimit::new(ceiling.min(16), ceiling);
@@ -326,7 +369,16 @@ pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary
         checksum: args.checksum,
         dry_run: args.dry_run,
     });
-    while let Some(listed) = rx.recv().await {
+    let mut stop = cancel.clone();
+    loop {
+        let listed = tokio::select! {
+            biased;
+            _ = super::until_set(&mut cancel) => break,
+            l = rx.recv() => match l {
+                Some(l) => l,
+                None => break,
+            },
+        };
         let entry = match listed {
             Ok(e) => e,
             Err(e) => {
@@ -342,38 +394,47 @@ pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary
             .listed_bytes
             .fetch_add(entry.size, Ordering::Relaxed);
         let kind = transfer::kind_for(&ctx.dst, entry.size, gov.budget(), &ctx.cfg);
-        let slot = limit
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let permit = gov
-            .acquire(
-                transfer::footprint(kind, entry.size, src_is_s3),
-                "copy.object",
-            )
-            .await;
-        let ctx = ctx.clone();
+        let admitted = async {
+            let slot = limit.slots.clone().acquire_owned().await;
+            let permit = gov
+                .acquire(
+                    transfer::footprint(kind, entry.size, src_is_s3),
+                    "copy.object",
+                )
+                .await;
+            (slot, permit)
+        };
+        let (slot, permit) = tokio::select! {
+            biased;
+            _ = super::until_set(&mut stop) => break,
+            a = admitted => a,
+        };
+        let slot = slot.expect("never closed");
+        let seq = watermark.as_ref().and_then(|w| w.admit(&entry.key));
+        let (ctx, watermark) = (ctx.clone(), watermark.clone());
         counters.in_flight.fetch_add(1, Ordering::Relaxed);
         drop(tokio::spawn(async move {
-            ctx.copy_one(entry, kind, permit).await;
+            let done = ctx.copy_one(entry, kind, permit).await;
+            if let (Some(w), Some(seq)) = (watermark, seq) {
+                w.finish(seq, done);
+            }
             ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         }));
     }
-    counters.listing_done.store(true, Ordering::Relaxed);
+    drop(rx);
+    let cancelled = *cancel.borrow();
+    counters.listing_done.store(!cancelled, Ordering::Relaxed);
     let listed = lister.await.context("listing task")?;
     // Every transfer holds a slot: taking all of them back means all ended.
     controller.abort();
     let all = limit.limit.load(Ordering::Relaxed).max(1) as u32;
     let _ = limit.slots.acquire_many(all).await;
-    reporter.stop();
     let summary = Summary::collect(
         Job::Copy,
         &counters,
         &gov,
-        &plan.probe,
+        &probe,
         started.elapsed(),
         args.dry_run,
     );
@@ -381,6 +442,85 @@ pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary
         bail!("cannot list the source: {e}");
     }
     Ok(summary)
+}
+
+/// The completed prefix of a listing: the last key before which every
+/// admitted object finished (copied or up to date). A resumed S3 listing
+/// starts after it. Objects still in flight and finished ones behind a
+/// slow or failed one are held, at most [`WATERMARK_WINDOW`]; past that
+/// the watermark stops moving for the rest of the run (a resume then
+/// re-checks more objects, it never skips one that is not done).
+#[derive(Debug, Default)]
+pub struct Watermark {
+    state: std::sync::Mutex<WatermarkState>,
+}
+
+#[derive(Debug, Default)]
+struct WatermarkState {
+    /// Sequence number of `pending[0]`.
+    front: u64,
+    /// Admitted keys in listing order, with whether each is done.
+    pending: std::collections::VecDeque<(String, bool)>,
+    /// The watermark.
+    done_key: Option<String>,
+    /// The window filled: nothing more is tracked this run.
+    overflow: bool,
+}
+
+/// Keys a [`Watermark`] holds at most.
+pub const WATERMARK_WINDOW: usize = 10_000;
+
+impl Watermark {
+    /// Starts at `key` (a previous checkpoint) or at the beginning.
+    pub fn new(key: Option<String>) -> Self {
+        Watermark {
+            state: std::sync::Mutex::new(WatermarkState {
+                done_key: key,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatermarkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an admitted object; its sequence number, or `None` once the
+    /// window has overflowed.
+    pub fn admit(&self, key: &str) -> Option<u64> {
+        let mut s = self.lock();
+        if s.overflow || s.pending.len() >= WATERMARK_WINDOW {
+            s.overflow = true;
+            return None;
+        }
+        s.pending.push_back((key.to_string(), false));
+        Some(s.front + s.pending.len() as u64 - 1)
+    }
+
+    /// Records the end of object `seq`: done (copied or up to date) or
+    /// not (failed, which holds the watermark where it is).
+    pub fn finish(&self, seq: u64, done: bool) {
+        if !done {
+            return;
+        }
+        let mut s = self.lock();
+        let Some(i) = seq.checked_sub(s.front) else {
+            return;
+        };
+        if let Some(p) = s.pending.get_mut(i as usize) {
+            p.1 = true;
+        }
+        while s.pending.front().is_some_and(|p| p.1) {
+            let (key, _) = s.pending.pop_front().expect("front exists");
+            s.front += 1;
+            s.done_key = Some(key);
+        }
+    }
+
+    /// The last key of the completed prefix.
+    pub fn key(&self) -> Option<String> {
+        self.lock().done_key.clone()
+    }
 }
 
 struct TaskContext {
@@ -394,7 +534,8 @@ struct TaskContext {
 }
 
 impl TaskContext {
-    async fn copy_one(&self, entry: Entry, kind: Kind, permit: headroom_governor::Permit) {
+    /// Copies one object; `true` when the destination now holds it.
+    async fn copy_one(&self, entry: Entry, kind: Kind, permit: headroom_governor::Permit) -> bool {
         let what = format!(
             "{} -> {}",
             self.src.display_key(&entry.key),
@@ -402,7 +543,10 @@ impl TaskContext {
         );
         let existing = match with_retries(&self.cfg.retry, || self.dst.stat(&entry.key)).await {
             Ok(e) => e,
-            Err(e) => return self.counters.fail(what, e.to_string()),
+            Err(e) => {
+                self.counters.fail(what, e.to_string());
+                return false;
+            }
         };
         if let Some(existing) = existing {
             let buf_len = (permit.bytes().saturating_sub(transfer::OBJECT_OVERHEAD) as usize)
@@ -423,17 +567,20 @@ impl TaskContext {
                     self.counters
                         .skipped_bytes
                         .fetch_add(entry.size, Ordering::Relaxed);
-                    return;
+                    return true;
                 }
                 Ok(false) => {}
-                Err(e) => return self.counters.fail(what, e.to_string()),
+                Err(e) => {
+                    self.counters.fail(what, e.to_string());
+                    return false;
+                }
             }
         }
         if self.dry_run {
             println!("would copy {what} ({})", ByteSize(entry.size));
             self.counters.copied.fetch_add(1, Ordering::Relaxed);
             self.counters.bytes.fetch_add(entry.size, Ordering::Relaxed);
-            return;
+            return true;
         }
         let transfers = transfer::Transfers {
             src: &self.src,
@@ -445,8 +592,12 @@ impl TaskContext {
         match transfers.copy_object(&entry, kind, permit).await {
             Ok(()) => {
                 self.counters.copied.fetch_add(1, Ordering::Relaxed);
+                true
             }
-            Err(e) => self.counters.fail(what, e.to_string()),
+            Err(e) => {
+                self.counters.fail(what, e.to_string());
+                false
+            }
         }
     }
 }
@@ -454,6 +605,28 @@ impl TaskContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watermark_moves_over_the_completed_prefix_only() {
+        let w = Watermark::new(Some("a".into()));
+        let (b, c, d) = (
+            w.admit("b").unwrap(),
+            w.admit("c").unwrap(),
+            w.admit("d").unwrap(),
+        );
+        w.finish(c, true);
+        assert_eq!(w.key().as_deref(), Some("a"), "b is still running");
+        w.finish(b, true);
+        assert_eq!(w.key().as_deref(), Some("c"));
+        w.finish(d, false);
+        let e = w.admit("e").unwrap();
+        w.finish(e, true);
+        assert_eq!(w.key().as_deref(), Some("c"), "a failed d holds it");
+        for i in 0..WATERMARK_WINDOW {
+            w.admit(&format!("z{i}"));
+        }
+        assert_eq!(w.admit("late"), None, "the window is bounded");
+    }
 
     #[test]
     fn mtimes_compare_to_the_coarser_precision() {

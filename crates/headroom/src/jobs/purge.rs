@@ -629,7 +629,7 @@ async fn purge_s3(
     let (tx, mut rx) = channel::bounded::<Listed>(QUEUE_BYTES, 4096);
     let lister = {
         let store = store.clone();
-        tokio::spawn(async move { store.list(tx, &retry).await })
+        tokio::spawn(async move { store.list(tx, &retry, None).await })
     };
     let mut batch: Vec<(object_store::path::Path, u64, i64)> = Vec::new();
     let mut running = FuturesUnordered::new();

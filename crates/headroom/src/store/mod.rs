@@ -136,14 +136,18 @@ impl Store {
     /// bucket) is an error; unreadable entries along the way are sent as
     /// [`ListError`]s and the listing continues. A failed S3 page is
     /// retried under `retry`, resuming after the last key listed.
+    ///
+    /// `start_after` resumes an S3 listing after that key (S3 lists in
+    /// key order); a local walk has no order to resume in and ignores it.
     pub async fn list(
         &self,
         tx: channel::Sender<Listed>,
         retry: &retry::Retry,
+        start_after: Option<&str>,
     ) -> Result<(), StoreError> {
         match self {
             Store::Local(s) => s.list(tx).await,
-            Store::S3(s) => s.list(tx, retry).await,
+            Store::S3(s) => s.list(tx, retry, start_after).await,
         }
     }
 

@@ -209,7 +209,12 @@ impl S3Store {
     }
 
     /// See [`Store::list`](super::Store::list).
-    pub async fn list(&self, tx: channel::Sender<Listed>, retry: &Retry) -> Result<(), StoreError> {
+    pub async fn list(
+        &self,
+        tx: channel::Sender<Listed>,
+        retry: &Retry,
+        start_after: Option<&str>,
+    ) -> Result<(), StoreError> {
         if let Some(only) = &self.only {
             let entry = with_retries(retry, || self.stat(only))
                 .await?
@@ -232,7 +237,10 @@ impl S3Store {
         // The last key sent: a failed page is fetched again from just after
         // it (ListObjectsV2 start-after), so a retry neither repeats nor
         // skips an object. One path, not a set: memory stays constant.
-        let mut last: Option<Path> = None;
+        let mut last: Option<Path> = match start_after {
+            Some(key) => Some(self.path_of(key)?),
+            None => None,
+        };
         let mut backoff = Backoff::new(retry);
         'pages: loop {
             // Pages are fetched as the stream is polled: a full channel stops

@@ -211,7 +211,7 @@ async fn read_stdin(cx: &mut ReaderContext) -> anyhow::Result<()> {
     loop {
         let buf = tokio::select! {
             biased;
-            _ = until_stopped(&mut stop) => return Ok(()),
+            _ = crate::jobs::until_set(&mut stop) => return Ok(()),
             r = input.fill_buf() => r.context("reading standard input")?,
         };
         if buf.is_empty() {
@@ -255,11 +255,6 @@ async fn read_stdin(cx: &mut ReaderContext) -> anyhow::Result<()> {
             }
         }
     }
-}
-
-/// Resolves once the job is told to stop.
-async fn until_stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -319,7 +314,7 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
             tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
         let connected = tokio::select! {
             biased;
-            _ = until_stopped(&mut stop) => return Ok(()),
+            _ = crate::jobs::until_set(&mut stop) => return Ok(()),
             r = connect => r,
         };
         let mut ws = match connected {
@@ -351,7 +346,7 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
         let why = loop {
             let next = tokio::select! {
                 biased;
-                _ = until_stopped(&mut stop) => {
+                _ = crate::jobs::until_set(&mut stop) => {
                     let _ = ws.close(None).await;
                     return Ok(());
                 }

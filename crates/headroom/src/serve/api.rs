@@ -1,0 +1,349 @@
+//! The HTTP API (axum): JSON under `/api`, Prometheus text at `/metrics`,
+//! health at `/healthz` and `/readyz`, the dashboard at `/`. Documented
+//! by `openapi.json`, served at `/api/openapi.json`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use headroom_governor::{Governor, MemoryProbe};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::db::{Db, STATUSES, TaskRow};
+use super::tasks::{TaskSpec, Tasks, validate};
+
+/// What every handler shares.
+pub struct AppState {
+    pub db: Db,
+    pub tasks: Arc<Tasks>,
+    pub gov: Governor,
+    pub probe: MemoryProbe,
+    /// Mutating requests need `Authorization: Bearer <token>` when set.
+    pub token: Option<String>,
+}
+
+type Shared = Arc<AppState>;
+
+/// An API error: a status and a message, as `{"error": "..."}`.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::error!("database: {e}");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("task database error: {e}"),
+        )
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no task {id}"))
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/api/openapi.json", get(openapi))
+        .route(
+            "/api/tasks",
+            get(list_tasks).post(create_task).delete(cleanup_tasks),
+        )
+        .route("/api/tasks/{id}", get(get_task).delete(delete_task))
+        .route("/api/tasks/{id}/cancel", post(cancel_task))
+        .route("/api/tasks/{id}/resume", post(resume_task))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // A task spec is small: bodies above 64 KiB are refused unread.
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 10))
+        .with_state(state)
+}
+
+async fn require_token(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let mutating = !matches!(*request.method(), Method::GET | Method::HEAD);
+    if let (true, Some(token)) = (mutating, &state.token) {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "this request needs Authorization: Bearer <token>".into(),
+            ));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+/// A task as the API shows it: the row, plus live numbers while running.
+fn view(state: &AppState, row: TaskRow) -> serde_json::Value {
+    let live = state.tasks.live(&row.id);
+    let mut v = serde_json::to_value(&row).unwrap_or_default();
+    v["live"] = serde_json::to_value(live).unwrap_or_default();
+    v
+}
+
+async fn create_task(
+    State(state): State<Shared>,
+    body: Result<Json<TaskSpec>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(spec) = body.map_err(|e| bad(e.body_text()))?;
+    let v = validate(spec).map_err(bad)?;
+    let id = new_id();
+    let spec = serde_json::to_string(&v.spec).map_err(|e| bad(e.to_string()))?;
+    let row = state.db.insert(&id, &v.spec.kind, &spec).await?;
+    state.tasks.wake();
+    Ok((StatusCode::CREATED, Json(view(&state, row))))
+}
+
+/// A new task id: time-ordered, unique enough for one service.
+fn new_id() -> String {
+    format!(
+        "t{:x}{:06x}",
+        super::db::now_ms(),
+        fastrand::u32(..) & 0xff_ffff
+    )
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+fn check_status(s: &str) -> Result<(), ApiError> {
+    if STATUSES.contains(&s) {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "status: unknown status {s:?}; one of {}",
+            STATUSES.join(", ")
+        )))
+    }
+}
+
+async fn list_tasks(
+    State(state): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(s) = &q.status {
+        check_status(s)?;
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(bad("limit: must be between 1 and 500"));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(bad("offset: must not be negative"));
+    }
+    let (rows, total) = state.db.list(q.status.as_deref(), limit, offset).await?;
+    let tasks: Vec<_> = rows.into_iter().map(|r| view(&state, r)).collect();
+    Ok(Json(
+        json!({ "tasks": tasks, "total": total, "limit": limit, "offset": offset }),
+    ))
+}
+
+async fn get_task(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let row = state.db.get(&id).await?.ok_or_else(|| not_found(&id))?;
+    Ok(Json(view(&state, row)))
+}
+
+async fn cancel_task(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let row = state.db.get(&id).await?.ok_or_else(|| not_found(&id))?;
+    match row.status.as_str() {
+        "queued" | "interrupted" => {
+            state.db.transition(&id, &row.status, "cancelled").await?;
+        }
+        "running" => {
+            state.tasks.cancel(&id);
+        }
+        other => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "task {id} is {other}; only queued, interrupted or running tasks can be cancelled"
+                ),
+            ));
+        }
+    }
+    let row = state.db.get(&id).await?.ok_or_else(|| not_found(&id))?;
+    Ok(Json(view(&state, row)))
+}
+
+async fn resume_task(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let row = state.db.get(&id).await?.ok_or_else(|| not_found(&id))?;
+    if !state.db.transition(&id, "interrupted", "queued").await? {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "task {id} is {}; only interrupted tasks can be resumed",
+                row.status
+            ),
+        ));
+    }
+    state.tasks.wake();
+    let row = state.db.get(&id).await?.ok_or_else(|| not_found(&id))?;
+    Ok(Json(view(&state, row)))
+}
+
+async fn delete_task(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    // A running task is stopped first; its last progress write then
+    // finds no row and changes nothing.
+    state.tasks.cancel(&id);
+    if state.db.delete(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found(&id))
+    }
+}
+
+#[derive(Deserialize)]
+struct CleanupQuery {
+    status: Option<String>,
+}
+
+async fn cleanup_tasks(
+    State(state): State<Shared>,
+    Query(q): Query<CleanupQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = q
+        .status
+        .ok_or_else(|| bad("status: required, e.g. DELETE /api/tasks?status=failed"))?;
+    check_status(&status)?;
+    if status == "running" || status == "queued" {
+        return Err(bad(
+            "status: running and queued tasks are not cleaned up in bulk; cancel them first",
+        ));
+    }
+    let deleted = state.db.delete_status(&status).await?;
+    Ok(Json(json!({ "deleted": deleted, "status": status })))
+}
+
+async fn readyz(State(state): State<Shared>) -> Response {
+    if state.db.ping().await {
+        "ready\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the task database does not answer\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
+    use std::fmt::Write;
+    let (by_status, objects, bytes) = state.db.stats().await?;
+    let stats = state.gov.stats();
+    let sample = state.probe.sample();
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, lines: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in lines {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let by_status: Vec<(String, f64)> = STATUSES
+        .iter()
+        .map(|s| {
+            let n = by_status
+                .iter()
+                .find(|(st, _)| st == s)
+                .map_or(0, |(_, n)| *n);
+            (format!("{{status=\"{s}\"}}"), n as f64)
+        })
+        .collect();
+    metric("headroom_tasks", "Tasks by status.", "gauge", &by_status);
+    metric(
+        "headroom_objects_copied",
+        "Objects copied by all tasks in the database.",
+        "gauge",
+        &[(String::new(), objects as f64)],
+    );
+    metric(
+        "headroom_bytes_copied",
+        "Bytes copied by all tasks in the database.",
+        "gauge",
+        &[(String::new(), bytes as f64)],
+    );
+    metric(
+        "headroom_memory_budget_bytes",
+        "The service governor's budget.",
+        "gauge",
+        &[(String::new(), stats.budget as f64)],
+    );
+    metric(
+        "headroom_memory_reserved_bytes",
+        "Reserved now (the running tasks' shares).",
+        "gauge",
+        &[(String::new(), stats.reserved as f64)],
+    );
+    metric(
+        "headroom_memory_peak_reserved_bytes",
+        "Peak reserved since start.",
+        "gauge",
+        &[(String::new(), stats.peak_reserved as f64)],
+    );
+    metric(
+        "headroom_memory_waiters",
+        "Tasks waiting for their memory share.",
+        "gauge",
+        &[(String::new(), stats.waiters as f64)],
+    );
+    metric(
+        "headroom_rss_bytes",
+        "Resident memory of the service.",
+        "gauge",
+        &[(String::new(), sample.rss.unwrap_or(0) as f64)],
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}

@@ -1,0 +1,340 @@
+//! Where tasks live: SQLite (a file, the default) or PostgreSQL, through
+//! sqlx's `Any` driver, so there is one schema (`migrations/`) and one set
+//! of queries (`$1` placeholders work on both).
+//!
+//! The database is the truth: only running tasks are also in memory, and
+//! every change of status is a conditional `UPDATE … WHERE status = …`, so
+//! a deleted task is never written back and a cancelled one never runs.
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+/// A task's life: `queued` → `running` → `succeeded` | `failed` |
+/// `cancelled`; `running` → `interrupted` when the service died and does
+/// not resume on its own (`--no-resume`).
+pub const STATUSES: [&str; 6] = [
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "interrupted",
+];
+
+/// One row of `tasks`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRow {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub spec: serde_json::Value,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub attempts: i64,
+    pub objects_copied: i64,
+    pub bytes_copied: i64,
+    pub objects_listed: i64,
+    pub objects_skipped: i64,
+    pub objects_failed: i64,
+    pub attempt_objects_copied: i64,
+    pub attempt_bytes_copied: i64,
+    pub checkpoint_key: Option<String>,
+    pub error: Option<String>,
+}
+
+fn row(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
+    let spec: String = r.try_get("spec")?;
+    Ok(TaskRow {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        status: r.try_get("status")?,
+        spec: serde_json::from_str(&spec).unwrap_or(serde_json::Value::Null),
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        attempts: r.try_get("attempts")?,
+        objects_copied: r.try_get("objects_copied")?,
+        bytes_copied: r.try_get("bytes_copied")?,
+        objects_listed: r.try_get("objects_listed")?,
+        objects_skipped: r.try_get("objects_skipped")?,
+        objects_failed: r.try_get("objects_failed")?,
+        attempt_objects_copied: r.try_get("attempt_objects_copied")?,
+        attempt_bytes_copied: r.try_get("attempt_bytes_copied")?,
+        checkpoint_key: r.try_get("checkpoint_key")?,
+        error: r.try_get("error")?,
+    })
+}
+
+/// Progress of a running attempt, written every second.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub objects_listed: i64,
+    pub objects_skipped: i64,
+    pub objects_failed: i64,
+    /// This attempt's copies; the totals add them to earlier attempts'.
+    pub attempt_objects_copied: i64,
+    pub attempt_bytes_copied: i64,
+    pub checkpoint_key: Option<String>,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The task database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    /// Shown in logs, without a password.
+    pub display: String,
+}
+
+/// Turns `--db` into a sqlx URL: postgres:// and sqlite: URLs as given, a
+/// plain path as a SQLite file (created if missing).
+pub fn database_url(db: &str) -> String {
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") || db.starts_with("sqlite:")
+    {
+        db.to_string()
+    } else {
+        format!("sqlite://{db}?mode=rwc")
+    }
+}
+
+impl Db {
+    /// Connects and brings the schema up to date.
+    pub async fn open(db: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let url = database_url(db);
+        let display = match url::Url::parse(&url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => url.clone(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open the task database {display}"))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot migrate the task database {display}"))?;
+        Ok(Db { pool, display })
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn insert(&self, id: &str, kind: &str, spec: &str) -> sqlx::Result<TaskRow> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO tasks (id, kind, status, spec, created_at, updated_at) VALUES ($1, $2, 'queued', $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(spec)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.get(id).await?.ok_or_else(|| sqlx::Error::RowNotFound)
+    }
+
+    pub async fn get(&self, id: &str) -> sqlx::Result<Option<TaskRow>> {
+        let r = sqlx::query("SELECT * FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// A page of tasks, newest first, optionally of one status.
+    pub async fn list(
+        &self,
+        status: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> sqlx::Result<(Vec<TaskRow>, i64)> {
+        let (rows, total) = match status {
+            Some(s) => {
+                let rows = sqlx::query(
+                    "SELECT * FROM tasks WHERE status = $1 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+                )
+                .bind(s)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await?;
+                let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tasks WHERE status = $1")
+                    .bind(s)
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get("n")?;
+                (rows, total)
+            }
+            None => {
+                let rows = sqlx::query(
+                    "SELECT * FROM tasks ORDER BY created_at DESC, id LIMIT $1 OFFSET $2",
+                )
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await?;
+                let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tasks")
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get("n")?;
+                (rows, total)
+            }
+        };
+        Ok((rows.iter().map(row).collect::<Result<_, _>>()?, total))
+    }
+
+    /// Tasks per status, and the totals moved.
+    pub async fn stats(&self) -> sqlx::Result<(Vec<(String, i64)>, i64, i64)> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        let by_status = rows
+            .iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect::<sqlx::Result<Vec<(String, i64)>>>()?;
+        let totals = sqlx::query(
+            "SELECT COALESCE(SUM(objects_copied), 0) AS o, COALESCE(SUM(bytes_copied), 0) AS b FROM tasks",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((by_status, totals.try_get("o")?, totals.try_get("b")?))
+    }
+
+    /// Moves a task from one status to another; whether it was in `from`.
+    pub async fn transition(&self, id: &str, from: &str, to: &str) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE tasks SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
+        )
+        .bind(to)
+        .bind(now_ms())
+        .bind(id)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Marks every `running` task (the service died under them) as `to`.
+    pub async fn recover_running(&self, to: &str) -> sqlx::Result<u64> {
+        let r =
+            sqlx::query("UPDATE tasks SET status = $1, updated_at = $2 WHERE status = 'running'")
+                .bind(to)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Claims the oldest queued task for running: starts a new attempt.
+    pub async fn claim_next(&self) -> sqlx::Result<Option<TaskRow>> {
+        loop {
+            let Some(next) = sqlx::query(
+                "SELECT id FROM tasks WHERE status = 'queued' ORDER BY created_at, id LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let id: String = next.try_get("id")?;
+            let now = now_ms();
+            let claimed = sqlx::query(
+                "UPDATE tasks SET status = 'running', started_at = COALESCE(started_at, $1), updated_at = $2, \
+                 attempts = attempts + 1, attempt_objects_copied = 0, attempt_bytes_copied = 0, \
+                 objects_listed = 0, objects_skipped = 0, objects_failed = 0, error = NULL \
+                 WHERE id = $3 AND status = 'queued'",
+            )
+            .bind(now)
+            .bind(now)
+            .bind(&id)
+            .execute(&self.pool)
+            .await?;
+            if claimed.rows_affected() == 1 {
+                return self.get(&id).await;
+            }
+            // Cancelled or deleted in between: look again.
+        }
+    }
+
+    /// Writes a running attempt's progress. `base` is what earlier
+    /// attempts copied. Does nothing to a task no longer running.
+    pub async fn progress(&self, id: &str, base: (i64, i64), p: &Progress) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET updated_at = $1, objects_listed = $2, objects_skipped = $3, objects_failed = $4, \
+             attempt_objects_copied = $5, attempt_bytes_copied = $6, objects_copied = $7, bytes_copied = $8, \
+             checkpoint_key = COALESCE($9, checkpoint_key) WHERE id = $10 AND status = 'running'",
+        )
+        .bind(now_ms())
+        .bind(p.objects_listed)
+        .bind(p.objects_skipped)
+        .bind(p.objects_failed)
+        .bind(p.attempt_objects_copied)
+        .bind(p.attempt_bytes_copied)
+        .bind(base.0 + p.attempt_objects_copied)
+        .bind(base.1 + p.attempt_bytes_copied)
+        .bind(p.checkpoint_key.as_deref())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a running attempt with its final progress.
+    pub async fn finish(
+        &self,
+        id: &str,
+        base: (i64, i64),
+        p: &Progress,
+        status: &str,
+        error: Option<&str>,
+    ) -> sqlx::Result<()> {
+        self.progress(id, base, p).await?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE tasks SET status = $1, error = $2, finished_at = $3, updated_at = $4 WHERE id = $5 AND status = 'running'",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes one task; whether it existed.
+    pub async fn delete(&self, id: &str) -> sqlx::Result<bool> {
+        let r = sqlx::query("DELETE FROM tasks WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Deletes every task in `status`; how many.
+    pub async fn delete_status(&self, status: &str) -> sqlx::Result<u64> {
+        let r = sqlx::query("DELETE FROM tasks WHERE status = $1")
+            .bind(status)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+}

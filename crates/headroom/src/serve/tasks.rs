@@ -1,0 +1,333 @@
+//! Running tasks: what a task asks for (its spec), and the scheduler that
+//! claims queued tasks from the database and runs them.
+//!
+//! Memory: the service has one governor. A task first reserves its share
+//! of it ("serve.task", FIFO like every reservation) and then runs its copy
+//! inside a governor of exactly that share, so tasks cannot together hold
+//! more than the budget and one huge task cannot starve the others beyond
+//! its share. Only running tasks are in memory (at most `--max-running`);
+//! everything else is read from the database on demand.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use headroom_governor::{ByteSize, Governor, MemoryProbe};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use super::db::{Db, Progress, TaskRow};
+use crate::cli::{CopyArgs, S3Args};
+use crate::jobs::copy::{self, CopyEnv, Watermark};
+use crate::store::Location;
+use crate::telemetry::Counters;
+
+/// What `POST /api/tasks` accepts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// `copy`.
+    pub kind: String,
+    /// A path, file://PATH or s3://BUCKET/PREFIX.
+    pub source: String,
+    /// Same forms as `source`.
+    pub destination: String,
+    /// This task's share of the service's memory, e.g. "64MiB".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub checksum: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+}
+
+/// A validated spec, ready to run.
+pub struct Validated {
+    pub spec: TaskSpec,
+    pub args: CopyArgs,
+    pub share: Option<u64>,
+}
+
+/// Checks a spec; the error names the bad field.
+pub fn validate(spec: TaskSpec) -> Result<Validated, String> {
+    if spec.kind != "copy" {
+        return Err(format!(
+            "kind: unknown task kind {:?}; serve runs \"copy\" tasks",
+            spec.kind
+        ));
+    }
+    let src: Location = spec.source.parse().map_err(|e| format!("source: {e}"))?;
+    let dst: Location = spec
+        .destination
+        .parse()
+        .map_err(|e| format!("destination: {e}"))?;
+    let share = match &spec.memory {
+        None => None,
+        Some(m) => {
+            let b: ByteSize = m.parse().map_err(|e| format!("memory: {e}"))?;
+            if b.0 < 1 << 20 {
+                return Err(format!("memory: {m} is below the 1 MiB a task needs"));
+            }
+            Some(b.0)
+        }
+    };
+    crate::jobs::filter::Filter::new(&spec.include, &spec.exclude)
+        .map_err(|e| format!("include/exclude: {e:#}"))?;
+    if spec.concurrency == Some(0) {
+        return Err("concurrency: must be at least 1".into());
+    }
+    let args = CopyArgs {
+        src,
+        dst,
+        dry_run: spec.dry_run,
+        checksum: spec.checksum,
+        include: spec.include.clone(),
+        exclude: spec.exclude.clone(),
+        concurrency: spec.concurrency,
+        part_size: None,
+        retries: 5,
+        progress_interval: Duration::from_secs(5),
+        s3: S3Args {
+            s3_timeout: Duration::from_secs(300),
+            ..S3Args::default()
+        },
+    };
+    Ok(Validated { spec, args, share })
+}
+
+/// A task being run: what the API shows live, and how to cancel it.
+pub struct Running {
+    pub counters: Arc<Counters>,
+    pub gov: Governor,
+    cancel: watch::Sender<bool>,
+}
+
+/// Live numbers of a running task.
+#[derive(Debug, Serialize)]
+pub struct Live {
+    pub objects_listed: u64,
+    pub objects_copied: u64,
+    pub objects_skipped: u64,
+    pub objects_failed: u64,
+    pub bytes_copied: u64,
+    pub in_flight: u64,
+    pub memory_share: u64,
+    pub memory_reserved: u64,
+    pub memory_peak_reserved: u64,
+}
+
+/// The scheduler and the running tasks.
+pub struct Tasks {
+    db: Db,
+    gov: Governor,
+    running: Mutex<HashMap<String, Arc<Running>>>,
+    wake: Notify,
+    max_running: usize,
+    default_share: u64,
+}
+
+impl Tasks {
+    pub fn new(db: Db, gov: Governor, max_running: usize) -> Arc<Self> {
+        let default_share = (gov.budget() / max_running.max(1) as u64).max(8 << 20);
+        Arc::new(Tasks {
+            db,
+            gov,
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            max_running: max_running.max(1),
+            default_share,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Running>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the scheduler (a task was queued).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The live state of a running task.
+    pub fn live(&self, id: &str) -> Option<Live> {
+        let r = self.lock().get(id)?.clone();
+        let stats = r.gov.stats();
+        let c = &r.counters;
+        Some(Live {
+            objects_listed: c.listed.load(Ordering::Relaxed),
+            objects_copied: c.copied.load(Ordering::Relaxed),
+            objects_skipped: c.skipped.load(Ordering::Relaxed),
+            objects_failed: c.failed.load(Ordering::Relaxed),
+            bytes_copied: c.bytes.load(Ordering::Relaxed),
+            in_flight: c.in_flight.load(Ordering::Relaxed),
+            memory_share: stats.budget,
+            memory_reserved: stats.reserved,
+            memory_peak_reserved: stats.peak_reserved,
+        })
+    }
+
+    /// How many tasks run now.
+    pub fn running_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Asks a running task to stop; whether it was running here.
+    pub fn cancel(&self, id: &str) -> bool {
+        match self.lock().get(id) {
+            Some(r) => {
+                let _ = r.cancel.send(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Claims and starts queued tasks while there is room, forever.
+    pub async fn schedule(self: Arc<Self>) {
+        loop {
+            while self.running_count() < self.max_running {
+                match self.db.claim_next().await {
+                    Ok(Some(task)) => self.clone().start(task),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!("cannot claim a queued task: {e}");
+                        break;
+                    }
+                }
+            }
+            // Woken by a new task or a finished one; polls as a fallback.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.wake.notified()).await;
+        }
+    }
+
+    fn start(self: Arc<Self>, task: TaskRow) {
+        let (cancel, cancelled) = watch::channel(false);
+        let spec: Result<TaskSpec, _> = serde_json::from_value(task.spec.clone());
+        let validated = spec.map_err(|e| e.to_string()).and_then(validate);
+        let share = validated
+            .as_ref()
+            .ok()
+            .and_then(|v| v.share)
+            .unwrap_or(self.default_share)
+            .min(self.gov.budget());
+        let task_gov = Governor::new(share);
+        let running = Arc::new(Running {
+            counters: Arc::new(Counters::default()),
+            gov: task_gov.clone(),
+            cancel,
+        });
+        self.lock().insert(task.id.clone(), running.clone());
+        tokio::spawn(async move {
+            let id = task.id.clone();
+            self.run(task, validated, running, cancelled, share).await;
+            self.lock().remove(&id);
+            self.wake();
+        });
+    }
+
+    async fn run(
+        &self,
+        task: TaskRow,
+        validated: Result<Validated, String>,
+        running: Arc<Running>,
+        mut cancelled: watch::Receiver<bool>,
+        share: u64,
+    ) {
+        let id = task.id.clone();
+        let base = (
+            task.objects_copied - task.attempt_objects_copied,
+            task.bytes_copied - task.attempt_bytes_copied,
+        );
+        let v = match validated {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self
+                    .db
+                    .finish(&id, base, &Progress::default(), "failed", Some(&e))
+                    .await;
+                return;
+            }
+        };
+        tracing::info!(
+            "task {id}: copy {} -> {} (attempt {}, {} of memory{})",
+            v.spec.source,
+            v.spec.destination,
+            task.attempts,
+            ByteSize(share),
+            task.checkpoint_key
+                .as_deref()
+                .map_or(String::new(), |k| format!(", resuming after {k:?}"))
+        );
+        // The task's share of the service's memory, waited for in turn.
+        let _share = tokio::select! {
+            p = self.gov.acquire(share, "serve.task") => p,
+            _ = crate::jobs::until_set(&mut cancelled) => {
+                let _ = self.db.finish(&id, base, &Progress::default(), "cancelled", None).await;
+                return;
+            }
+        };
+        let watermark = Arc::new(Watermark::new(task.checkpoint_key.clone()));
+        let counters = running.counters.clone();
+        let progress = |w: &Watermark| Progress {
+            objects_listed: counters.listed.load(Ordering::Relaxed) as i64,
+            objects_skipped: counters.skipped.load(Ordering::Relaxed) as i64,
+            objects_failed: counters.failed.load(Ordering::Relaxed) as i64,
+            attempt_objects_copied: counters.copied.load(Ordering::Relaxed) as i64,
+            attempt_bytes_copied: counters.bytes.load(Ordering::Relaxed) as i64,
+            checkpoint_key: w.key(),
+        };
+        let env = CopyEnv {
+            gov: running.gov.clone(),
+            probe: MemoryProbe::detect(),
+            counters: counters.clone(),
+            cancel: cancelled.clone(),
+            start_after: task.checkpoint_key.clone(),
+            watermark: Some(watermark.clone()),
+        };
+        let copy = copy::execute(&v.args, env);
+        tokio::pin!(copy);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                r = &mut copy => break r,
+                _ = tick.tick() => {
+                    if let Err(e) = self.db.progress(&id, base, &progress(&watermark)).await {
+                        tracing::warn!("task {id}: cannot save progress: {e}");
+                    }
+                }
+            }
+        };
+        let p = progress(&watermark);
+        let (status, error) = match result {
+            _ if *cancelled.borrow() => ("cancelled", None),
+            Ok(s) if s.failed > 0 => (
+                "failed",
+                Some(format!(
+                    "{} objects failed; first: {}",
+                    s.failed,
+                    s.failures
+                        .first()
+                        .map_or_else(String::new, |(w, r)| format!("{w}: {r}"))
+                )),
+            ),
+            Ok(_) => ("succeeded", None),
+            Err(e) => ("failed", Some(format!("{e:#}"))),
+        };
+        tracing::info!("task {id}: {status}");
+        if let Err(e) = self
+            .db
+            .finish(&id, base, &p, status, error.as_deref())
+            .await
+        {
+            tracing::error!("task {id}: cannot save its end ({status}): {e}");
+        }
+    }
+}
