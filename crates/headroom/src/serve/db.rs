@@ -210,7 +210,7 @@ impl Db {
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect::<sqlx::Result<Vec<(String, i64)>>>()?;
         let totals = sqlx::query(
-            "SELECT COALESCE(SUM(objects_copied), 0) AS o, COALESCE(SUM(bytes_copied), 0) AS b FROM tasks",
+            "SELECT CAST(COALESCE(SUM(objects_copied), 0) AS BIGINT) AS o, CAST(COALESCE(SUM(bytes_copied), 0) AS BIGINT) AS b FROM tasks",
         )
         .fetch_one(&self.pool)
         .await?;

@@ -1,0 +1,390 @@
+//! `headroom serve` through real HTTP: the API on SQLite and PostgreSQL,
+//! the token, a `kill -9` mid-copy and the resume from the checkpoint,
+//! history and deletions across restarts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::serve::{Api, Backend, Service, ended};
+use common::{Faults, S3Server, bytes};
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(180);
+
+fn write_files(dir: &std::path::Path, n: usize, size: usize) -> Vec<(String, Vec<u8>)> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let name = format!("f{i:04}.bin");
+            let data = bytes(size, i as u64 + 1);
+            std::fs::write(dir.join(&name), &data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+fn create(api: &Api, svc: &Service, spec: Value) -> Value {
+    let (status, task) = api.post(&svc.url("/api/tasks"), spec);
+    assert_eq!(status, 201, "{task}");
+    assert_eq!(task["status"], "queued", "{task}");
+    task
+}
+
+fn id(task: &Value) -> String {
+    task["id"].as_str().unwrap().to_string()
+}
+
+/// The API suite, against one backend.
+fn api_suite(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(Faults::default());
+    let bucket = s3.bucket("serve-bucket");
+    let svc = Service::start_with(backend, &["--memory", "128MiB"], &s3.env());
+    let api = Api::default();
+
+    // Health and the document.
+    assert_eq!(api.get(&svc.url("/healthz")).0, 200);
+    assert_eq!(api.get(&svc.url("/readyz")).0, 200);
+    let (status, doc) = api.get(&svc.url("/api/openapi.json"));
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/api/tasks"]["post"].is_object(), "{doc}");
+
+    // A copy runs to completion and its files arrive.
+    let src = work.path().join("src");
+    let files = write_files(&src, 12, 50_000);
+    let dst = work.path().join("dst");
+    let task = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": src, "destination": dst}),
+    );
+    let done = api.wait_task(&svc, &id(&task), LONG, ended);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["objects_copied"], 12);
+    assert_eq!(done["bytes_copied"], 12 * 50_000);
+    for (name, data) in &files {
+        assert_eq!(&std::fs::read(dst.join(name)).unwrap(), data, "{name}");
+    }
+
+    // Live progress while running, then cancel: a slow copy to S3.
+    let big = work.path().join("big");
+    write_files(&big, 40, 4 << 20);
+    let slow = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": big, "destination": "s3://serve-bucket/slow",
+               "memory": "8MiB", "concurrency": 1}),
+    );
+    let running = api.wait_task(&svc, &id(&slow), LONG, |t| {
+        t["status"] == "running" && t["live"]["bytes_copied"].as_u64().unwrap_or(0) > 0
+    });
+    let live = &running["live"];
+    assert_eq!(live["memory_share"], 8 << 20, "{running}");
+    assert!(
+        live["memory_reserved"].as_u64().unwrap() <= 8 << 20,
+        "{running}"
+    );
+    let (status, _) = api.post(
+        &svc.url(&format!("/api/tasks/{}/cancel", id(&slow))),
+        json!({}),
+    );
+    assert_eq!(status, 200);
+    let cancelled = api.wait_task(&svc, &id(&slow), LONG, ended);
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert!(
+        cancelled["objects_copied"].as_u64().unwrap() < 40,
+        "cancelled before the end: {cancelled}"
+    );
+    assert!(bucket.exists());
+    let (status, again) = api.post(
+        &svc.url(&format!("/api/tasks/{}/cancel", id(&slow))),
+        json!({}),
+    );
+    assert_eq!(status, 409, "{again}");
+
+    // A task that fails, and the cleanup of failed tasks.
+    let bad = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": work.path().join("missing"), "destination": dst}),
+    );
+    let failed = api.wait_task(&svc, &id(&bad), LONG, ended);
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("does not exist"),
+        "{failed}"
+    );
+    let (_, page) = api.get(&svc.url("/api/tasks?status=failed"));
+    assert_eq!(page["total"], 1, "{page}");
+    let (status, cleaned) = api.call("DELETE", &svc.url("/api/tasks?status=failed"), None);
+    assert_eq!(
+        (status, cleaned["deleted"].clone()),
+        (200, json!(1)),
+        "{cleaned}"
+    );
+    assert_eq!(api.get(&svc.url("/api/tasks?status=failed")).1["total"], 0);
+    assert_eq!(
+        api.get(&svc.url(&format!("/api/tasks/{}", id(&bad)))).0,
+        404
+    );
+
+    // Listing: filter and pagination, newest first.
+    for _ in 0..3 {
+        let t = create(
+            &api,
+            &svc,
+            json!({"kind": "copy", "source": src, "destination": dst, "dry_run": true}),
+        );
+        api.wait_task(&svc, &id(&t), LONG, ended);
+    }
+    let (_, all) = api.get(&svc.url("/api/tasks"));
+    assert_eq!(all["total"], 5, "{all}");
+    let (_, first) = api.get(&svc.url("/api/tasks?limit=2"));
+    let (_, rest) = api.get(&svc.url("/api/tasks?limit=2&offset=2"));
+    let ids =
+        |v: &Value| -> Vec<String> { v["tasks"].as_array().unwrap().iter().map(id).collect() };
+    assert_eq!(ids(&first).len(), 2);
+    assert_eq!(ids(&rest).len(), 2);
+    assert!(ids(&first).iter().all(|i| !ids(&rest).contains(i)));
+    assert_eq!(ids(&all)[..2], ids(&first)[..], "newest first");
+    let (_, succeeded) = api.get(&svc.url("/api/tasks?status=succeeded"));
+    assert_eq!(succeeded["total"], 4, "{succeeded}");
+
+    // Delete one.
+    let url = svc.url(&format!("/api/tasks/{}", id(&task)));
+    assert_eq!(api.call("DELETE", &url, None).0, 204);
+    assert_eq!(api.get(&url).0, 404);
+    assert_eq!(api.call("DELETE", &url, None).0, 404);
+
+    // Bad input: 400 naming the field; unknown ids: 404.
+    for (spec, words) in [
+        (
+            json!({"kind": "mirror", "source": "/a", "destination": "/b"}),
+            "kind",
+        ),
+        (
+            json!({"kind": "copy", "source": "s3://", "destination": "/b"}),
+            "source",
+        ),
+        (
+            json!({"kind": "copy", "source": "/a", "destination": "s3:///x"}),
+            "destination",
+        ),
+        (
+            json!({"kind": "copy", "source": "/a", "destination": "/b", "memory": "lots"}),
+            "memory",
+        ),
+        (
+            json!({"kind": "copy", "source": "/a", "destination": "/b", "bogus": 1}),
+            "bogus",
+        ),
+        (json!({"kind": "copy", "destination": "/b"}), "source"),
+    ] {
+        let (status, body) = api.post(&svc.url("/api/tasks"), spec.clone());
+        assert_eq!(status, 400, "{spec} -> {body}");
+        let msg = body["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(words), "{spec}: {msg}");
+    }
+    assert_eq!(api.get(&svc.url("/api/tasks?status=bogus")).0, 400);
+    assert_eq!(api.get(&svc.url("/api/tasks?limit=0")).0, 400);
+    assert_eq!(api.get(&svc.url("/api/tasks/nope")).0, 404);
+    assert_eq!(
+        api.post(&svc.url("/api/tasks/nope/cancel"), json!({})).0,
+        404
+    );
+
+    // Metrics.
+    let (status, metrics) = api.get(&svc.url("/metrics"));
+    assert_eq!(status, 200);
+    let text = metrics.as_str().unwrap();
+    for line in [
+        "headroom_tasks{status=\"succeeded\"} 3",
+        "headroom_tasks{status=\"cancelled\"} 1",
+        "headroom_memory_budget_bytes ",
+        "headroom_memory_reserved_bytes ",
+        "headroom_rss_bytes ",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+}
+
+#[test]
+fn the_api_works_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    api_suite(Backend::sqlite(dir.path()));
+}
+
+#[test]
+fn the_api_works_on_postgres() {
+    api_suite(Backend::postgres());
+}
+
+#[test]
+fn mutations_need_the_token_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start_with(
+        Backend::sqlite(dir.path()),
+        &[],
+        &[("HEADROOM_TOKEN", "s3cret".to_string())],
+    );
+    let mut api = Api::default();
+    let spec = json!({"kind": "copy", "source": dir.path(), "destination": dir.path().join("d"), "dry_run": true});
+    let (status, body) = api.post(&svc.url("/api/tasks"), spec.clone());
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        api.call("DELETE", &svc.url("/api/tasks?status=failed"), None)
+            .0,
+        401
+    );
+    assert_eq!(
+        api.get(&svc.url("/api/tasks")).0,
+        200,
+        "reading needs no token"
+    );
+    api.token = Some("wrong".into());
+    assert_eq!(api.post(&svc.url("/api/tasks"), spec.clone()).0, 401);
+    api.token = Some("s3cret".into());
+    assert_eq!(api.post(&svc.url("/api/tasks"), spec).0, 201);
+
+    // Beyond loopback, no token means no start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_headroom"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--db"])
+        .arg(dir.path().join("other.db"))
+        .env_remove("HEADROOM_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without a token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_killed_service_resumes_its_copy_without_copying_completed_objects_again() {
+    const FILES: usize = 48;
+    const SIZE: usize = 3 << 20;
+    let work = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(Faults::default());
+    let bucket = s3.bucket("resume-bucket");
+    let src = work.path().join("src");
+    let files = write_files(&src, FILES, SIZE);
+    let mut svc = Service::start_with(Backend::sqlite(work.path()), &[], &s3.env());
+    let api = Api::default();
+    let task = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": src, "destination": "s3://resume-bucket/data",
+               "memory": "8MiB", "concurrency": 1}),
+    );
+    // Kill once a third has been copied and the checkpoint saved it.
+    let before = api.wait_task(&svc, &id(&task), LONG, |t| {
+        t["objects_copied"].as_u64().unwrap_or(0) >= FILES as u64 / 3 && t["status"] == "running"
+    });
+    let copied_before = before["objects_copied"].as_u64().unwrap();
+    svc.kill();
+    eprintln!("killed after {copied_before} of {FILES} objects");
+    svc.restart();
+    let done = api.wait_task(&svc, &id(&task), LONG, ended);
+    eprintln!("after the restart: {done}");
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", svc.log());
+    assert_eq!(done["attempts"], 2, "{done}");
+    let skipped = done["objects_skipped"].as_u64().unwrap();
+    let copied_after = done["attempt_objects_copied"].as_u64().unwrap();
+    assert!(
+        skipped >= copied_before,
+        "{skipped} skipped after the restart, {copied_before} were done before"
+    );
+    assert!(
+        copied_after <= FILES as u64 - copied_before,
+        "copied {copied_after} after the restart: completed objects were copied again"
+    );
+    assert_eq!(skipped + copied_after, FILES as u64, "{done}");
+    assert!(
+        done["attempt_bytes_copied"].as_u64().unwrap()
+            <= ((FILES as u64 - copied_before) * SIZE as u64),
+        "{done}"
+    );
+    for (name, data) in &files {
+        let got = std::fs::read(bucket.join("data").join(name)).unwrap();
+        assert!(got == *data, "{name} differs");
+    }
+}
+
+/// History survives a restart (even a `kill -9`); deleted tasks stay
+/// deleted and cancelled ones stay cancelled.
+fn restart_suite(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    write_files(&src, 3, 1000);
+    let mut svc = Service::start(backend);
+    let api = Api::default();
+    let spec =
+        |to: &str| json!({"kind": "copy", "source": src, "destination": work.path().join(to)});
+    let kept = create(&api, &svc, spec("kept"));
+    let deleted = create(&api, &svc, spec("deleted"));
+    for t in [&kept, &deleted] {
+        assert_eq!(
+            api.wait_task(&svc, &id(t), LONG, ended)["status"],
+            "succeeded"
+        );
+    }
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &svc.url(&format!("/api/tasks/{}", id(&deleted))),
+            None
+        )
+        .0,
+        204
+    );
+    // A queued task cancelled before it could run (the scheduler is busy
+    // with nothing; cancel right away and accept either order).
+    let cancelled = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": src,
+        "destination": work.path().join("dst2"), "dry_run": true}),
+    );
+    let (status, c) = api.post(
+        &svc.url(&format!("/api/tasks/{}/cancel", id(&cancelled))),
+        json!({}),
+    );
+    let cancelled_status = if status == 200 {
+        api.wait_task(&svc, &id(&cancelled), LONG, ended)["status"].clone()
+    } else {
+        assert_eq!(status, 409, "{c}");
+        c["status"].clone()
+    };
+    for restart in 0..2 {
+        if restart == 0 {
+            svc.kill();
+        }
+        svc.restart();
+        let (_, all) = api.get(&svc.url("/api/tasks"));
+        let ids: Vec<String> = all["tasks"].as_array().unwrap().iter().map(id).collect();
+        assert!(ids.contains(&id(&kept)), "finished task lost: {all}");
+        assert!(
+            !ids.contains(&id(&deleted)),
+            "deleted task came back: {all}"
+        );
+        let (_, k) = api.get(&svc.url(&format!("/api/tasks/{}", id(&kept))));
+        assert_eq!(k["status"], "succeeded");
+        assert_eq!(k["objects_copied"], 3);
+        let (_, c) = api.get(&svc.url(&format!("/api/tasks/{}", id(&cancelled))));
+        assert_eq!(c["status"], cancelled_status, "{c}");
+    }
+}
+
+#[test]
+fn history_survives_restarts_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    restart_suite(Backend::sqlite(dir.path()));
+}
+
+#[test]
+fn history_survives_restarts_on_postgres() {
+    restart_suite(Backend::postgres());
+}
