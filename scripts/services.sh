@@ -29,3 +29,10 @@ as_postgres psql -p "$port" -v ON_ERROR_STOP=1 -qc \
   "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'headroom_test') THEN CREATE ROLE headroom_test LOGIN SUPERUSER PASSWORD 'headroom_test'; END IF; END \$\$;"
 export HEADROOM_TEST_POSTGRES="postgres://headroom_test:headroom_test@127.0.0.1:$port/postgres"
 psql "$HEADROOM_TEST_POSTGRES" -tAc 'SELECT version()'
+
+# Debian's Chromium and playwright-core (from the npm registry, pinned by
+# package-lock.json; it downloads no browser) for the dashboard test
+# (tests/dashboard.rs).
+need chromium chromium
+need chromedriver chromium-driver
+npm ci --prefix crates/headroom/tests/browser --no-audit --no-fund --loglevel=error

@@ -1,0 +1,50 @@
+// Drives the dashboard of a running `headroom serve` in headless Chromium:
+// creates a copy task through the form, sees it succeed, creates a failing
+// one, cleans up failed tasks with the button, and saves a screenshot.
+//
+//   node dashboard.mjs BASE_URL SOURCE DESTINATION MISSING_SOURCE SCREENSHOT
+import { chromium } from "playwright-core";
+
+const [base, source, destination, missing, screenshot] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+  page.setDefaultTimeout(60_000);
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(base + "/");
+  await page.waitForSelector("#create");
+
+  async function createTask(src, dst) {
+    await page.fill("input[name=source]", src);
+    await page.fill("input[name=destination]", dst);
+    await page.click("button[type=submit]");
+  }
+  const rowWith = (text, status) =>
+    page.waitForSelector(`#tasks tr[data-status=${status}]:has-text("${text}")`);
+
+  await createTask(source, destination);
+  await rowWith(source, "succeeded");
+  console.log("copy task succeeded");
+
+  await createTask(missing, destination);
+  await rowWith(missing, "failed");
+  console.log("failing task failed");
+
+  await page.click("#cleanup");
+  await page.waitForFunction(() => !document.querySelector("#tasks tr[data-status=failed]"));
+  console.log("failed tasks cleaned up");
+
+  await page.waitForFunction(() => document.querySelector("#memory").textContent.includes("RSS"));
+  await page.screenshot({ path: screenshot, fullPage: true });
+  if (errors.length) throw new Error("page errors: " + errors.join("; "));
+  console.log("screenshot " + screenshot);
+} finally {
+  await browser.close();
+}
