@@ -85,6 +85,19 @@ fn api_suite(backend: Backend) {
         live["memory_reserved"].as_u64().unwrap() <= 8 << 20,
         "{running}"
     );
+    // The slow task does not hold up a small one: it has its own share.
+    let small = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": src, "destination": work.path().join("dst-small")}),
+    );
+    let small = api.wait_task(&svc, &id(&small), LONG, ended);
+    assert_eq!(small["status"], "succeeded", "{small}");
+    let (_, slow_now) = api.get(&svc.url(&format!("/api/tasks/{}", id(&slow))));
+    assert_eq!(
+        slow_now["status"], "running",
+        "the small task finished first: {slow_now}"
+    );
     let (status, _) = api.post(
         &svc.url(&format!("/api/tasks/{}/cancel", id(&slow))),
         json!({}),
@@ -139,7 +152,7 @@ fn api_suite(backend: Backend) {
         api.wait_task(&svc, &id(&t), LONG, ended);
     }
     let (_, all) = api.get(&svc.url("/api/tasks"));
-    assert_eq!(all["total"], 5, "{all}");
+    assert_eq!(all["total"], 6, "{all}");
     let (_, first) = api.get(&svc.url("/api/tasks?limit=2"));
     let (_, rest) = api.get(&svc.url("/api/tasks?limit=2&offset=2"));
     let ids =
@@ -149,7 +162,7 @@ fn api_suite(backend: Backend) {
     assert!(ids(&first).iter().all(|i| !ids(&rest).contains(i)));
     assert_eq!(ids(&all)[..2], ids(&first)[..], "newest first");
     let (_, succeeded) = api.get(&svc.url("/api/tasks?status=succeeded"));
-    assert_eq!(succeeded["total"], 4, "{succeeded}");
+    assert_eq!(succeeded["total"], 5, "{succeeded}");
 
     // Delete one.
     let url = svc.url(&format!("/api/tasks/{}", id(&task)));
@@ -199,7 +212,7 @@ fn api_suite(backend: Backend) {
     assert_eq!(status, 200);
     let text = metrics.as_str().unwrap();
     for line in [
-        "headroom_tasks{status=\"succeeded\"} 3",
+        "headroom_tasks{status=\"succeeded\"} 4",
         "headroom_tasks{status=\"cancelled\"} 1",
         "headroom_memory_budget_bytes ",
         "headroom_memory_reserved_bytes ",
