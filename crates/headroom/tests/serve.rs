@@ -142,6 +142,31 @@ fn api_suite(backend: Backend) {
         404
     );
 
+    // A purge task: old files go, new ones stay.
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let old_time = filetime::FileTime::from_system_time(
+        std::time::SystemTime::now() - Duration::from_secs(40 * 86400),
+    );
+    for i in 0..8 {
+        let f = logs.join(format!("app{i}.log"));
+        std::fs::write(&f, vec![b'l'; 1000]).unwrap();
+        if i < 5 {
+            filetime::set_file_mtime(&f, old_time).unwrap();
+        }
+    }
+    let purge = create(
+        &api,
+        &svc,
+        json!({"kind": "purge", "target": logs, "older_than": "30d"}),
+    );
+    let purged = api.wait_task(&svc, &id(&purge), LONG, ended);
+    assert_eq!(purged["status"], "succeeded", "{purged}");
+    assert_eq!(purged["files_deleted"], 5, "{purged}");
+    assert_eq!(purged["bytes_freed"], 5000, "{purged}");
+    assert_eq!(purged["files_kept"], 3, "{purged}");
+    assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 3);
+
     // Listing: filter and pagination, newest first.
     for _ in 0..3 {
         let t = create(
@@ -152,7 +177,7 @@ fn api_suite(backend: Backend) {
         api.wait_task(&svc, &id(&t), LONG, ended);
     }
     let (_, all) = api.get(&svc.url("/api/tasks"));
-    assert_eq!(all["total"], 6, "{all}");
+    assert_eq!(all["total"], 7, "{all}");
     let (_, first) = api.get(&svc.url("/api/tasks?limit=2"));
     let (_, rest) = api.get(&svc.url("/api/tasks?limit=2&offset=2"));
     let ids =
@@ -162,7 +187,7 @@ fn api_suite(backend: Backend) {
     assert!(ids(&first).iter().all(|i| !ids(&rest).contains(i)));
     assert_eq!(ids(&all)[..2], ids(&first)[..], "newest first");
     let (_, succeeded) = api.get(&svc.url("/api/tasks?status=succeeded"));
-    assert_eq!(succeeded["total"], 5, "{succeeded}");
+    assert_eq!(succeeded["total"], 6, "{succeeded}");
 
     // Delete one.
     let url = svc.url(&format!("/api/tasks/{}", id(&task)));
@@ -175,6 +200,15 @@ fn api_suite(backend: Backend) {
         (
             json!({"kind": "mirror", "source": "/a", "destination": "/b"}),
             "kind",
+        ),
+        (json!({"kind": "purge", "target": "/tmp/x"}), "older_than"),
+        (
+            json!({"kind": "purge", "target": "/tmp/x", "older_than": "soon"}),
+            "older_than",
+        ),
+        (
+            json!({"kind": "copy", "source": "/a", "destination": "/b", "target": "/c"}),
+            "target",
         ),
         (
             json!({"kind": "copy", "source": "s3://", "destination": "/b"}),
@@ -212,7 +246,7 @@ fn api_suite(backend: Backend) {
     assert_eq!(status, 200);
     let text = metrics.as_str().unwrap();
     for line in [
-        "headroom_tasks{status=\"succeeded\"} 4",
+        "headroom_tasks{status=\"succeeded\"} 5",
         "headroom_tasks{status=\"cancelled\"} 1",
         "headroom_memory_budget_bytes ",
         "headroom_memory_reserved_bytes ",

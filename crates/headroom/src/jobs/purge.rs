@@ -47,9 +47,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use futures::stream::{FuturesUnordered, StreamExt};
-use headroom_governor::{Governor, channel};
+use headroom_governor::{Governor, MemoryProbe, channel};
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 use rustix::io::Errno;
+use tokio::sync::watch;
 
 use crate::cli::{GlobalArgs, PurgeArgs};
 use crate::jobs::copy::s3_config;
@@ -87,8 +88,53 @@ enum Target<'a> {
     },
 }
 
-/// Runs the purge and returns its summary.
+/// What a purge runs with when something else owns the memory plan and
+/// the progress reports: `headroom purge` itself, or a `headroom serve`
+/// task.
+pub struct PurgeEnv {
+    pub gov: Governor,
+    pub probe: MemoryProbe,
+    pub counters: Arc<Counters>,
+    /// Becomes `true` to stop: no further directory is read and no further
+    /// file deleted.
+    pub cancel: watch::Receiver<bool>,
+}
+
+/// Runs `headroom purge` and returns its summary.
 pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summary> {
+    let plan = MemoryPlan::start(global.memory);
+    let counters = Arc::new(Counters::default());
+    let reporter = Reporter::start(
+        counters.clone(),
+        plan.governor.clone(),
+        plan.probe.clone(),
+        args.progress_interval,
+        global.log_format,
+        Job::Purge,
+    );
+    let (_never, cancel) = watch::channel(false);
+    let summary = execute(
+        args,
+        PurgeEnv {
+            gov: plan.governor.clone(),
+            probe: plan.probe.clone(),
+            counters,
+            cancel,
+        },
+    )
+    .await;
+    reporter.stop();
+    summary
+}
+
+/// Runs one purge in `env`.
+pub async fn execute(args: &PurgeArgs, env: PurgeEnv) -> anyhow::Result<Summary> {
+    let PurgeEnv {
+        gov,
+        probe,
+        counters,
+        cancel,
+    } = env;
     let filter = Filter::new(&args.include, &args.exclude)?;
     let cutoff = SystemTime::now()
         .checked_sub(args.older_than)
@@ -109,18 +155,7 @@ pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summar
         Location::S3 { bucket, prefix } => Target::S3 { bucket, prefix },
     };
 
-    let plan = MemoryPlan::start(global.memory);
-    let gov = plan.governor.clone();
-    let counters = Arc::new(Counters::default());
     let started = Instant::now();
-    let reporter = Reporter::start(
-        counters.clone(),
-        gov.clone(),
-        plan.probe.clone(),
-        args.progress_interval,
-        global.log_format,
-        Job::Purge,
-    );
     let outcome = match target {
         Target::Local(root) => {
             let ctx = Arc::new(Ctx {
@@ -132,6 +167,7 @@ pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summar
                 latency: args.simulate_latency,
                 root_dev: std::sync::OnceLock::new(),
                 counters: counters.clone(),
+                stop: cancel.clone(),
             });
             purge_local(ctx, root, concurrency, &gov).await
         }
@@ -145,17 +181,17 @@ pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summar
                 concurrency,
                 &counters,
                 &gov,
+                &cancel,
             )
             .await
         }
     };
-    reporter.stop();
     outcome?;
     let mut summary = Summary::collect(
         Job::Purge,
         &counters,
         &gov,
-        &plan.probe,
+        &probe,
         started.elapsed(),
         args.dry_run,
     );
@@ -228,9 +264,15 @@ struct Ctx {
     /// The target's device, set when it is opened.
     root_dev: std::sync::OnceLock<u64>,
     counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
 }
 
 impl Ctx {
+    /// Whether the purge was cancelled.
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
     /// Stands in for a slow filesystem's round trip, when asked to.
     fn metadata_call(&self) {
         if let Some(d) = self.latency {
@@ -385,7 +427,9 @@ fn walker(
             .recv_timeout(Duration::from_millis(10));
         match job {
             Ok(job) => {
-                walk(ctx, job, tx, batches, outstanding);
+                if !ctx.stopped() {
+                    walk(ctx, job, tx, batches, outstanding);
+                }
                 outstanding.fetch_sub(1, Ordering::AcqRel);
             }
             Err(RecvTimeoutError::Timeout) if outstanding.load(Ordering::Acquire) == 0 => return,
@@ -533,6 +577,9 @@ fn worker(ctx: &Arc<Ctx>, rx: &Mutex<Receiver<Batch>>) {
         let Ok(batch) = batch else {
             return;
         };
+        if ctx.stopped() {
+            continue; // drained, not deleted
+        }
         ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         for name in &batch.names {
             purge_file(ctx, &batch.dir, name);
@@ -611,6 +658,7 @@ async fn purge_s3(
     concurrency: usize,
     counters: &Arc<Counters>,
     gov: &Governor,
+    cancel: &watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let s3 = s3_config(&args.s3, concurrency);
     let client = Arc::new(s3.client(bucket)?);
@@ -643,6 +691,11 @@ async fn purge_s3(
         async move { delete_batch(&client, &store, batch, &counters, dry_run).await }
     };
     while let Some(listed) = rx.recv().await {
+        if *cancel.borrow() {
+            // The listing stops when its queue is dropped below.
+            batch.clear();
+            break;
+        }
         let entry = match listed {
             Ok(e) => e,
             Err(e) => {
@@ -670,6 +723,7 @@ async fn purge_s3(
         running.push(delete(batch));
     }
     while running.next().await.is_some() {}
+    drop(rx);
     lister
         .await
         .context("listing task")?

@@ -114,6 +114,13 @@ async fn openapi() -> Response {
 fn view(state: &AppState, row: TaskRow) -> serde_json::Value {
     let live = state.tasks.live(&row.id);
     let mut v = serde_json::to_value(&row).unwrap_or_default();
+    if row.kind == "purge" {
+        // The same counters under a purge's words.
+        v["files_scanned"] = json!(row.objects_listed);
+        v["files_deleted"] = json!(row.objects_copied);
+        v["bytes_freed"] = json!(row.bytes_copied);
+        v["files_kept"] = json!(row.objects_skipped);
+    }
     v["live"] = serde_json::to_value(live).unwrap_or_default();
     v
 }

@@ -1,5 +1,7 @@
-//! Running tasks: what a task asks for (its spec), and the scheduler that
-//! claims queued tasks from the database and runs them.
+//! Running tasks: what a task asks for (its spec: a copy or a purge), and
+//! the scheduler that claims queued tasks from the database and runs them.
+//! A purge task's counters use the copy columns: objects listed = files
+//! scanned, copied = deleted, bytes = bytes freed, skipped = kept.
 //!
 //! Memory: the service has one governor. A task first reserves its share
 //! of it ("serve.task", FIFO like every reservation) and then runs its copy
@@ -18,21 +20,34 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use super::db::{Db, Progress, TaskRow};
-use crate::cli::{CopyArgs, S3Args};
+use crate::cli::{CopyArgs, PurgeArgs, S3Args};
 use crate::jobs::copy::{self, CopyEnv, Watermark};
+use crate::jobs::purge::{self, PurgeEnv};
 use crate::store::Location;
 use crate::telemetry::Counters;
 
-/// What `POST /api/tasks` accepts.
+/// What `POST /api/tasks` accepts: a copy (`source`, `destination`) or a
+/// purge (`target`, `older_than`), with the options both share.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
-    /// `copy`.
+    /// `copy` or `purge`.
     pub kind: String,
-    /// A path, file://PATH or s3://BUCKET/PREFIX.
-    pub source: String,
-    /// Same forms as `source`.
-    pub destination: String,
+    /// Copy: a path, file://PATH or s3://BUCKET/PREFIX.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Copy: same forms as `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Purge: a directory or s3://BUCKET/PREFIX.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Purge: delete what was last modified longer ago, e.g. "30d".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_than: Option<String>,
+    /// Purge: remove directories left empty.
+    #[serde(default)]
+    pub remove_empty_dirs: bool,
     /// This task's share of the service's memory, e.g. "64MiB".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
@@ -42,32 +57,41 @@ pub struct TaskSpec {
     pub exclude: Vec<String>,
     #[serde(default)]
     pub dry_run: bool,
+    /// Copy: compare content (MD5) instead of size and mtime.
     #[serde(default)]
     pub checksum: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
 }
 
+/// The job a task runs, with its arguments.
+pub enum JobArgs {
+    Copy(Box<CopyArgs>),
+    Purge(Box<PurgeArgs>),
+}
+
 /// A validated spec, ready to run.
 pub struct Validated {
     pub spec: TaskSpec,
-    pub args: CopyArgs,
+    pub job: JobArgs,
     pub share: Option<u64>,
+}
+
+fn required<'a>(field: &str, value: &'a Option<String>, kind: &str) -> Result<&'a str, String> {
+    value
+        .as_deref()
+        .ok_or_else(|| format!("{field}: required for a {kind} task"))
+}
+
+fn absent(field: &str, value: &Option<String>, kind: &str) -> Result<(), String> {
+    match value {
+        Some(_) => Err(format!("{field}: not an option of a {kind} task")),
+        None => Ok(()),
+    }
 }
 
 /// Checks a spec; the error names the bad field.
 pub fn validate(spec: TaskSpec) -> Result<Validated, String> {
-    if spec.kind != "copy" {
-        return Err(format!(
-            "kind: unknown task kind {:?}; serve runs \"copy\" tasks",
-            spec.kind
-        ));
-    }
-    let src: Location = spec.source.parse().map_err(|e| format!("source: {e}"))?;
-    let dst: Location = spec
-        .destination
-        .parse()
-        .map_err(|e| format!("destination: {e}"))?;
     let share = match &spec.memory {
         None => None,
         Some(m) => {
@@ -83,23 +107,68 @@ pub fn validate(spec: TaskSpec) -> Result<Validated, String> {
     if spec.concurrency == Some(0) {
         return Err("concurrency: must be at least 1".into());
     }
-    let args = CopyArgs {
-        src,
-        dst,
-        dry_run: spec.dry_run,
-        checksum: spec.checksum,
-        include: spec.include.clone(),
-        exclude: spec.exclude.clone(),
-        concurrency: spec.concurrency,
-        part_size: None,
-        retries: 5,
-        progress_interval: Duration::from_secs(5),
-        s3: S3Args {
-            s3_timeout: Duration::from_secs(300),
-            ..S3Args::default()
-        },
+    let s3 = S3Args {
+        s3_timeout: Duration::from_secs(300),
+        ..S3Args::default()
     };
-    Ok(Validated { spec, args, share })
+    let job = match spec.kind.as_str() {
+        "copy" => {
+            absent("target", &spec.target, "copy")?;
+            absent("older_than", &spec.older_than, "copy")?;
+            let src: Location = required("source", &spec.source, "copy")?
+                .parse()
+                .map_err(|e| format!("source: {e}"))?;
+            let dst: Location = required("destination", &spec.destination, "copy")?
+                .parse()
+                .map_err(|e| format!("destination: {e}"))?;
+            JobArgs::Copy(Box::new(CopyArgs {
+                src,
+                dst,
+                dry_run: spec.dry_run,
+                checksum: spec.checksum,
+                include: spec.include.clone(),
+                exclude: spec.exclude.clone(),
+                concurrency: spec.concurrency,
+                part_size: None,
+                retries: 5,
+                progress_interval: Duration::from_secs(5),
+                s3,
+            }))
+        }
+        "purge" => {
+            absent("source", &spec.source, "purge")?;
+            absent("destination", &spec.destination, "purge")?;
+            if spec.checksum {
+                return Err("checksum: not an option of a purge task".into());
+            }
+            let target: Location = required("target", &spec.target, "purge")?
+                .parse()
+                .map_err(|e| format!("target: {e}"))?;
+            let older_than =
+                crate::cli::parse_age(required("older_than", &spec.older_than, "purge")?)
+                    .map_err(|e| format!("older_than: {e}"))?;
+            JobArgs::Purge(Box::new(PurgeArgs {
+                target,
+                older_than,
+                dry_run: spec.dry_run,
+                include: spec.include.clone(),
+                exclude: spec.exclude.clone(),
+                remove_empty_dirs: spec.remove_empty_dirs,
+                concurrency: spec.concurrency,
+                cross_filesystems: false,
+                force: false,
+                simulate_latency: None,
+                progress_interval: Duration::from_secs(5),
+                s3,
+            }))
+        }
+        other => {
+            return Err(format!(
+                "kind: unknown task kind {other:?}; one of \"copy\", \"purge\""
+            ));
+        }
+    };
+    Ok(Validated { spec, job, share })
 }
 
 /// A task being run: what the API shows live, and how to cancel it.
@@ -255,10 +324,16 @@ impl Tasks {
                 return;
             }
         };
+        let what = match &v.job {
+            JobArgs::Copy(a) => format!("copy {} -> {}", a.src, a.dst),
+            JobArgs::Purge(a) => format!(
+                "purge {} older than {}",
+                a.target,
+                humantime::format_duration(a.older_than)
+            ),
+        };
         tracing::info!(
-            "task {id}: copy {} -> {} (attempt {}, {} of memory{})",
-            v.spec.source,
-            v.spec.destination,
+            "task {id}: {what} (attempt {}, {} of memory{})",
             task.attempts,
             ByteSize(share),
             task.checkpoint_key
@@ -283,21 +358,36 @@ impl Tasks {
             attempt_bytes_copied: counters.bytes.load(Ordering::Relaxed) as i64,
             checkpoint_key: w.key(),
         };
-        let env = CopyEnv {
-            gov: running.gov.clone(),
-            probe: MemoryProbe::detect(),
-            counters: counters.clone(),
-            cancel: cancelled.clone(),
-            start_after: task.checkpoint_key.clone(),
-            watermark: Some(watermark.clone()),
+        let job = async {
+            match &v.job {
+                JobArgs::Copy(args) => {
+                    let env = CopyEnv {
+                        gov: running.gov.clone(),
+                        probe: MemoryProbe::detect(),
+                        counters: counters.clone(),
+                        cancel: cancelled.clone(),
+                        start_after: task.checkpoint_key.clone(),
+                        watermark: Some(watermark.clone()),
+                    };
+                    copy::execute(args, env).await
+                }
+                JobArgs::Purge(args) => {
+                    let env = PurgeEnv {
+                        gov: running.gov.clone(),
+                        probe: MemoryProbe::detect(),
+                        counters: counters.clone(),
+                        cancel: cancelled.clone(),
+                    };
+                    purge::execute(args, env).await
+                }
+            }
         };
-        let copy = copy::execute(&v.args, env);
-        tokio::pin!(copy);
+        tokio::pin!(job);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
-                r = &mut copy => break r,
+                r = &mut job => break r,
                 _ = tick.tick() => {
                     if let Err(e) = self.db.progress(&id, base, &progress(&watermark)).await {
                         tracing::warn!("task {id}: cannot save progress: {e}");
