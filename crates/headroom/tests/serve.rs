@@ -435,3 +435,133 @@ fn history_survives_restarts_on_sqlite() {
 fn history_survives_restarts_on_postgres() {
     restart_suite(Backend::postgres());
 }
+
+#[test]
+fn with_no_resume_a_killed_task_waits_as_interrupted_until_resumed() {
+    let work = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(Faults::default());
+    let bucket = s3.bucket("later-bucket");
+    let src = work.path().join("src");
+    let files = write_files(&src, 24, 3 << 20);
+    let mut svc = Service::start_with(Backend::sqlite(work.path()), &["--no-resume"], &s3.env());
+    let api = Api::default();
+    let task = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": src, "destination": "s3://later-bucket/d",
+               "memory": "8MiB", "concurrency": 1}),
+    );
+    api.wait_task(&svc, &id(&task), LONG, |t| {
+        t["status"] == "running" && t["objects_copied"].as_u64().unwrap_or(0) >= 2
+    });
+    svc.kill();
+    svc.restart();
+    let url = svc.url(&format!("/api/tasks/{}", id(&task)));
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, t) = api.get(&url);
+    assert_eq!(t["status"], "interrupted", "{t}");
+    let (status, body) = api.post(
+        &svc.url(&format!("/api/tasks/{}/resume", id(&task))),
+        json!({}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let done = api.wait_task(&svc, &id(&task), LONG, ended);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    for (name, data) in &files {
+        assert!(
+            std::fs::read(bucket.join("d").join(name)).unwrap() == *data,
+            "{name}"
+        );
+    }
+    // Only an interrupted task can be resumed.
+    let (status, _) = api.post(
+        &svc.url(&format!("/api/tasks/{}/resume", id(&task))),
+        json!({}),
+    );
+    assert_eq!(status, 409);
+}
+
+fn rss_of(pid: u32) -> u64 {
+    common::ingest::rss_of(pid)
+}
+
+/// Writes `rows` finished tasks straight into a service's SQLite file.
+fn add_history(db: &std::path::Path, from: usize, rows: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let url = format!("sqlite://{}", db.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        for i in from..from + rows {
+            sqlx::query(
+                "INSERT INTO tasks (id, kind, status, spec, created_at, updated_at, objects_copied, bytes_copied) \
+                 VALUES ($1, 'copy', 'succeeded', $2, $3, $3, 10, 1000)",
+            )
+            .bind(format!("history{i:07}"))
+            .bind(r#"{"kind":"copy","source":"/a","destination":"/b"}"#)
+            .bind(i as i64)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+    });
+}
+
+#[test]
+fn the_service_memory_does_not_grow_with_its_history() {
+    let work = tempfile::tempdir().unwrap();
+    let db = work.path().join("tasks.db");
+    let svc = Service::start_with(Backend::sqlite(work.path()), &["--memory", "64MiB"], &[]);
+    let api = Api::default();
+    let read_everything = || {
+        for _ in 0..5 {
+            for path in [
+                "/api/tasks",
+                "/api/tasks?limit=500",
+                "/api/tasks?status=succeeded&limit=500&offset=15000",
+                "/metrics",
+                "/",
+            ] {
+                let (status, _) = api.get(&svc.url(path));
+                assert_eq!(status, 200, "{path}");
+            }
+        }
+    };
+    read_everything();
+    let empty = rss_of(svc.pid());
+    // The database's page caches fill up to their bound with the first
+    // rows; after that, more history must cost nothing.
+    add_history(&db, 0, 20_000);
+    read_everything();
+    let small = rss_of(svc.pid());
+    add_history(&db, 20_000, 100_000);
+    read_everything();
+    let large = rss_of(svc.pid());
+    let (_, page) = api.get(&svc.url("/api/tasks?limit=500"));
+    assert_eq!(page["total"], 120_000);
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 500);
+    let (_, metrics) = api.get(&svc.url("/metrics"));
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("headroom_objects_copied 1200000"),
+        "{metrics}"
+    );
+    let mib = |b: u64| b as f64 / 1048576.0;
+    eprintln!(
+        "service rss: {:.1} MiB empty, {:.1} MiB with 20,000 tasks, {:.1} MiB with 120,000",
+        mib(empty),
+        mib(small),
+        mib(large)
+    );
+    assert!(
+        large < small + (2 << 20),
+        "rss grew from {small} to {large} with six times the history"
+    );
+    assert!(large < 64 << 20, "rss {large} above the budget");
+}

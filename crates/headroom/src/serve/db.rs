@@ -86,6 +86,11 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Connections to the database at most.
+const MAX_CONNECTIONS: u32 = 4;
+/// SQLite's page cache per connection: 1 MiB (the default is 2 MiB).
+const SQLITE_CACHE_PRAGMA: &str = "PRAGMA cache_size = -1024";
+
 /// The task database.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -118,7 +123,17 @@ impl Db {
             _ => url.clone(),
         };
         let pool = AnyPoolOptions::new()
-            .max_connections(4)
+            .max_connections(MAX_CONNECTIONS)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // SQLite's page cache is per connection: a fixed
+                    // SQLITE_CACHE_KIB each, whatever the history's size.
+                    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+                        sqlx::query(SQLITE_CACHE_PRAGMA).execute(conn).await?;
+                    }
+                    Ok(())
+                })
+            })
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(&url)
             .await
