@@ -25,6 +25,8 @@ pub struct AppState {
     pub probe: MemoryProbe,
     /// Mutating requests need `Authorization: Bearer <token>` when set.
     pub token: Option<String>,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 type Shared = Arc<AppState>;
@@ -287,70 +289,73 @@ async fn readyz(State(state): State<Shared>) -> Response {
     }
 }
 
+/// Sets the gauges from the database, the governor and the probe, then
+/// renders them (metrics-exporter-prometheus).
 async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
-    use std::fmt::Write;
     let (by_status, objects, bytes) = state.db.stats().await?;
     let stats = state.gov.stats();
     let sample = state.probe.sample();
-    let mut out = String::new();
-    let mut metric = |name: &str, help: &str, kind: &str, lines: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in lines {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
-    let by_status: Vec<(String, f64)> = STATUSES
-        .iter()
-        .map(|s| {
-            let n = by_status
-                .iter()
-                .find(|(st, _)| st == s)
-                .map_or(0, |(_, n)| *n);
-            (format!("{{status=\"{s}\"}}"), n as f64)
-        })
-        .collect();
-    metric("headroom_tasks", "Tasks by status.", "gauge", &by_status);
-    metric(
-        "headroom_objects_copied",
-        "Objects copied by all tasks in the database.",
-        "gauge",
-        &[(String::new(), objects as f64)],
-    );
-    metric(
-        "headroom_bytes_copied",
-        "Bytes copied by all tasks in the database.",
-        "gauge",
-        &[(String::new(), bytes as f64)],
-    );
-    metric(
-        "headroom_memory_budget_bytes",
-        "The service governor's budget.",
-        "gauge",
-        &[(String::new(), stats.budget as f64)],
-    );
-    metric(
-        "headroom_memory_reserved_bytes",
-        "Reserved now (the running tasks' shares).",
-        "gauge",
-        &[(String::new(), stats.reserved as f64)],
-    );
-    metric(
-        "headroom_memory_peak_reserved_bytes",
-        "Peak reserved since start.",
-        "gauge",
-        &[(String::new(), stats.peak_reserved as f64)],
-    );
-    metric(
-        "headroom_memory_waiters",
-        "Tasks waiting for their memory share.",
-        "gauge",
-        &[(String::new(), stats.waiters as f64)],
-    );
-    metric(
-        "headroom_rss_bytes",
-        "Resident memory of the service.",
-        "gauge",
-        &[(String::new(), sample.rss.unwrap_or(0) as f64)],
-    );
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    for s in STATUSES {
+        let n = by_status
+            .iter()
+            .find(|(st, _)| st == s)
+            .map_or(0, |(_, n)| *n);
+        metrics::gauge!("headroom_tasks", "status" => s).set(n as f64);
+    }
+    metrics::gauge!("headroom_objects_copied").set(objects as f64);
+    metrics::gauge!("headroom_bytes_copied").set(bytes as f64);
+    metrics::gauge!("headroom_memory_budget_bytes").set(stats.budget as f64);
+    metrics::gauge!("headroom_memory_reserved_bytes").set(stats.reserved as f64);
+    metrics::gauge!("headroom_memory_peak_reserved_bytes").set(stats.peak_reserved as f64);
+    metrics::gauge!("headroom_memory_waiters").set(stats.waiters as f64);
+    metrics::gauge!("headroom_rss_bytes").set(sample.rss.unwrap_or(0) as f64);
+    metrics::gauge!("headroom_tasks_running_here").set(state.tasks.running_count() as f64);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response())
+}
+
+/// Installs the process's metrics recorder and describes the gauges.
+pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    for (name, help) in [
+        ("headroom_tasks", "Tasks by status, from the database."),
+        (
+            "headroom_objects_copied",
+            "Objects copied (files deleted by purges) by all tasks in the database.",
+        ),
+        (
+            "headroom_bytes_copied",
+            "Bytes copied (freed by purges) by all tasks in the database.",
+        ),
+        (
+            "headroom_memory_budget_bytes",
+            "The service governor's budget.",
+        ),
+        (
+            "headroom_memory_reserved_bytes",
+            "Reserved now: the running tasks' memory shares.",
+        ),
+        (
+            "headroom_memory_peak_reserved_bytes",
+            "Peak reserved since the service started.",
+        ),
+        (
+            "headroom_memory_waiters",
+            "Tasks waiting for their memory share.",
+        ),
+        ("headroom_rss_bytes", "Resident memory of the service."),
+        (
+            "headroom_tasks_running_here",
+            "Tasks this process runs now.",
+        ),
+    ] {
+        metrics::describe_gauge!(name, help);
+    }
+    Ok(handle)
 }

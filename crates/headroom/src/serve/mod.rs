@@ -69,6 +69,7 @@ pub async fn run(args: &ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         gov: memory.governor.clone(),
         probe: memory.probe.clone(),
         token,
+        metrics: api::install_metrics()?,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
