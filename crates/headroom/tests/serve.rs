@@ -565,3 +565,48 @@ fn the_service_memory_does_not_grow_with_its_history() {
     );
     assert!(large < 64 << 20, "rss {large} above the budget");
 }
+
+#[test]
+fn a_resumed_copy_from_s3_lists_only_after_its_checkpoint() {
+    const FILES: usize = 24;
+    let work = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(Faults::default());
+    let bucket = s3.bucket("from-bucket");
+    // Objects written straight into the server's bucket directory.
+    let files = write_files(&bucket.join("in"), FILES, 3 << 20);
+    let dst = work.path().join("dst");
+    let mut svc = Service::start_with(Backend::sqlite(work.path()), &[], &s3.env());
+    let api = Api::default();
+    let task = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": "s3://from-bucket/in", "destination": dst,
+               "memory": "8MiB", "concurrency": 1}),
+    );
+    let before = api.wait_task(&svc, &id(&task), LONG, |t| {
+        t["status"] == "running" && t["objects_copied"].as_u64().unwrap_or(0) >= 8
+    });
+    let checkpoint = before["checkpoint_key"]
+        .as_str()
+        .expect("a checkpoint")
+        .to_string();
+    svc.kill();
+    svc.restart();
+    let done = api.wait_task(&svc, &id(&task), LONG, ended);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let listed = done["objects_listed"].as_u64().unwrap();
+    let after_checkpoint = files
+        .iter()
+        .filter(|(n, _)| n.as_str() > checkpoint.as_str())
+        .count();
+    eprintln!(
+        "checkpoint {checkpoint:?}: {listed} listed after the restart, {after_checkpoint} keys after it"
+    );
+    assert_eq!(
+        listed, after_checkpoint as u64,
+        "the resumed listing starts after the checkpoint: {done}"
+    );
+    for (name, data) in &files {
+        assert!(std::fs::read(dst.join(name)).unwrap() == *data, "{name}");
+    }
+}
