@@ -566,6 +566,26 @@ fn the_service_memory_does_not_grow_with_its_history() {
     assert!(large < 64 << 20, "rss {large} above the budget");
 }
 
+/// A task's checkpoint, read from a (stopped) service's SQLite file.
+fn checkpoint_of(db: &std::path::Path, id: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let key: Option<String> =
+            sqlx::query_scalar("SELECT checkpoint_key FROM tasks WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        key.expect("a checkpoint")
+    })
+}
+
 #[test]
 fn a_resumed_copy_from_s3_lists_only_after_its_checkpoint() {
     const FILES: usize = 24;
@@ -583,14 +603,12 @@ fn a_resumed_copy_from_s3_lists_only_after_its_checkpoint() {
         json!({"kind": "copy", "source": "s3://from-bucket/in", "destination": dst,
                "memory": "8MiB", "concurrency": 1}),
     );
-    let before = api.wait_task(&svc, &id(&task), LONG, |t| {
+    api.wait_task(&svc, &id(&task), LONG, |t| {
         t["status"] == "running" && t["objects_copied"].as_u64().unwrap_or(0) >= 8
     });
-    let checkpoint = before["checkpoint_key"]
-        .as_str()
-        .expect("a checkpoint")
-        .to_string();
     svc.kill();
+    // Read after the kill: the checkpoint the restart will see.
+    let checkpoint = checkpoint_of(&work.path().join("tasks.db"), &id(&task));
     svc.restart();
     let done = api.wait_task(&svc, &id(&task), LONG, ended);
     assert_eq!(done["status"], "succeeded", "{done}");
