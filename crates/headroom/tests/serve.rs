@@ -116,6 +116,33 @@ fn api_suite(backend: Backend) {
     );
     assert_eq!(status, 409, "{again}");
 
+    // Deleting a running task stops it.
+    let doomed = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": big, "destination": "s3://serve-bucket/doomed",
+               "memory": "8MiB", "concurrency": 1}),
+    );
+    api.wait_task(&svc, &id(&doomed), LONG, |t| t["status"] == "running");
+    let doomed_url = svc.url(&format!("/api/tasks/{}", id(&doomed)));
+    assert_eq!(api.call("DELETE", &doomed_url, None).0, 204);
+    assert_eq!(api.get(&doomed_url).0, 404);
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let (_, m) = api.get(&svc.url("/metrics"));
+        if m.as_str()
+            .unwrap()
+            .contains("headroom_tasks_running_here 0")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted task still runs: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // A task that fails, and the cleanup of failed tasks.
     let bad = create(
         &api,

@@ -204,7 +204,15 @@ async fn cancel_task(
     let row = state.db.get(&id).await?.ok_or_else(|| not_found(&id))?;
     match row.status.as_str() {
         "queued" | "interrupted" => {
-            state.db.transition(&id, &row.status, "cancelled").await?;
+            if !state.db.transition(&id, &row.status, "cancelled").await? {
+                // Claimed by the scheduler in between: cancel the run.
+                for _ in 0..50 {
+                    if state.tasks.cancel(&id) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
         }
         "running" => {
             state.tasks.cancel(&id);

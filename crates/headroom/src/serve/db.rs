@@ -289,9 +289,10 @@ impl Db {
     }
 
     /// Writes a running attempt's progress. `base` is what earlier
-    /// attempts copied. Does nothing to a task no longer running.
-    pub async fn progress(&self, id: &str, base: (i64, i64), p: &Progress) -> sqlx::Result<()> {
-        sqlx::query(
+    /// attempts copied. Does nothing to a task no longer running, and says
+    /// so: `false` when the row is gone or not `running`.
+    pub async fn progress(&self, id: &str, base: (i64, i64), p: &Progress) -> sqlx::Result<bool> {
+        let r = sqlx::query(
             "UPDATE tasks SET updated_at = $1, objects_listed = $2, objects_skipped = $3, objects_failed = $4, \
              attempt_objects_copied = $5, attempt_bytes_copied = $6, objects_copied = $7, bytes_copied = $8, \
              checkpoint_key = COALESCE($9, checkpoint_key) WHERE id = $10 AND status = 'running'",
@@ -308,7 +309,7 @@ impl Db {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
     /// Ends a running attempt with its final progress.

@@ -389,8 +389,17 @@ impl Tasks {
             tokio::select! {
                 r = &mut job => break r,
                 _ = tick.tick() => {
-                    if let Err(e) = self.db.progress(&id, base, &progress(&watermark)).await {
-                        tracing::warn!("task {id}: cannot save progress: {e}");
+                    match self.db.progress(&id, base, &progress(&watermark)).await {
+                        Ok(true) => {}
+                        // Deleted (or changed) under us, e.g. deleted in
+                        // the moment it was claimed: stop working for it.
+                        Ok(false) => {
+                            if !*cancelled.borrow() {
+                                tracing::info!("task {id}: no longer in the database as running; stopping");
+                                let _ = running.cancel.send(true);
+                            }
+                        }
+                        Err(e) => tracing::warn!("task {id}: cannot save progress: {e}"),
                     }
                 }
             }
