@@ -426,12 +426,9 @@ fn restart_suite(backend: Backend) {
         &svc.url(&format!("/api/tasks/{}/cancel", id(&cancelled))),
         json!({}),
     );
-    let cancelled_status = if status == 200 {
-        api.wait_task(&svc, &id(&cancelled), LONG, ended)["status"].clone()
-    } else {
-        assert_eq!(status, 409, "{c}");
-        c["status"].clone()
-    };
+    assert!(status == 200 || status == 409, "{c}");
+    // 409: it had already finished.
+    let cancelled_status = api.wait_task(&svc, &id(&cancelled), LONG, ended)["status"].clone();
     for restart in 0..2 {
         if restart == 0 {
             svc.kill();
@@ -558,16 +555,21 @@ fn the_service_memory_does_not_grow_with_its_history() {
             }
         }
     };
+    // RSS once the allocator's trimmer (every second) has run.
+    let settled_rss = || {
+        std::thread::sleep(Duration::from_millis(1500));
+        rss_of(svc.pid())
+    };
     read_everything();
-    let empty = rss_of(svc.pid());
-    // The database's page caches fill up to their bound with the first
-    // rows; after that, more history must cost nothing.
+    let empty = settled_rss();
+    // The database's page caches (1 MiB per connection, 4 connections)
+    // fill with the first rows; after that, more history costs nothing.
     add_history(&db, 0, 20_000);
     read_everything();
-    let small = rss_of(svc.pid());
+    let small = settled_rss();
     add_history(&db, 20_000, 100_000);
     read_everything();
-    let large = rss_of(svc.pid());
+    let large = settled_rss();
     let (_, page) = api.get(&svc.url("/api/tasks?limit=500"));
     assert_eq!(page["total"], 120_000);
     assert_eq!(page["tasks"].as_array().unwrap().len(), 500);
@@ -586,8 +588,10 @@ fn the_service_memory_does_not_grow_with_its_history() {
         mib(small),
         mib(large)
     );
+    // Less than the page caches could still have taken: per-task state
+    // for 100,000 more tasks would be far more.
     assert!(
-        large < small + (2 << 20),
+        large < small + (4 << 20),
         "rss grew from {small} to {large} with six times the history"
     );
     assert!(large < 64 << 20, "rss {large} above the budget");

@@ -183,7 +183,7 @@ impl Db {
         let (rows, total) = match status {
             Some(s) => {
                 let rows = sqlx::query(
-                    "SELECT * FROM tasks WHERE status = $1 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+                    "SELECT * FROM tasks WHERE status = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
                 )
                 .bind(s)
                 .bind(limit)
@@ -199,7 +199,7 @@ impl Db {
             }
             None => {
                 let rows = sqlx::query(
-                    "SELECT * FROM tasks ORDER BY created_at DESC, id LIMIT $1 OFFSET $2",
+                    "SELECT * FROM tasks ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2",
                 )
                 .bind(limit)
                 .bind(offset)
