@@ -294,6 +294,43 @@ impl Snapshot {
     }
 }
 
+/// Rates over the window since the previous report.
+#[derive(Debug)]
+pub struct RateWindow {
+    at: Instant,
+    items: u64,
+    bytes: u64,
+}
+
+impl Default for RateWindow {
+    fn default() -> Self {
+        RateWindow {
+            at: Instant::now(),
+            items: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl RateWindow {
+    /// Items and bytes per second since the last call (or since
+    /// creation), given the running totals; starts the next window.
+    pub fn rates(&mut self, items: u64, bytes: u64) -> (f64, f64) {
+        let now = Instant::now();
+        let window = now.duration_since(self.at).as_secs_f64().max(1e-3);
+        let per_second = (
+            (items - self.items.min(items)) as f64 / window,
+            (bytes - self.bytes.min(bytes)) as f64 / window,
+        );
+        *self = RateWindow {
+            at: now,
+            items,
+            bytes,
+        };
+        per_second
+    }
+}
+
 /// Periodic progress reporting for one job.
 pub struct Reporter {
     handle: tokio::task::JoinHandle<()>,
@@ -352,7 +389,7 @@ impl Reporter {
         job: Job,
     ) -> Self {
         let started = Instant::now();
-        let mut last = (Instant::now(), 0u64, 0u64);
+        let mut last = RateWindow::default();
         let mut leak = LeakDetector::default();
         Self::every(interval, format, move || {
             let s = snapshot(job, &counters, &gov, &probe, started, &mut last);
@@ -386,19 +423,15 @@ fn snapshot(
     gov: &Governor,
     probe: &MemoryProbe,
     started: Instant,
-    last: &mut (Instant, u64, u64),
+    last: &mut RateWindow,
 ) -> Snapshot {
-    let now = Instant::now();
     // A purge's rate is its scan rate: deletions are a subset.
     let files = match job {
         Job::Copy => c.files_processed(),
         Job::Purge => c.listed.load(Ordering::Relaxed),
     };
     let bytes = c.bytes.load(Ordering::Relaxed);
-    let window = now.duration_since(last.0).as_secs_f64().max(1e-3);
-    let files_per_second = (files - last.1.min(files)) as f64 / window;
-    let bytes_per_second = (bytes - last.2.min(bytes)) as f64 / window;
-    *last = (now, files, bytes);
+    let (files_per_second, bytes_per_second) = last.rates(files, bytes);
     let sample = probe.sample();
     let stats = gov.stats();
     Snapshot {

@@ -29,12 +29,11 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::cli::{CopyArgs, GlobalArgs, S3Args};
 use crate::jobs::filter::Filter;
-use crate::memory::MemoryPlan;
 use crate::store::local::LocalStore;
 use crate::store::retry::{Retry, with_retries};
 use crate::store::s3::{S3Config, S3Store};
 use crate::store::{Entry, Listed, Location, Store, StoreError};
-use crate::telemetry::{Counters, Job, Reporter, Summary};
+use crate::telemetry::{Counters, Job, Summary};
 use crate::transfer::{self, Kind, TransferConfig};
 
 /// Default ceiling on transfers in flight when `--concurrency` is not given.
@@ -290,30 +289,20 @@ pub struct CopyEnv {
 /// Runs `headroom copy`; returns the summary (failures included), or an
 /// error when the job could not run at all.
 pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary> {
-    let plan = MemoryPlan::start(global.memory);
-    let counters = Arc::new(Counters::default());
-    let reporter = Reporter::start(
-        counters.clone(),
-        plan.governor.clone(),
-        plan.probe.clone(),
-        args.progress_interval,
-        global.log_format,
-        Job::Copy,
-    );
-    let (_never, cancel) = watch::channel(false);
+    let job = super::Standalone::start(global, args.progress_interval, Job::Copy);
     let summary = execute(
         args,
         CopyEnv {
-            gov: plan.governor.clone(),
-            probe: plan.probe.clone(),
-            counters,
-            cancel,
+            gov: job.plan.governor.clone(),
+            probe: job.plan.probe.clone(),
+            counters: job.counters.clone(),
+            cancel: job.cancel.clone(),
             start_after: None,
             watermark: None,
         },
     )
     .await;
-    reporter.stop();
+    job.stop();
     summary
 }
 

@@ -55,11 +55,10 @@ use tokio::sync::watch;
 use crate::cli::{GlobalArgs, PurgeArgs};
 use crate::jobs::copy::s3_config;
 use crate::jobs::filter::Filter;
-use crate::memory::MemoryPlan;
 use crate::store::retry::Retry;
 use crate::store::s3::S3Store;
 use crate::store::{Listed, Location};
-use crate::telemetry::{Counters, Job, Reporter, Summary};
+use crate::telemetry::{Counters, Job, Summary};
 
 /// Metadata calls in flight by default.
 pub const DEFAULT_CONCURRENCY: usize = 32;
@@ -102,28 +101,18 @@ pub struct PurgeEnv {
 
 /// Runs `headroom purge` and returns its summary.
 pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summary> {
-    let plan = MemoryPlan::start(global.memory);
-    let counters = Arc::new(Counters::default());
-    let reporter = Reporter::start(
-        counters.clone(),
-        plan.governor.clone(),
-        plan.probe.clone(),
-        args.progress_interval,
-        global.log_format,
-        Job::Purge,
-    );
-    let (_never, cancel) = watch::channel(false);
+    let job = super::Standalone::start(global, args.progress_interval, Job::Purge);
     let summary = execute(
         args,
         PurgeEnv {
-            gov: plan.governor.clone(),
-            probe: plan.probe.clone(),
-            counters,
-            cancel,
+            gov: job.plan.governor.clone(),
+            probe: job.plan.probe.clone(),
+            counters: job.counters.clone(),
+            cancel: job.cancel.clone(),
         },
     )
     .await;
-    reporter.stop();
+    job.stop();
     summary
 }
 

@@ -22,15 +22,27 @@ use anyhow::{Context, bail};
 
 use crate::cli::{GlobalArgs, ServeArgs};
 
+/// The largest token file read.
+const TOKEN_FILE_MAX: u64 = 4096;
+
 /// Reads the token: `--token-file`, else `HEADROOM_TOKEN`.
 fn token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     let token = match &args.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read --token-file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
+        Some(path) => {
+            // A token is short: read at most TOKEN_FILE_MAX bytes of it.
+            use std::io::Read;
+            let mut token = String::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(TOKEN_FILE_MAX + 1).read_to_string(&mut token))
+                .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+            if token.len() as u64 > TOKEN_FILE_MAX {
+                bail!(
+                    "--token-file {} is larger than {TOKEN_FILE_MAX} bytes: it should hold only the token",
+                    path.display()
+                );
+            }
+            Some(token.trim().to_string())
+        }
         None => std::env::var("HEADROOM_TOKEN")
             .ok()
             .map(|t| t.trim().to_string()),

@@ -39,7 +39,7 @@ pub use redis_stream::{StreamId, Target};
 pub use source::{Source, sequence_of};
 
 use crate::cli::{GlobalArgs, IngestArgs, LogFormat};
-use crate::telemetry::{Record, Reporter, mb};
+use crate::telemetry::{RateWindow, Record, Reporter, mb};
 
 /// What one queued event costs besides its bytes: the `Event` itself, the
 /// `Bytes` header and the allocator's rounding.
@@ -270,15 +270,11 @@ fn progress(
     c: &IngestCounters,
     gov: &Governor,
     probe: &MemoryProbe,
-    last: &mut (Instant, u64, u64),
+    last: &mut RateWindow,
 ) -> Record {
-    let now = Instant::now();
     let events = c.events_written.load(Ordering::Relaxed);
     let bytes = c.bytes_written.load(Ordering::Relaxed);
-    let window = now.duration_since(last.0).as_secs_f64().max(1e-3);
-    let events_per_second = (events - last.1.min(events)) as f64 / window;
-    let bytes_per_second = (bytes - last.2.min(bytes)) as f64 / window;
-    *last = (now, events, bytes);
+    let (events_per_second, bytes_per_second) = last.rates(events, bytes);
     let sample = probe.sample();
     let stats = gov.stats();
     let paused = c.backpressure_for();
@@ -402,7 +398,7 @@ pub async fn run(args: &IngestArgs, global: &GlobalArgs) -> anyhow::Result<Inges
     let started = Instant::now();
     let reporter = {
         let (c, g, p) = (counters.clone(), gov.clone(), memory.probe.clone());
-        let mut last = (Instant::now(), 0, 0);
+        let mut last = RateWindow::default();
         Reporter::every(args.progress_interval, global.log_format, move || {
             progress(&c, &g, &p, &mut last)
         })
