@@ -10,12 +10,21 @@
 //!   fit: this is what keeps a large request from being starved by a stream
 //!   of small ones. A new request only skips the queue when the queue is
 //!   empty.
-//! * **Clamping.** A request larger than the whole budget is clamped to the
-//!   budget when it is granted: it waits until nothing else is reserved and
+//! * **Clamping.** A request larger than the working budget (the budget
+//!   minus fixed reservations, below) is clamped to it when it is granted:
+//!   it waits until nothing else but the fixed reservations is held and
 //!   then runs alone. It never waits forever and is never refused. The
 //!   permit says it was clamped ([`Permit::requested`] >
 //!   [`Permit::bytes`]); a caller that can stream in smaller pieces sizes its
 //!   buffers from [`Permit::bytes`].
+//! * **Fixed reservations.** What a job holds for its whole run (a listing
+//!   queue, batch buffers, worker stacks) is taken with
+//!   [`Governor::reserve_fixed`], which never waits: it succeeds at once or
+//!   says how much is missing. Fixed bytes are taken out of what any later
+//!   request is clamped to, so a job that holds its queue and then asks
+//!   for an oversized buffer is granted it once its *other* permits are
+//!   back. Without this, the clamped request would wait for the job's own
+//!   queue to be released: a hold-and-wait deadlock with itself.
 //! * **Release wakes waiters.** Dropping or shrinking a permit returns its
 //!   bytes and grants as many queued requests, in order, as now fit.
 //! * **Run-time budget changes.** [`Governor::set_budget`] never revokes a
@@ -83,6 +92,8 @@ struct Inner {
 struct State {
     budget: u64,
     reserved: u64,
+    /// Bytes held by [`FixedReservation`]s (included in `reserved`).
+    fixed: u64,
     peak_reserved: u64,
     /// Why the breaker is open; `None` while it is closed.
     breaker: Option<String>,
@@ -203,9 +214,15 @@ impl WakeList {
 }
 
 impl State {
+    /// The most one request may hold: the budget less fixed reservations
+    /// (at least one byte, so a clamped request is still granted).
+    fn working(&self) -> u64 {
+        self.budget.saturating_sub(self.fixed).max(1)
+    }
+
     /// Bytes a request of `requested` will hold if granted now.
     fn grant_size(&self, requested: u64) -> u64 {
-        requested.min(self.budget)
+        requested.min(self.working())
     }
 
     fn fits(&self, requested: u64) -> bool {
@@ -280,6 +297,7 @@ impl Governor {
                 state: Mutex::new(State {
                     budget: budget.max(1),
                     reserved: 0,
+                    fixed: 0,
                     peak_reserved: 0,
                     breaker: None,
                     breaker_trips: 0,
@@ -366,9 +384,71 @@ impl Governor {
         })
     }
 
+    /// Reserves `bytes` for buffers held for a whole job, at once or not
+    /// at all: it fails, without waiting, unless `bytes` fit now *and* at
+    /// least `leave` bytes of working budget remain beside every fixed
+    /// reservation (so that the job's per-item requests can be granted).
+    /// Fixed bytes are taken out of what later requests are clamped to; see
+    /// the [module docs](self).
+    ///
+    /// ```
+    /// use headroom_governor::Governor;
+    ///
+    /// let gov = Governor::new(8 << 20);
+    /// let queue = gov.reserve_fixed(1 << 20, "job.queue", 4 << 20).unwrap();
+    /// assert_eq!(gov.working_budget(), 7 << 20);
+    /// // More than is left beside the queue: refused, with the numbers.
+    /// let e = gov.reserve_fixed(4 << 20, "job.batches", 4 << 20).unwrap_err();
+    /// assert_eq!(e.short_by(), 1 << 20);
+    /// drop(queue);
+    /// assert_eq!(gov.working_budget(), 8 << 20);
+    /// ```
+    pub fn reserve_fixed(
+        &self,
+        bytes: u64,
+        tag: Tag,
+        leave: u64,
+    ) -> Result<FixedReservation, ReserveFixedError> {
+        let mut st = self.lock();
+        let needed = st.fixed + bytes + leave;
+        let fits_now = st.queue.is_empty()
+            && st.breaker.is_none()
+            && st.reserved + bytes <= st.budget
+            && needed <= st.budget;
+        if !fits_now {
+            return Err(ReserveFixedError {
+                requested: bytes,
+                tag,
+                leave,
+                fixed: st.fixed,
+                reserved: st.reserved,
+                budget: st.budget,
+            });
+        }
+        st.book(bytes, tag);
+        st.fixed += bytes;
+        drop(st);
+        Ok(FixedReservation {
+            inner: self.inner.clone(),
+            bytes,
+            tag,
+        })
+    }
+
     /// The current budget in bytes.
     pub fn budget(&self) -> u64 {
         self.lock().budget
+    }
+
+    /// The most a single request can be granted: the budget less what
+    /// [`FixedReservation`]s hold. Size per-item buffers from this.
+    pub fn working_budget(&self) -> u64 {
+        self.lock().working()
+    }
+
+    /// Bytes held by [`FixedReservation`]s now.
+    pub fn fixed(&self) -> u64 {
+        self.lock().fixed
     }
 
     /// Bytes held by live permits now.
@@ -424,6 +504,7 @@ impl Governor {
         tags.sort_by(|a, b| a.tag.cmp(b.tag));
         GovernorStats {
             budget: st.budget,
+            fixed: st.fixed,
             reserved: st.reserved,
             peak_reserved: st.peak_reserved,
             waiters: st.queue.len(),
@@ -567,7 +648,8 @@ impl Permit {
     }
 
     /// Grows this permit by `additional` bytes, waiting in the FIFO queue
-    /// like a new [`Governor::acquire`]. The total is clamped to the budget:
+    /// like a new [`Governor::acquire`]. The total is clamped to the working
+    /// budget ([`Governor::working_budget`]):
     /// a permit never asks for more than the whole budget, so growing never
     /// waits forever.
     ///
@@ -580,8 +662,8 @@ impl Permit {
     /// Cancel safe: if the future is dropped, this permit is unchanged and
     /// any bytes granted to the growth are returned.
     pub async fn grow(&mut self, additional: u64) {
-        let budget = lock(&self.inner).budget;
-        let want = additional.min(budget.saturating_sub(self.bytes));
+        let working = lock(&self.inner).working();
+        let want = additional.min(working.saturating_sub(self.bytes));
         let extra = Acquire {
             inner: self.inner.clone(),
             requested: want,
@@ -611,6 +693,95 @@ impl fmt::Debug for Permit {
             .finish()
     }
 }
+
+/// Bytes held for a whole job, taken out of the working budget; see
+/// [`Governor::reserve_fixed`]. Returned when dropped.
+#[must_use = "a fixed reservation releases its bytes as soon as it is dropped"]
+pub struct FixedReservation {
+    inner: Arc<Inner>,
+    bytes: u64,
+    tag: Tag,
+}
+
+impl FixedReservation {
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// What they are for.
+    pub fn tag(&self) -> Tag {
+        self.tag
+    }
+}
+
+impl Drop for FixedReservation {
+    fn drop(&mut self) {
+        let mut st = lock(&self.inner);
+        st.fixed -= self.bytes;
+        st.unbook(self.bytes, self.tag);
+        // The working budget grew: a clamped waiter may now be granted more,
+        // and any waiter may now fit.
+        dispatch_and_wake(st, &self.inner);
+    }
+}
+
+impl fmt::Debug for FixedReservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FixedReservation")
+            .field("tag", &self.tag)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+/// [`Governor::reserve_fixed`] could not reserve what a job needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReserveFixedError {
+    /// Bytes asked for.
+    pub requested: u64,
+    /// What they were for.
+    pub tag: Tag,
+    /// Working budget that had to remain.
+    pub leave: u64,
+    /// Fixed bytes already held.
+    pub fixed: u64,
+    /// Bytes reserved at the time (fixed included).
+    pub reserved: u64,
+    /// The budget.
+    pub budget: u64,
+}
+
+impl ReserveFixedError {
+    /// The smallest budget with which this reservation would have
+    /// succeeded on an otherwise idle governor.
+    pub fn budget_needed(&self) -> u64 {
+        self.fixed + self.requested + self.leave
+    }
+
+    /// How many bytes the budget lacks.
+    pub fn short_by(&self) -> u64 {
+        self.budget_needed().saturating_sub(self.budget)
+    }
+}
+
+impl fmt::Display for ReserveFixedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot reserve {} for {} and keep {} for the rest of the job: the budget is {}, {} already fixed, {} reserved; it needs at least {}",
+            ByteSize(self.requested),
+            self.tag,
+            ByteSize(self.leave),
+            ByteSize(self.budget),
+            ByteSize(self.fixed),
+            ByteSize(self.reserved),
+            ByteSize(self.budget_needed())
+        )
+    }
+}
+
+impl std::error::Error for ReserveFixedError {}
 
 enum AcquireState {
     Idle,
@@ -808,6 +979,8 @@ impl std::error::Error for TryAcquireError {}
 pub struct GovernorStats {
     /// The budget in bytes.
     pub budget: u64,
+    /// Bytes held by fixed reservations (part of `reserved`).
+    pub fixed: u64,
     /// Bytes held by live permits.
     pub reserved: u64,
     /// The most ever held at once.

@@ -69,7 +69,8 @@ mod size;
 pub use alloc::CountingAlloc;
 pub use budget::{BudgetDecision, BudgetPolicy, BudgetSource, CgroupMemory, CgroupVersion};
 pub use governor::{
-    Acquire, AcquireTimeout, Governor, GovernorStats, Permit, Tag, TagStats, TryAcquireError,
+    Acquire, AcquireTimeout, FixedReservation, Governor, GovernorStats, Permit, ReserveFixedError,
+    Tag, TagStats, TryAcquireError,
 };
 pub use probe::{MemoryProbe, MemorySample};
 pub use size::{ByteSize, SizeError, parse_size};

@@ -115,6 +115,66 @@ fn oversized_request_is_clamped_and_runs_alone() {
     assert!(ready(&mut after).is_some());
 }
 
+#[test]
+fn a_clamped_request_is_granted_while_its_jobs_fixed_reservation_is_held() {
+    // A job holds its queue for the whole run, then asks for more than the
+    // whole budget: clamped to what the queue leaves, it is granted at once.
+    let gov = Governor::new(100);
+    let queue = gov.reserve_fixed(30, "job.queue", 1).expect("fits");
+    assert_eq!((gov.working_budget(), gov.fixed()), (70, 30));
+    let p = ready(&mut gov.acquire(500, "job.object")).expect("granted beside the queue");
+    assert_eq!((p.bytes(), p.is_clamped()), (70, true));
+    assert_eq!(gov.reserved(), 100);
+    drop(p);
+    // Only other, non-fixed permits make a clamped request wait.
+    let other = ready(&mut gov.acquire(10, "job.object")).unwrap();
+    let mut big = gov.acquire(500, "job.object");
+    assert!(ready(&mut big).is_none());
+    drop(other);
+    assert_eq!(ready(&mut big).unwrap().bytes(), 70);
+    drop(queue);
+    assert_eq!(
+        (gov.working_budget(), gov.fixed(), gov.reserved()),
+        (100, 0, 0)
+    );
+}
+
+#[test]
+fn a_fixed_reservation_never_waits_and_says_what_budget_it_needs() {
+    let gov = Governor::new(100);
+    let a = gov.reserve_fixed(40, "job.queue", 20).unwrap();
+    let e = gov.reserve_fixed(50, "job.batches", 20).unwrap_err();
+    assert_eq!((e.budget_needed(), e.short_by()), (110, 10));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("job.batches") && msg.contains("110 B"),
+        "{msg}"
+    );
+    // Held by ordinary permits right now: refused rather than waited for.
+    let held = ready(&mut gov.acquire(50, "work")).unwrap();
+    assert!(gov.reserve_fixed(20, "job.more", 0).is_err());
+    drop(held);
+    let b = gov.reserve_fixed(20, "job.more", 0).unwrap();
+    assert_eq!(gov.stats().fixed, 60);
+    drop((a, b));
+    assert_eq!(gov.reserved(), 0);
+}
+
+#[tokio::test]
+async fn releasing_a_fixed_reservation_widens_a_queued_clamped_request() {
+    let gov = Governor::new(100);
+    let queue = gov.reserve_fixed(30, "job.queue", 1).unwrap();
+    let other = ready(&mut gov.acquire(10, "work")).unwrap();
+    let big = tokio::spawn({
+        let gov = gov.clone();
+        async move { gov.acquire(500, "big").await.bytes() }
+    });
+    tokio::task::yield_now().await;
+    drop(queue);
+    drop(other);
+    assert_eq!(big.await.unwrap(), 100, "clamped to the whole budget again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_is_not_starved_by_a_stream_of_small_ones() {
     let gov = Governor::new(1000);

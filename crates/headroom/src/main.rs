@@ -11,6 +11,21 @@ static ALLOC: headroom_governor::CountingAlloc = headroom_governor::CountingAllo
 /// is bounded like everything else.
 const MAX_BLOCKING_THREADS: usize = 64;
 
+/// 1 when anything failed or a signal stopped the job before its end.
+fn exit_code(summary: &headroom::telemetry::Summary) -> anyhow::Result<ExitCode> {
+    if summary.interrupted {
+        anyhow::bail!(
+            "interrupted by a signal before the {} was done: partial files were removed and incomplete uploads aborted",
+            summary.job.name()
+        );
+    }
+    Ok(if summary.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn main() -> ExitCode {
     headroom::memory::tune_allocator();
     let cli = Cli::parse();
@@ -39,11 +54,7 @@ fn main() -> ExitCode {
             Command::Purge(args) => {
                 let summary = headroom::jobs::purge::run(args, &cli.global).await?;
                 summary.print(cli.global.log_format, &mut std::io::stdout().lock())?;
-                Ok(if summary.failed > 0 {
-                    ExitCode::FAILURE
-                } else {
-                    ExitCode::SUCCESS
-                })
+                exit_code(&summary)
             }
             Command::Serve(args) => {
                 headroom::serve::run(args, &cli.global).await?;
@@ -60,11 +71,7 @@ fn main() -> ExitCode {
             Command::Copy(args) => {
                 let summary = headroom::jobs::copy::run(args, &cli.global).await?;
                 summary.print(cli.global.log_format, &mut std::io::stdout().lock())?;
-                Ok(if summary.failed > 0 {
-                    ExitCode::FAILURE
-                } else {
-                    ExitCode::SUCCESS
-                })
+                exit_code(&summary)
             }
         }
     });

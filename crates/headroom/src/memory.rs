@@ -59,6 +59,21 @@ pub fn reservable(budget: u64) -> u64 {
     budget - (budget / 8).min(64 << 20)
 }
 
+/// The least budget whose [`reservable`] part is at least `needed`.
+pub fn budget_for_reservable(needed: u64) -> u64 {
+    // Below 512 MiB an eighth is held back; above, a fixed 64 MiB.
+    let b = (needed * 8).div_ceil(7);
+    if b / 8 <= 64 << 20 {
+        // Integer division makes it a byte or two off either way: step up
+        // from just below to the first that fits.
+        (b.saturating_sub(2)..)
+            .find(|&b| reservable(b) >= needed)
+            .expect("some budget fits")
+    } else {
+        needed + (64 << 20)
+    }
+}
+
 fn mb(bytes: Option<u64>) -> serde_json::Value {
     bytes.map_or(serde_json::Value::Null, |b| {
         json!((b as f64 / 1048576.0 * 10.0).round() / 10.0)
@@ -212,5 +227,17 @@ mod tests {
         assert_eq!(reservable(32 * MIB), 28 * MIB);
         assert_eq!(reservable(4096 * MIB), 4032 * MIB, "capped at 64 MiB");
         assert_eq!(reservable(0), 0);
+    }
+
+    #[test]
+    fn the_budget_for_a_reservable_amount_is_the_least_that_gives_it() {
+        for needed in [0, 1, 7, 1 << 20, 3 << 20 | 12345, 448 << 20, 2 << 30] {
+            let b = budget_for_reservable(needed);
+            assert!(reservable(b) >= needed, "{needed}: {b}");
+            assert!(
+                b == 0 || reservable(b - 1) < needed,
+                "{needed}: {b} is not the least"
+            );
+        }
     }
 }

@@ -49,6 +49,16 @@ pub enum Job {
     Purge,
 }
 
+impl Job {
+    /// The command's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::Copy => "copy",
+            Job::Purge => "purge",
+        }
+    }
+}
+
 /// Live counters of a job, shared by its tasks and the reporter.
 #[derive(Debug)]
 pub struct Counters {
@@ -107,10 +117,31 @@ impl Default for Counters {
     }
 }
 
+/// `s` with control characters (ESC, CR, BEL...) written as `\u{1b}`
+/// escapes, so a hostile file name or key cannot drive the terminal;
+/// printable text, non-ASCII included, is unchanged.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Counters {
     /// Records a failed object: logged now, kept for the summary if there
     /// is room.
     pub fn fail(&self, what: String, why: String) {
+        // Names come from listings: never let their control characters
+        // reach a terminal.
+        let (what, why) = (escape(&what).into_owned(), escape(&why).into_owned());
         self.failed.fetch_add(1, Ordering::Relaxed);
         tracing::error!("failed: {what}: {why}");
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -491,6 +522,8 @@ pub struct Summary {
     pub budget: u64,
     /// The first failures, with reasons.
     pub failures: Vec<(String, String)>,
+    /// A signal stopped the job before it was done.
+    pub interrupted: bool,
 }
 
 impl Summary {
@@ -531,6 +564,7 @@ impl Summary {
             peak_reserved: stats.peak_reserved,
             budget: stats.budget,
             failures: c.failures(),
+            interrupted: false,
         }
     }
 

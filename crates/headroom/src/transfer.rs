@@ -24,6 +24,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use headroom_governor::{Governor, Permit};
 use md5::{Digest, Md5};
 use object_store::multipart::PartId;
+use tokio::sync::watch;
 
 use crate::store::retry::{Backoff, Retry, with_retries};
 use crate::store::s3::S3Store;
@@ -103,20 +104,50 @@ pub fn part_size_for(size: u64, budget: u64, fixed: Option<u64>) -> u64 {
     preferred.max(needed).min(MAX_PART)
 }
 
-/// Chooses the kind of transfer for an object of `size` going to `dst`.
-pub fn kind_for(dst: &Store, size: u64, budget: u64, cfg: &TransferConfig) -> Kind {
+/// The smallest chunk a download into a local file is read in; a budget
+/// that cannot pay for it is too small to copy anything.
+pub const MIN_CHUNK: u64 = 64 << 10;
+
+/// Chooses the kind of transfer for an object of `size` going to `dst`,
+/// with buffers sized so that its [`footprint`] fits in `working` (the
+/// most one request can be granted) where that is possible at all; where
+/// it is not (an object that needs parts larger than the budget), the
+/// footprint says so and the caller fails that object.
+pub fn kind_for(
+    dst: &Store,
+    src_is_s3: bool,
+    size: u64,
+    working: u64,
+    cfg: &TransferConfig,
+) -> Kind {
     match dst {
-        Store::Local(_) => Kind::ToLocal {
-            chunk: cfg.chunk_size,
-        },
+        Store::Local(_) => {
+            let room = working.saturating_sub(OBJECT_OVERHEAD + source_overhead(src_is_s3));
+            Kind::ToLocal {
+                chunk: cfg.chunk_size.min(room).max(MIN_CHUNK),
+            }
+        }
         Store::S3(_) => {
-            let part = part_size_for(size, budget, cfg.part_size);
+            let part = part_size_for(size, working, cfg.part_size);
             if size <= part {
                 Kind::SinglePut
             } else {
                 Kind::Multipart { part }
             }
         }
+    }
+}
+
+/// The least working budget with which every object can be copied to
+/// `dst`: one minimal chunk into a local file, or one minimal part (or
+/// the fixed `--part-size`) to S3, whose single PUTs hold up to a part.
+pub fn least_footprint(dst: &Store, src_is_s3: bool, cfg: &TransferConfig) -> u64 {
+    match dst {
+        Store::Local(_) => to_local_footprint(MIN_CHUNK, MIN_CHUNK, src_is_s3),
+        Store::S3(_) => part_footprint(
+            cfg.part_size.unwrap_or(MIN_PART).clamp(MIN_PART, MAX_PART),
+            src_is_s3,
+        ),
     }
 }
 
@@ -164,6 +195,9 @@ pub struct Transfers<'a> {
     pub cfg: &'a TransferConfig,
     /// Bytes moved, for progress.
     pub bytes_done: &'a BytesDone,
+    /// Becomes `true` to stop: a transfer in progress stops at its next
+    /// chunk or part and cleans up (partial file removed, upload aborted).
+    pub cancel: &'a watch::Receiver<bool>,
 }
 
 impl Transfers<'_> {
@@ -176,13 +210,21 @@ impl Transfers<'_> {
         kind: Kind,
         permit: Permit,
     ) -> Result<(), StoreError> {
-        let (src, dst, cfg, bytes_done) = (self.src, self.dst, self.cfg, self.bytes_done);
+        let (src, dst, cfg) = (self.src, self.dst, self.cfg);
+        if *self.cancel.borrow() {
+            return Err(interrupted(src, entry));
+        }
         match (kind, dst) {
             (Kind::ToLocal { chunk }, Store::Local(d)) => {
-                to_local(src, d, entry, chunk, permit, cfg, bytes_done).await
+                self.to_local(d, entry, chunk, permit).await
             }
             (Kind::SinglePut, Store::S3(d)) => {
-                single_put(src, d, entry, permit, cfg, bytes_done).await
+                let put = single_put(src, d, entry, permit, cfg, self.bytes_done);
+                let mut cancel = self.cancel.clone();
+                tokio::select! {
+                    r = put => r,
+                    _ = crate::jobs::until_set(&mut cancel) => Err(interrupted(src, entry)),
+                }
             }
             (Kind::Multipart { part }, Store::S3(d)) => {
                 self.multipart(d, entry, part, permit).await
@@ -197,11 +239,20 @@ impl Transfers<'_> {
 
 async fn open_with_retries(
     src: &Store,
-    key: &str,
+    entry: &Entry,
     range: std::ops::Range<u64>,
     cfg: &TransferConfig,
 ) -> Result<RangeReader, StoreError> {
-    with_retries(&cfg.retry, || src.open_range(key, range.clone())).await
+    with_retries(&cfg.retry, || src.open_range(entry, range.clone())).await
+}
+
+/// The error of a transfer stopped by a cancel (a signal, or a task
+/// cancelled in `serve`): its partial file is removed, its upload aborted.
+fn interrupted(src: &Store, entry: &Entry) -> StoreError {
+    StoreError::permanent(
+        src.display_key(&entry.key),
+        "interrupted before it was complete",
+    )
 }
 
 fn changed_size(src: &Store, entry: &Entry, got: u64) -> StoreError {
@@ -214,60 +265,65 @@ fn changed_size(src: &Store, entry: &Entry, got: u64) -> StoreError {
     )
 }
 
-/// Streams the object into a local file through one chunk buffer. A broken
-/// read resumes from the last byte written.
-async fn to_local(
-    src: &Store,
-    dst: &crate::store::local::LocalStore,
-    entry: &Entry,
-    chunk: u64,
-    _permit: Permit,
-    cfg: &TransferConfig,
-    bytes_done: &BytesDone,
-) -> Result<(), StoreError> {
-    let size = entry.size;
-    let mut writer = dst.create(&entry.key).await?;
-    let mut buf = vec![0u8; size.min(chunk) as usize];
-    let mut hasher = entry.md5_etag().map(|_| Md5::new());
-    let mut offset = 0u64;
-    let mut reader = open_with_retries(src, &entry.key, 0..size, cfg).await?;
-    let mut backoff = Backoff::new(&cfg.retry);
-    while offset < size {
-        let (b, r) = reader.read(buf, 0).await;
-        buf = b;
-        let n = match r {
-            Ok(0) => return Err(changed_size(src, entry, offset)),
-            Ok(n) => n,
-            Err(e) if backoff.retry(&e).await => {
-                reader = open_with_retries(src, &entry.key, offset..size, cfg).await?;
-                continue;
+impl Transfers<'_> {
+    /// Streams the object into a local file through one chunk buffer. A broken
+    /// read resumes from the last byte written.
+    async fn to_local(
+        &self,
+        dst: &crate::store::local::LocalStore,
+        entry: &Entry,
+        chunk: u64,
+        _permit: Permit,
+    ) -> Result<(), StoreError> {
+        let (src, cfg, bytes_done) = (self.src, self.cfg, self.bytes_done);
+        let size = entry.size;
+        let mut writer = dst.create(&entry.key).await?;
+        let mut buf = vec![0u8; size.min(chunk) as usize];
+        let mut hasher = entry.md5_etag().map(|_| Md5::new());
+        let mut offset = 0u64;
+        let mut reader = open_with_retries(src, entry, 0..size, cfg).await?;
+        let mut backoff = Backoff::new(&cfg.retry);
+        while offset < size {
+            if *self.cancel.borrow() {
+                // Dropping the writer removes the partial file.
+                return Err(interrupted(src, entry));
             }
-            Err(e) => return Err(e),
-        };
-        if let Some(h) = hasher.as_mut() {
-            h.update(&buf[..n]);
+            let (b, r) = reader.read(buf, 0).await;
+            buf = b;
+            let n = match r {
+                Ok(0) => return Err(changed_size(src, entry, offset)),
+                Ok(n) => n,
+                Err(e) if backoff.retry(&e).await => {
+                    reader = open_with_retries(src, entry, offset..size, cfg).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf[..n]);
+            }
+            let (b, w) = writer.write_at(buf, n, offset).await;
+            buf = b;
+            w?;
+            offset += n as u64;
+            bytes_done.fetch_add(n as u64, Ordering::Relaxed);
         }
-        let (b, w) = writer.write_at(buf, n, offset).await;
-        buf = b;
-        w?;
-        offset += n as u64;
-        bytes_done.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    drop(buf);
-    if let (Some(h), Some(want)) = (hasher, entry.md5_etag()) {
-        let got = hex(&h.finalize());
-        if !got.eq_ignore_ascii_case(want) {
-            return Err(StoreError {
-                context: src.display_key(&entry.key),
-                message: format!(
-                    "integrity check failed: downloaded content hashes to {got}, source ETag is {want}"
-                ),
-                retryable: true,
-            });
+        drop(buf);
+        if let (Some(h), Some(want)) = (hasher, entry.md5_etag()) {
+            let got = hex(&h.finalize());
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(StoreError {
+                    context: src.display_key(&entry.key),
+                    message: format!(
+                        "integrity check failed: downloaded content hashes to {got}, source ETag is {want}"
+                    ),
+                    retryable: true,
+                });
+            }
         }
+        let mtime = source_mtime(src, entry, reader.mtime(), cfg).await?;
+        writer.finish(mtime, entry.mode.or(reader.mode())).await
     }
-    let mtime = source_mtime(src, entry, reader.mtime(), cfg).await?;
-    writer.finish(mtime).await
 }
 
 /// The modification time to record at the destination: what a GET of the
@@ -301,7 +357,7 @@ async fn read_range(
 ) -> Result<(Vec<u8>, Option<SystemTime>), StoreError> {
     let mut backoff = Backoff::new(&cfg.retry);
     loop {
-        let mut reader = open_with_retries(src, &entry.key, range.clone(), cfg).await?;
+        let mut reader = open_with_retries(src, entry, range.clone(), cfg).await?;
         let (b, r) = reader.read_full(buf).await;
         buf = b;
         match r {
@@ -350,7 +406,7 @@ async fn single_put(
     let mtime = source_mtime(src, entry, mtime, cfg).await?;
     let data = Bytes::from(buf);
     with_retries(&cfg.retry, || async {
-        let etag = dst.put(&entry.key, data.clone(), mtime).await?;
+        let etag = dst.put(&entry.key, data.clone(), mtime, entry.mode).await?;
         check_etag(&dst.url_of(&entry.key), etag.as_deref(), &data)
     })
     .await?;
@@ -422,8 +478,10 @@ impl Transfers<'_> {
         let size = entry.size;
         let count = size.div_ceil(part) as usize;
         let mtime = source_mtime(src, entry, None, cfg).await?;
-        let upload_id =
-            with_retries(&cfg.retry, || dst.create_multipart(&entry.key, mtime)).await?;
+        let upload_id = with_retries(&cfg.retry, || {
+            dst.create_multipart(&entry.key, mtime, entry.mode)
+        })
+        .await?;
         let result = self
             .upload_parts(dst, entry, &upload_id, part, count, first)
             .await;
@@ -468,6 +526,7 @@ impl Transfers<'_> {
         first: Permit,
     ) -> Result<Vec<PartId>, StoreError> {
         let (src, gov, cfg, bytes_done) = (self.src, self.gov, self.cfg, self.bytes_done);
+        let mut cancel = self.cancel.clone();
         let size = entry.size;
         let mut done: Vec<Option<PartId>> = vec![None; count];
         let mut spare = Some(first);
@@ -502,7 +561,13 @@ impl Transfers<'_> {
                 in_flight.push(upload_part(src, p, permit, cfg));
                 next += 1;
             }
-            match in_flight.next().await {
+            let finished = tokio::select! {
+                f = in_flight.next() => f,
+                // Dropping the parts in flight cancels their requests; the
+                // caller aborts the upload.
+                _ = crate::jobs::until_set(&mut cancel) => return Err(interrupted(src, entry)),
+            };
+            match finished {
                 Some(Ok((index, id, permit))) => {
                     let len = part.min(size - index as u64 * part);
                     bytes_done.fetch_add(len, Ordering::Relaxed);

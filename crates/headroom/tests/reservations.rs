@@ -141,19 +141,21 @@ fn every_transfer_kind_stays_within_its_reservation() {
             let entry = src.stat(&key).await.unwrap().expect("source object");
             // Budget room for every part the transfer may add.
             let gov = Governor::new(256 * MIB);
-            let kind = kind_for(&dst, entry.size, gov.budget(), &cfg);
+            let kind = kind_for(&dst, case.src_s3, entry.size, gov.working_budget(), &cfg);
             assert!(
                 (case.expect)(kind),
                 "{}: unexpected kind {kind:?}",
                 case.name
             );
             let bytes_done = Arc::new(AtomicU64::new(0));
+            let (_keep, cancel) = tokio::sync::watch::channel(false);
             let transfers = Transfers {
                 src: &src,
                 dst: &dst,
                 gov: &gov,
                 cfg: &cfg,
                 bytes_done: &bytes_done,
+                cancel: &cancel,
             };
             let (result, peak_heap) = headroom_governor::alloc::measure_peak_async(async {
                 let permit = gov

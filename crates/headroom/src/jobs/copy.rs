@@ -39,8 +39,7 @@ use crate::transfer::{self, Kind, TransferConfig};
 /// Default ceiling on transfers in flight when `--concurrency` is not given.
 pub const DEFAULT_CONCURRENCY: usize = 128;
 
-/// Bytes and entries the listing may run ahead of the transfers.
-const LISTING_QUEUE_BYTES: u64 = 1 << 20;
+/// Entries the listing may run ahead of the transfers.
 const LISTING_QUEUE_ITEMS: usize = 4096;
 
 /// Builds the S3 settings from flags.
@@ -70,10 +69,14 @@ pub async fn open_source(loc: &Location, s3: &S3Config) -> anyhow::Result<Store>
             }
             Err(e) => Err(e).with_context(|| format!("cannot read source {}", path.display())),
         },
-        Location::S3 { bucket, prefix } => {
+        Location::S3 {
+            bucket,
+            prefix,
+            dir,
+        } => {
             let client = Arc::new(s3.client(bucket)?);
             Ok(Store::S3(
-                S3Store::source(client, bucket.clone(), prefix.clone()).await?,
+                S3Store::source(client, bucket.clone(), prefix.clone(), *dir).await?,
             ))
         }
     }
@@ -91,7 +94,7 @@ pub async fn open_destination(loc: &Location, s3: &S3Config) -> anyhow::Result<S
             }
             Ok(Store::Local(LocalStore::dir(path.clone())))
         }
-        Location::S3 { bucket, prefix } => {
+        Location::S3 { bucket, prefix, .. } => {
             let client = Arc::new(s3.client(bucket)?);
             // One listing request proves the bucket exists and is ours to
             // use before thousands of uploads each fail on their own.
@@ -137,7 +140,7 @@ async fn content_md5(
         Store::S3(_) => Ok(entry.md5_etag().map(str::to_ascii_lowercase)),
         Store::Local(_) => {
             let mut hasher = Md5::new();
-            let mut reader = store.open_range(&entry.key, 0..entry.size).await?;
+            let mut reader = store.open_range(entry, 0..entry.size).await?;
             let mut buf = buf;
             loop {
                 let (b, r) = reader.read(buf, 0).await;
@@ -302,8 +305,11 @@ pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary
         },
     )
     .await;
-    job.stop();
-    summary
+    let interrupted = job.stop();
+    summary.map(|mut s| {
+        s.interrupted = interrupted;
+        s
+    })
 }
 
 /// Runs one copy in `env`.
@@ -323,6 +329,9 @@ pub async fn execute(args: &CopyArgs, env: CopyEnv) -> anyhow::Result<Summary> {
     {
         bail!("--part-size {p} is outside S3's limits of 5 MiB to 5 GiB");
     }
+    if let Some(why) = crate::store::location::overlap(&args.src, &args.dst) {
+        bail!("refusing to copy {} to {}: {why}", args.src, args.dst);
+    }
     let s3 = s3_config(&args.s3, ceiling);
     let src = open_source(&args.src, &s3).await?;
     let dst = open_destination(&args.dst, &s3).await?;
@@ -336,9 +345,17 @@ pub async fn execute(args: &CopyArgs, env: CopyEnv) -> anyhow::Result<Summary> {
     };
     let started = Instant::now();
 
-    // The listing queue's memory is paid for up front.
-    let _queue = gov.acquire(LISTING_QUEUE_BYTES, "copy.listing").await;
-    let (tx, mut rx) = channel::bounded::<Listed>(LISTING_QUEUE_BYTES, LISTING_QUEUE_ITEMS);
+    // The listing queue is paid for up front, out of the working budget,
+    // and only if what is left can still carry the largest buffer one
+    // object needs: otherwise the copy could never make progress.
+    let src_is_s3 = matches!(src, Store::S3(_));
+    let queue_bytes = super::listing_queue_bytes(gov.budget());
+    let least = transfer::least_footprint(&dst, src_is_s3, &cfg);
+    let _queue = gov
+        .reserve_fixed(queue_bytes, "copy.listing", least)
+        .map_err(|e| super::budget_too_small("copy", &e))?;
+    let working = gov.working_budget();
+    let (tx, mut rx) = channel::bounded::<Listed>(queue_bytes, LISTING_QUEUE_ITEMS);
     let lister = {
         let (src, retry) = (src.clone(), cfg.retry);
         tokio::spawn(async move { src.list(tx, &retry, start_after.as_deref()).await })
@@ -348,7 +365,6 @@ pub async fn execute(args: &CopyArgs, env: CopyEnv) -> anyhow::Result<Summary> {
     let controller = limit
         .clone()
         .drive(counters.clone(), Duration::from_secs(1));
-    let src_is_s3 = matches!(src, Store::S3(_));
     let ctx = Arc::new(TaskContext {
         src,
         dst,
@@ -357,6 +373,7 @@ pub async fn execute(args: &CopyArgs, env: CopyEnv) -> anyhow::Result<Summary> {
         counters: counters.clone(),
         checksum: args.checksum,
         dry_run: args.dry_run,
+        cancel: cancel.clone(),
     });
     let mut stop = cancel.clone();
     loop {
@@ -382,15 +399,24 @@ pub async fn execute(args: &CopyArgs, env: CopyEnv) -> anyhow::Result<Summary> {
         counters
             .listed_bytes
             .fetch_add(entry.size, Ordering::Relaxed);
-        let kind = transfer::kind_for(&ctx.dst, entry.size, gov.budget(), &ctx.cfg);
+        let kind = transfer::kind_for(&ctx.dst, src_is_s3, entry.size, working, &ctx.cfg);
+        let footprint = transfer::footprint(kind, entry.size, src_is_s3);
+        if footprint > working {
+            // Only a part size forced by S3's 10,000-part limit gets here.
+            counters.fail(
+                ctx.src.display_key(&entry.key),
+                format!(
+                    "an object of {} needs {} for one part in flight, more than the {} the memory budget allows",
+                    ByteSize(entry.size),
+                    ByteSize(footprint),
+                    ByteSize(working)
+                ),
+            );
+            continue;
+        }
         let admitted = async {
             let slot = limit.slots.clone().acquire_owned().await;
-            let permit = gov
-                .acquire(
-                    transfer::footprint(kind, entry.size, src_is_s3),
-                    "copy.object",
-                )
-                .await;
+            let permit = gov.acquire(footprint, "copy.object").await;
             (slot, permit)
         };
         let (slot, permit) = tokio::select! {
@@ -520,6 +546,7 @@ struct TaskContext {
     counters: Arc<Counters>,
     checksum: bool,
     dry_run: bool,
+    cancel: watch::Receiver<bool>,
 }
 
 impl TaskContext {
@@ -577,6 +604,7 @@ impl TaskContext {
             gov: &self.gov,
             cfg: &self.cfg,
             bytes_done: &self.counters.bytes,
+            cancel: &self.cancel,
         };
         match transfers.copy_object(&entry, kind, permit).await {
             Ok(()) => {

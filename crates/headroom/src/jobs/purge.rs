@@ -76,6 +76,73 @@ const DIR_LEVEL_BYTES: u64 = 40 << 10;
 const RESERVED_DEPTH: u64 = 32;
 /// Keys per DeleteObjects request (S3's maximum).
 pub const S3_BATCH_KEYS: usize = 1000;
+/// Heap of one DeleteObjects batch: its keys (paths), their clones for the
+/// request, the XML body and the per-key results.
+const S3_BATCH_BYTES: u64 = S3_BATCH_KEYS as u64 * 1100;
+/// Stack size of every walker and worker thread.
+const THREAD_STACK: usize = 256 << 10;
+/// Resident memory charged per thread: the part of its stack a walk or a
+/// stat/unlink loop touches (a few pages), its thread-local state and
+/// glibc's per-thread structures, with room to spare.
+const THREAD_BYTES: u64 = 64 << 10;
+/// Threads a local purge may start: `--concurrency` above this is refused
+/// (each unit is an OS thread, and thousands of them are a fork bomb
+/// rather than a faster purge).
+pub const MAX_CONCURRENCY: usize = 1024;
+
+/// Threads and fixed buffers of a local purge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LocalPlan {
+    workers: usize,
+    walkers: usize,
+}
+
+impl LocalPlan {
+    /// Batch queues and the workers and walkers that hold them.
+    fn batch_bytes(self) -> u64 {
+        (self.workers + self.walkers) as u64
+            * (BATCH_BYTES as u64
+                + (BATCH_NAMES * std::mem::size_of::<CString>()) as u64
+                + THREAD_BYTES)
+    }
+
+    /// The directory queue and each walker's open directories.
+    fn dir_bytes(self) -> u64 {
+        DIR_QUEUE as u64 * (std::mem::size_of::<DirJob>() as u64 + 512)
+            + self.walkers as u64 * RESERVED_DEPTH * DIR_LEVEL_BYTES
+    }
+
+    fn bytes(self) -> u64 {
+        self.batch_bytes() + self.dir_bytes()
+    }
+
+    /// The threads for `concurrency` workers (the default when `None`)
+    /// within `working` bytes: an explicit `--concurrency` is kept (the
+    /// walkers may shrink) and refused later if it does not fit; the
+    /// default shrinks to what fits, down to one worker and one walker.
+    fn choose(concurrency: Option<usize>, working: u64) -> Self {
+        let fit = |workers: usize| {
+            let mut plan = LocalPlan {
+                workers,
+                walkers: (workers / 8).clamp(1, 8),
+            };
+            while plan.walkers > 1 && plan.bytes() > working {
+                plan.walkers -= 1;
+            }
+            plan
+        };
+        match concurrency {
+            Some(n) => fit(n),
+            None => {
+                let mut workers = DEFAULT_CONCURRENCY;
+                while workers > 1 && fit(workers).bytes() > working {
+                    workers -= 1;
+                }
+                fit(workers)
+            }
+        }
+    }
+}
 
 /// What is purged, once checked.
 enum Target<'a> {
@@ -112,8 +179,11 @@ pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summar
         },
     )
     .await;
-    job.stop();
-    summary
+    let interrupted = job.stop();
+    summary.map(|mut s| {
+        s.interrupted = interrupted;
+        s
+    })
 }
 
 /// Runs one purge in `env`.
@@ -134,14 +204,19 @@ pub async fn execute(args: &PurgeArgs, env: PurgeEnv) -> anyhow::Result<Summary>
                 humantime::format_duration(args.older_than)
             )
         })?;
-    let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-    if concurrency == 0 {
+    if args.concurrency == Some(0) {
         bail!("--concurrency must be at least 1");
     }
+    if let Some(n) = args.concurrency.filter(|&n| n > MAX_CONCURRENCY) {
+        bail!(
+            "--concurrency {n} is more than the {MAX_CONCURRENCY} metadata threads a purge runs at most"
+        );
+    }
+    let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
     // Checked before anything starts: a bad target costs nothing.
     let target = match &args.target {
         Location::Local(path) => Target::Local(check_local_target(path, args.force)?),
-        Location::S3 { bucket, prefix } => Target::S3 { bucket, prefix },
+        Location::S3 { bucket, prefix, .. } => Target::S3 { bucket, prefix },
     };
 
     let started = Instant::now();
@@ -158,7 +233,7 @@ pub async fn execute(args: &PurgeArgs, env: PurgeEnv) -> anyhow::Result<Summary>
                 counters: counters.clone(),
                 stop: cancel.clone(),
             });
-            purge_local(ctx, root, concurrency, &gov).await
+            purge_local(ctx, root, args.concurrency, &gov).await
         }
         Target::S3 { bucket, prefix } => {
             purge_s3(
@@ -339,19 +414,26 @@ struct Batch {
 async fn purge_local(
     ctx: Arc<Ctx>,
     root: PathBuf,
-    concurrency: usize,
+    concurrency: Option<usize>,
     gov: &Governor,
 ) -> anyhow::Result<()> {
+    // The threads, their queues and open directories, paid for up front
+    // or refused with the budget they need.
+    let plan = LocalPlan::choose(concurrency, gov.working_budget());
+    let _batches = gov
+        .reserve_fixed(plan.batch_bytes(), "purge.batches", plan.dir_bytes())
+        .map_err(|e| super::budget_too_small("purge", &e))?;
+    let _dirs = gov
+        .reserve_fixed(plan.dir_bytes(), "purge.dirs", 0)
+        .map_err(|e| super::budget_too_small("purge", &e))?;
+    if concurrency.is_none() && plan.workers < DEFAULT_CONCURRENCY {
+        tracing::info!(
+            "{} metadata threads fit in the memory budget (default {DEFAULT_CONCURRENCY})",
+            plan.workers
+        );
+    }
+    let (workers, walkers) = (plan.workers, plan.walkers);
     raise_fd_limit();
-    let workers = concurrency;
-    let walkers = (concurrency / 8).clamp(1, 8);
-    // The queues and open directories, paid for up front.
-    let batch_bytes = (workers as u64 + walkers as u64)
-        * (BATCH_BYTES as u64 + (BATCH_NAMES * std::mem::size_of::<CString>()) as u64);
-    let dir_bytes = DIR_QUEUE as u64 * (std::mem::size_of::<DirJob>() as u64 + 512)
-        + walkers as u64 * RESERVED_DEPTH * DIR_LEVEL_BYTES;
-    let _batches = gov.acquire(batch_bytes, "purge.batches").await;
-    let _dirs = gov.acquire(dir_bytes, "purge.dirs").await;
 
     let name = CString::new(root.as_os_str().as_bytes()).context("target path contains NUL")?;
     let first = DirJob {
@@ -379,7 +461,7 @@ fn walk_tree(ctx: &Arc<Ctx>, first: DirJob, walkers: usize, workers: usize) {
             let (ctx, rx) = (ctx, &batch_rx);
             std::thread::Builder::new()
                 .name(format!("purge-worker-{i}"))
-                .stack_size(256 << 10)
+                .stack_size(THREAD_STACK)
                 .spawn_scoped(s, move || worker(ctx, rx))
                 .expect("spawn purge worker");
         }
@@ -389,7 +471,7 @@ fn walk_tree(ctx: &Arc<Ctx>, first: DirJob, walkers: usize, workers: usize) {
                     (ctx, &dir_rx, dir_tx.clone(), batch_tx.clone(), &outstanding);
                 std::thread::Builder::new()
                     .name(format!("purge-walker-{i}"))
-                    .stack_size(256 << 10)
+                    .stack_size(THREAD_STACK)
                     .spawn_scoped(s, move || walker(ctx, rx, &tx, &batches, outstanding))
                     .expect("spawn purge walker")
             })
@@ -653,22 +735,23 @@ async fn purge_s3(
     let client = Arc::new(s3.client(bucket)?);
     let store = S3Store::new(client.clone(), bucket.to_string(), prefix.to_string());
     let retry = Retry::default();
-    // The listing queue and the batches in flight, paid for up front.
-    const QUEUE_BYTES: u64 = 1 << 20;
-    let in_flight = concurrency.clamp(1, 8);
-    let _queue = gov.acquire(QUEUE_BYTES, "purge.listing").await;
+    // The listing queue and the batches (one being filled, the rest in
+    // flight), paid for up front: as many in flight as fit, at least one.
+    let queue_bytes = super::listing_queue_bytes(gov.budget());
+    let _queue = gov
+        .reserve_fixed(queue_bytes, "purge.listing", 2 * S3_BATCH_BYTES)
+        .map_err(|e| super::budget_too_small("purge", &e))?;
+    let fit = (gov.working_budget() / S3_BATCH_BYTES).saturating_sub(1) as usize;
+    let in_flight = concurrency.clamp(1, 8).min(fit).max(1);
     let _batches = gov
-        .acquire(
-            (in_flight as u64 + 1) * S3_BATCH_KEYS as u64 * 1100,
-            "purge.batches",
-        )
-        .await;
-    let (tx, mut rx) = channel::bounded::<Listed>(QUEUE_BYTES, 4096);
+        .reserve_fixed((in_flight as u64 + 1) * S3_BATCH_BYTES, "purge.batches", 0)
+        .map_err(|e| super::budget_too_small("purge", &e))?;
+    let (tx, mut rx) = channel::bounded::<Listed>(queue_bytes, 4096);
     let lister = {
         let store = store.clone();
         tokio::spawn(async move { store.list(tx, &retry, None).await })
     };
-    let mut batch: Vec<(object_store::path::Path, u64, i64)> = Vec::new();
+    let mut batch: Vec<(object_store::path::Path, u64, i64)> = Vec::with_capacity(S3_BATCH_KEYS);
     let mut running = FuturesUnordered::new();
     let delete = |batch: Vec<(object_store::path::Path, u64, i64)>| {
         let (client, counters, store, dry_run) = (

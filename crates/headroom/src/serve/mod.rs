@@ -22,6 +22,9 @@ use anyhow::{Context, bail};
 
 use crate::cli::{GlobalArgs, ServeArgs};
 
+/// How long running tasks get to stop at SIGTERM (Kubernetes gives 30 s).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The largest token file read.
 const TOKEN_FILE_MAX: u64 = 4096;
 
@@ -77,7 +80,7 @@ pub async fn run(args: &ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let scheduler = tokio::spawn(tasks.clone().schedule());
     let state = Arc::new(api::AppState {
         db: db.clone(),
-        tasks,
+        tasks: tasks.clone(),
         gov: memory.governor.clone(),
         probe: memory.probe.clone(),
         token,
@@ -92,16 +95,14 @@ pub async fn run(args: &ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     tracing::info!("serving on http://{addr} with tasks in {}", db.display);
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
+            crate::jobs::signalled().await;
             tracing::info!("stopping; running tasks resume at the next start");
         })
         .await
         .context("the HTTP server failed")?;
+    // Tasks stop cleanly (no partial files, no unaborted uploads) and are
+    // resumed from their checkpoints at the next start.
+    tasks.shutdown(SHUTDOWN_GRACE).await;
     scheduler.abort();
     Ok(())
 }

@@ -200,6 +200,9 @@ pub struct Tasks {
     wake: Notify,
     max_running: usize,
     default_share: u64,
+    /// Set by [`Tasks::shutdown`]: nothing new starts, and stopped tasks
+    /// stay `running` in the database so the next start resumes them.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl Tasks {
@@ -212,6 +215,7 @@ impl Tasks {
             wake: Notify::new(),
             max_running: max_running.max(1),
             default_share,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -258,10 +262,35 @@ impl Tasks {
         }
     }
 
+    /// Stops every running task for a shutdown (SIGTERM): each stops
+    /// cleanly (partial files removed, multipart uploads aborted), keeps
+    /// its checkpoint and stays `running`, to resume at the next start.
+    /// Waits up to `grace` for them.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for r in self.lock().values() {
+            let _ = r.cancel.send(true);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.running_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.running_count();
+        if left > 0 {
+            tracing::warn!(
+                "{left} tasks did not stop within {grace:?}; they resume at the next start"
+            );
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
     /// Claims and starts queued tasks while there is room, forever.
     pub async fn schedule(self: Arc<Self>) {
         loop {
-            while self.running_count() < self.max_running {
+            while !self.shutting_down() && self.running_count() < self.max_running {
                 match self.db.claim_next().await {
                     Ok(Some(task)) => self.clone().start(task),
                     Ok(None) => break,
@@ -405,6 +434,14 @@ impl Tasks {
             }
         };
         let p = progress(&watermark);
+        if self.shutting_down() {
+            // Left `running` with its checkpoint: the next start resumes it.
+            if let Err(e) = self.db.progress(&id, base, &p).await {
+                tracing::warn!("task {id}: cannot save progress at shutdown: {e}");
+            }
+            tracing::info!("task {id}: stopped for shutdown; it resumes at the next start");
+            return;
+        }
         let (status, error) = match result {
             _ if *cancelled.borrow() => ("cancelled", None),
             Ok(s) if s.failed > 0 => (

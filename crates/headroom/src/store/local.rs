@@ -9,7 +9,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -99,6 +99,7 @@ impl LocalStore {
                 size: m.len(),
                 mtime: m.modified().ok(),
                 etag: None,
+                mode: Some(m.permissions().mode() & 0o777),
             })),
             Ok(m) if m.is_dir() => Err(StoreError::permanent(
                 path.display().to_string(),
@@ -114,9 +115,15 @@ impl LocalStore {
         .await
     }
 
-    /// Opens `range` of `key` for reading.
-    pub async fn open_range(&self, key: &str, range: Range<u64>) -> Result<LocalRange, StoreError> {
-        let path = self.path_of(key);
+    /// Opens `range` of `entry`'s file for reading; the last read of the
+    /// range checks that the file still has the listed size and mtime.
+    pub async fn open_range(
+        &self,
+        entry: &Entry,
+        range: Range<u64>,
+    ) -> Result<LocalRange, StoreError> {
+        let path = self.path_of(&entry.key);
+        let shown = path.display().to_string();
         let file = blocking(move || {
             File::open(&path).map_err(|e| StoreError::io(format!("open {}", path.display()), &e))
         })
@@ -125,14 +132,47 @@ impl LocalStore {
             file: Arc::new(file),
             pos: range.start,
             end: range.end,
+            listed: (entry.size, entry.mtime),
+            path: shown,
         })
     }
 
-    /// Starts writing `key`; see [`LocalWriter`].
+    /// Starts writing `key`; see [`LocalWriter`]. A key that would leave
+    /// the destination directory or name no file (`..`, `.`, empty
+    /// segments, NUL, a leading `/`) is refused: keys come from a remote
+    /// listing and are not trusted.
     pub async fn create(&self, key: &str) -> Result<LocalWriter, StoreError> {
         let dest = self.path_of(key);
+        if let Err(why) = safe_key(key) {
+            return Err(StoreError::permanent(
+                format!("{} (key {})", dest.display(), crate::telemetry::escape(key)),
+                why,
+            ));
+        }
         blocking(move || LocalWriter::create(dest)).await
     }
+}
+
+/// Whether `key` names a file strictly below a directory.
+fn safe_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() || key.starts_with('/') || key.contains('\0') {
+        return Err("not a relative file name (empty, absolute or with NUL)");
+    }
+    if key
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err("has an empty, `.` or `..` segment: it would not stay below the destination");
+    }
+    Ok(())
+}
+
+/// Whether `name` is one of headroom's own temporary files (current and
+/// earlier naming): never a source, never taken for data.
+pub fn is_partial_file(name: &std::ffi::OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    (name.starts_with(b".headroom-") && name.ends_with(b".partial"))
+        || name.ends_with(b".headroom-partial")
 }
 
 /// Runs a blocking filesystem closure on the blocking pool.
@@ -153,6 +193,11 @@ fn walk(root: &Path, rt: &tokio::runtime::Handle, tx: &channel::Sender<Listed>) 
         .min_depth(1);
     for item in walker {
         let listed = match item {
+            // An interrupted earlier run's temporary file is not data.
+            Ok(e) if e.file_type().is_file() && is_partial_file(e.file_name()) => {
+                tracing::debug!(path = %e.path().display(), "skipping a partial file");
+                continue;
+            }
             Ok(e) if e.file_type().is_file() => match key_of(root, e.path()) {
                 Ok(key) => match e.metadata() {
                     Ok(m) => Ok(Entry {
@@ -160,6 +205,7 @@ fn walk(root: &Path, rt: &tokio::runtime::Handle, tx: &channel::Sender<Listed>) 
                         size: m.len(),
                         mtime: m.modified().ok(),
                         etag: None,
+                        mode: Some(m.permissions().mode() & 0o777),
                     }),
                     Err(err) => Err(ListError {
                         path: e.path().display().to_string(),
@@ -219,6 +265,41 @@ pub struct LocalRange {
     file: Arc<File>,
     pos: u64,
     end: u64,
+    /// Size and mtime the listing saw, checked when the range is done.
+    listed: (u64, Option<SystemTime>),
+    path: String,
+}
+
+/// Whether an open file still is what the listing saw.
+fn check_unchanged(
+    file: &File,
+    listed: (u64, Option<SystemTime>),
+    path: &str,
+) -> Result<(), StoreError> {
+    let m = file
+        .metadata()
+        .map_err(|e| StoreError::io(format!("stat {path}"), &e))?;
+    let (size, mtime) = (m.len(), m.modified().ok());
+    if size != listed.0 || (listed.1.is_some() && mtime != listed.1) {
+        return Err(StoreError::permanent(
+            path,
+            format!(
+                "source changed during the copy: listed with {} bytes{}, now {size} bytes{}",
+                listed.0,
+                if listed.1.is_some() {
+                    " and its mtime"
+                } else {
+                    ""
+                },
+                if mtime != listed.1 {
+                    ", modified since"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl LocalRange {
@@ -232,11 +313,19 @@ impl LocalRange {
         if want == 0 {
             return (buf, Ok(0));
         }
-        let (file, pos) = (self.file.clone(), self.pos);
+        let (file, pos, end, listed) = (self.file.clone(), self.pos, self.end, self.listed);
+        let path = self.path.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let r = file
                 .read_at(&mut buf[at..at + want], pos)
-                .map_err(|e| StoreError::io(format!("read at offset {pos}"), &e));
+                .map_err(|e| StoreError::io(format!("read {path} at offset {pos}"), &e))
+                .and_then(|n| {
+                    // The range is done: was it read from the listed file?
+                    if pos + n as u64 >= end {
+                        check_unchanged(&file, listed, &path)?;
+                    }
+                    Ok(n)
+                });
             (buf, r)
         })
         .await;
@@ -267,15 +356,16 @@ impl LocalWriter {
             .parent()
             .ok_or_else(|| StoreError::permanent(ctx(), "no parent directory"))?;
         fs::create_dir_all(dir).map_err(|e| StoreError::io(ctx(), &e))?;
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        let temp = dir.join(format!(
-            ".{name}.{:08x}.headroom-partial",
-            fastrand::u32(..)
-        ));
-        let file = File::create(&temp).map_err(|e| StoreError::io(ctx(), &e))?;
+        // A fixed-length name (a long destination name plus a suffix could
+        // exceed NAME_MAX), readable by the owner only until it is complete
+        // and given its final mode.
+        let temp = dir.join(format!(".headroom-{:016x}.partial", fastrand::u64(..)));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| StoreError::io(ctx(), &e))?;
         Ok(LocalWriter {
             file: Some(Arc::new(file)),
             temp,
@@ -302,12 +392,21 @@ impl LocalWriter {
         joined.unwrap_or_else(|e| (Vec::new(), Err(StoreError::permanent("blocking write", e))))
     }
 
-    /// Sets the modification time and renames the file into place.
-    pub async fn finish(mut self, mtime: Option<SystemTime>) -> Result<(), StoreError> {
+    /// Sets the permission bits (`mode`, the source's, else what the umask
+    /// gives a new file) and the modification time, and renames the file
+    /// into place.
+    pub async fn finish(
+        mut self,
+        mtime: Option<SystemTime>,
+        mode: Option<u32>,
+    ) -> Result<(), StoreError> {
         let file = self.file.take().expect("writer not finished");
         let (temp, dest) = (self.temp.clone(), self.dest.clone());
         blocking(move || {
             let ctx = || format!("finish {}", dest.display());
+            let mode = mode.unwrap_or_else(|| 0o666 & !umask()) & 0o777;
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(|e| StoreError::io(ctx(), &e))?;
             if let Some(t) = mtime {
                 filetime::set_file_handle_times(
                     &file,
@@ -326,6 +425,22 @@ impl LocalWriter {
         self.temp = PathBuf::new();
         Ok(())
     }
+}
+
+/// The process's umask, from /proc (reading it with umask(2) would change
+/// it for every thread for a moment); 022 where /proc does not say.
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    })
 }
 
 impl Drop for LocalWriter {

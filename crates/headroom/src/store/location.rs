@@ -15,6 +15,10 @@ pub enum Location {
         bucket: String,
         /// Key or prefix inside the bucket, without leading or trailing `/`.
         prefix: String,
+        /// Written with a trailing `/` (or the bucket alone): a prefix only,
+        /// never the object of that name. Without it, a source that names
+        /// an object is that object, as with rclone.
+        dir: bool,
     },
 }
 
@@ -43,9 +47,11 @@ impl FromStr for Location {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             validate_bucket(bucket)
                 .map_err(|why| LocationError(format!("invalid S3 location {s:?}: {why}")))?;
+            let trimmed = prefix.trim_matches('/');
             return Ok(Location::S3 {
                 bucket: bucket.to_string(),
-                prefix: prefix.trim_matches('/').to_string(),
+                prefix: trimmed.to_string(),
+                dir: trimmed.is_empty() || prefix.ends_with('/'),
             });
         }
         if let Some(path) = s.strip_prefix("file://") {
@@ -74,9 +80,88 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
-            Location::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
-            Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            Location::S3 { bucket, prefix, .. } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            Location::S3 {
+                bucket,
+                prefix,
+                dir: true,
+            } => write!(f, "s3://{bucket}/{prefix}/"),
+            Location::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
         }
+    }
+}
+
+/// Why copying `src` into `dst` would read what it writes (or write over
+/// its source): one lies within the other. Local paths are compared
+/// resolved (symlinks, `..`), a destination that does not exist yet by its
+/// nearest existing ancestor; S3 locations by bucket and key prefix.
+pub fn overlap(src: &Location, dst: &Location) -> Option<String> {
+    let within = |inner: &str, outer: &str| {
+        outer.is_empty()
+            || inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|r| r.starts_with('/'))
+    };
+    match (src, dst) {
+        (Location::Local(s), Location::Local(d)) => {
+            let s = s.canonicalize().ok()?;
+            let d = resolve_nonexistent(d)?;
+            let (ss, ds) = (s.to_str()?, d.to_str()?);
+            let (ss, ds) = (ss.trim_end_matches('/'), ds.trim_end_matches('/'));
+            if within(ds, ss) {
+                Some(format!(
+                    "the destination {} is inside the source {}: the copy would copy its own output",
+                    d.display(),
+                    s.display()
+                ))
+            } else if within(ss, ds) {
+                Some(format!(
+                    "the source {} is inside the destination {}: the copy would write over its source",
+                    s.display(),
+                    d.display()
+                ))
+            } else {
+                None
+            }
+        }
+        (
+            Location::S3 {
+                bucket: sb,
+                prefix: sp,
+                ..
+            },
+            Location::S3 {
+                bucket: db,
+                prefix: dp,
+                ..
+            },
+        ) if sb == db && (within(dp, sp) || within(sp, dp)) => Some(format!(
+            "{src} and {dst} overlap: one lies within the other, so the copy would read what it writes"
+        )),
+        _ => None,
+    }
+}
+
+/// `path` resolved through its nearest existing ancestor.
+fn resolve_nonexistent(path: &std::path::Path) -> Option<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(path)
+    };
+    let mut rest = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(c) = cur.canonicalize() {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return Some(out);
+        }
+        rest.push(cur.file_name()?.to_os_string());
+        cur = cur.parent()?;
     }
 }
 
@@ -109,6 +194,15 @@ mod tests {
         Location::S3 {
             bucket: bucket.into(),
             prefix: prefix.into(),
+            dir: prefix.is_empty(),
+        }
+    }
+
+    fn s3_dir(bucket: &str, prefix: &str) -> Location {
+        Location::S3 {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            dir: true,
         }
     }
 
@@ -125,8 +219,31 @@ mod tests {
         );
         assert_eq!("s3://my-bucket".parse(), Ok(s3("my-bucket", "")));
         assert_eq!("s3://my-bucket/".parse(), Ok(s3("my-bucket", "")));
-        assert_eq!("s3://my-bucket/a/b/".parse(), Ok(s3("my-bucket", "a/b")));
+        assert_eq!(
+            "s3://my-bucket/a/b/".parse(),
+            Ok(s3_dir("my-bucket", "a/b"))
+        );
+        assert_eq!("s3://my-bucket/a/b".parse(), Ok(s3("my-bucket", "a/b")));
         assert_eq!(s3("b.x-1", "p/q").to_string(), "s3://b.x-1/p/q");
+        assert_eq!(s3_dir("b.x-1", "p/q").to_string(), "s3://b.x-1/p/q/");
+    }
+
+    #[test]
+    fn overlapping_sources_and_destinations_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        let local = |p: PathBuf| Location::Local(p);
+        let o = overlap(&local(src.clone()), &local(src.join("sub/new/out"))).unwrap();
+        assert!(o.contains("inside the source"), "{o}");
+        assert!(overlap(&local(src.join("sub")), &local(src.clone())).is_some());
+        assert!(overlap(&local(src.clone()), &local(src.clone())).is_some());
+        assert!(overlap(&local(src.clone()), &local(dir.path().join("src2"))).is_none());
+        let p = |s: &str| s.parse::<Location>().unwrap();
+        assert!(overlap(&p("s3://bkt/logs/"), &p("s3://bkt/logs/copy")).is_some());
+        assert!(overlap(&p("s3://bkt"), &p("s3://bkt/x")).is_some());
+        assert!(overlap(&p("s3://bkt/logs"), &p("s3://bkt/logs2")).is_none());
+        assert!(overlap(&p("s3://bkt/logs"), &p("s3://other/logs")).is_none());
     }
 
     #[test]

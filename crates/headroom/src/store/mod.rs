@@ -38,6 +38,9 @@ pub struct Entry {
     pub mtime: Option<SystemTime>,
     /// S3 ETag without quotes; `None` for local files.
     pub etag: Option<String>,
+    /// Permission bits (`0o777` at most): a local file's, or those an S3
+    /// object's `mode` metadata records (known after a HEAD or GET).
+    pub mode: Option<u32>,
 }
 
 impl Entry {
@@ -159,15 +162,23 @@ impl Store {
         }
     }
 
-    /// Opens `range` of `key` for sequential reads.
+    /// Opens `range` of `entry` for sequential reads, of the version that
+    /// was listed: a read of an S3 object that changed since fails
+    /// (`If-Match` on its ETag), and so does one of a local file whose size
+    /// or modification time is no longer the listed one when the range has
+    /// been read. Exit 0 never means a mix of two versions.
     pub async fn open_range(
         &self,
-        key: &str,
+        entry: &Entry,
         range: Range<u64>,
     ) -> Result<RangeReader, StoreError> {
         match self {
-            Store::Local(s) => s.open_range(key, range).await.map(RangeReader::Local),
-            Store::S3(s) => Ok(RangeReader::S3(s.open_range(key, range))),
+            Store::Local(s) => s.open_range(entry, range).await.map(RangeReader::Local),
+            Store::S3(s) => Ok(RangeReader::S3(s.open_range(
+                &entry.key,
+                entry.etag.as_deref(),
+                range,
+            ))),
         }
     }
 }
@@ -213,6 +224,15 @@ impl RangeReader {
         match self {
             RangeReader::Local(_) => None,
             RangeReader::S3(r) => r.mtime(),
+        }
+    }
+
+    /// The source's permission bits, if the read learned them (S3 reads
+    /// carry the `mode` metadata headroom stores).
+    pub fn mode(&self) -> Option<u32> {
+        match self {
+            RangeReader::Local(_) => None,
+            RangeReader::S3(r) => r.mode(),
         }
     }
 }

@@ -28,6 +28,9 @@ use super::{Entry, ListError, Listed, StoreError};
 /// Metadata key holding the source's modification time (seconds.nanos
 /// since the epoch), as rclone does, so a re-run can tell what is current.
 pub const MTIME_METADATA: &str = "mtime";
+/// Metadata key holding the source file's permission bits in octal, as
+/// rclone's metadata does, so a restore never widens them.
+pub const MODE_METADATA: &str = "mode";
 
 /// Connection and retry settings, from flags and the AWS environment.
 #[derive(Clone, Debug, Default)]
@@ -122,6 +125,9 @@ pub fn store_error(context: impl Into<String>, e: object_store::Error) -> StoreE
     let retryable = matches!(e, object_store::Error::Generic { .. });
     let message = match &e {
         object_store::Error::NotFound { .. } => "not found (no such key or bucket)".to_string(),
+        object_store::Error::Precondition { .. } => {
+            "source changed during the copy: its ETag is no longer the one listed".to_string()
+        }
         other => other.to_string(),
     };
     StoreError {
@@ -152,17 +158,26 @@ impl S3Store {
         }
     }
 
-    /// Resolves a source location: if `prefix` names an object, a store of
-    /// just that object; otherwise the prefix as a directory.
+    /// Resolves a source location: a `dir` location (written with a
+    /// trailing `/`) is the prefix; otherwise, if `prefix` names an object,
+    /// a store of just that object (as rclone does; a warning says so when
+    /// objects below `prefix/` exist too), else the prefix as a directory.
     pub async fn source(
         client: Arc<AmazonS3>,
         bucket: String,
         prefix: String,
+        dir: bool,
     ) -> Result<Self, StoreError> {
-        if !prefix.is_empty() {
+        if !prefix.is_empty() && !dir {
             let path = parse_path(&prefix)?;
             match client.head(&path).await {
                 Ok(_) => {
+                    let below = client.list(Some(&path)).next().await;
+                    if matches!(below, Some(Ok(_))) {
+                        tracing::warn!(
+                            "s3://{bucket}/{prefix} is an object and also a prefix with objects below it; copying the object only (write s3://{bucket}/{prefix}/ for the objects below)"
+                        );
+                    }
                     let (dir, name) = prefix.rsplit_once('/').unwrap_or(("", &prefix));
                     return Ok(S3Store {
                         client,
@@ -303,16 +318,21 @@ impl S3Store {
         }
     }
 
-    /// A lazily opened ranged read of `key`.
-    pub fn open_range(&self, key: &str, range: Range<u64>) -> S3Range {
+    /// A lazily opened ranged read of `key`, pinned to the version with
+    /// `etag` (the listed one) when it is known: every GET of the range,
+    /// the first and any resumed one, carries `If-Match`, so a read never
+    /// mixes two versions of an object.
+    pub fn open_range(&self, key: &str, etag: Option<&str>, range: Range<u64>) -> S3Range {
         S3Range {
             store: self.clone(),
             key: key.to_string(),
+            etag: etag.map(|e| format!("\"{e}\"")),
             pos: range.start,
             end: range.end,
             stream: None,
             pending: Bytes::new(),
             mtime: None,
+            mode: None,
         }
     }
 
@@ -323,10 +343,11 @@ impl S3Store {
         key: &str,
         data: Bytes,
         mtime: Option<SystemTime>,
+        mode: Option<u32>,
     ) -> Result<Option<String>, StoreError> {
         let path = self.path_of(key)?;
         let options = PutOptions {
-            attributes: mtime_attributes(mtime),
+            attributes: metadata_attributes(mtime, mode),
             ..Default::default()
         };
         self.client
@@ -341,10 +362,11 @@ impl S3Store {
         &self,
         key: &str,
         mtime: Option<SystemTime>,
+        mode: Option<u32>,
     ) -> Result<String, StoreError> {
         let path = self.path_of(key)?;
         let options = PutMultipartOptions {
-            attributes: mtime_attributes(mtime),
+            attributes: metadata_attributes(mtime, mode),
             ..Default::default()
         };
         self.client
@@ -409,16 +431,32 @@ fn parse_path(key: &str) -> Result<Path, StoreError> {
 }
 
 fn entry_of(key: String, meta: &ObjectMeta, attributes: Option<&Attributes>) -> Entry {
-    let stored = attributes.and_then(|a| a.get(&Attribute::Metadata(MTIME_METADATA.into())));
-    let mtime = stored
+    let stored =
+        |name: &'static str| attributes.and_then(|a| a.get(&Attribute::Metadata(name.into())));
+    let mtime = stored(MTIME_METADATA)
         .and_then(|v| parse_mtime(v.as_ref()))
         .or_else(|| Some(SystemTime::from(meta.last_modified)));
+    let mode = stored(MODE_METADATA)
+        .and_then(|v| u32::from_str_radix(v.as_ref(), 8).ok())
+        .map(|m| m & 0o777);
     Entry {
         key,
         size: meta.size,
         mtime,
         etag: meta.e_tag.as_ref().map(|e| e.trim_matches('"').to_string()),
+        mode,
     }
+}
+
+fn metadata_attributes(mtime: Option<SystemTime>, mode: Option<u32>) -> Attributes {
+    let mut a = mtime_attributes(mtime);
+    if let Some(m) = mode {
+        a.insert(
+            Attribute::Metadata(MODE_METADATA.into()),
+            AttributeValue::from(format!("{:o}", m & 0o777)),
+        );
+    }
+    a
 }
 
 fn mtime_attributes(mtime: Option<SystemTime>) -> Attributes {
@@ -450,12 +488,15 @@ pub fn parse_mtime(s: &str) -> Option<SystemTime> {
 pub struct S3Range {
     store: S3Store,
     key: String,
+    /// `If-Match` for every GET, quoted.
+    etag: Option<String>,
     pos: u64,
     end: u64,
     stream: Option<BoxStream<'static, object_store::Result<Bytes>>>,
     /// The unread tail of the last network chunk.
     pending: Bytes,
     mtime: Option<SystemTime>,
+    mode: Option<u32>,
 }
 
 impl S3Range {
@@ -463,6 +504,12 @@ impl S3Range {
     /// LastModified), known once the first read has opened the GET.
     pub fn mtime(&self) -> Option<SystemTime> {
         self.mtime
+    }
+
+    /// The source's permission bits as stored in its metadata, known once
+    /// the first read has opened the GET.
+    pub fn mode(&self) -> Option<u32> {
+        self.mode
     }
 
     /// Reads into `buf[at..]`; see [`RangeReader::read`](super::RangeReader::read).
@@ -517,6 +564,7 @@ impl S3Range {
         let path = self.store.path_of(&self.key)?;
         let options = GetOptions {
             range: Some(GetRange::Bounded(self.pos..self.end)),
+            if_match: self.etag.clone(),
             ..Default::default()
         };
         let r = self
@@ -526,7 +574,8 @@ impl S3Range {
             .await
             .map_err(|e| store_error(format!("download {}", self.store.url_of(&self.key)), e))?;
         if self.mtime.is_none() {
-            self.mtime = entry_of(String::new(), &r.meta, Some(&r.attributes)).mtime;
+            let stored = entry_of(String::new(), &r.meta, Some(&r.attributes));
+            (self.mtime, self.mode) = (stored.mtime, stored.mode);
         }
         self.stream = Some(r.into_stream());
         Ok(())

@@ -381,11 +381,13 @@ pub async fn run(args: &IngestArgs, global: &GlobalArgs) -> anyhow::Result<Inges
         writer.target(),
         counters.stream_length.load(Ordering::Relaxed)
     );
+    // Fixed for the run, so an event as large as --max-event-size is
+    // granted beside them (plan() checked that it fits).
     let _writer_permit = gov
-        .try_acquire(writer_bytes, "ingest.writer")
+        .reserve_fixed(writer_bytes, "ingest.writer", reader_bytes)
         .context("reserving the writer's buffers")?;
     let _reader_permit = gov
-        .try_acquire(reader_bytes, "ingest.reader")
+        .reserve_fixed(reader_bytes, "ingest.reader", 0)
         .context("reserving the reader's buffers")?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
