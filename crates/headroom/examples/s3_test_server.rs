@@ -7,6 +7,12 @@
 //!                [--uploads-always-fail] [--lose-completions N]
 //! ```
 //!
+//! `If-Match` on a GET is checked as S3 does (412 when the object's ETag
+//! differs; s3s-fs itself ignores it). A file at `DIR/.next/BUCKET/KEY`
+//! replaces object KEY right after the first GET of it has been answered
+//! (the answer streams the old content): a source that changes between
+//! two ranged reads.
+//!
 //! Prints its endpoint (`http://127.0.0.1:PORT`) on the first line of
 //! standard output, keeps the number of faults injected in
 //! `DIR/.faults-injected`, and exits when standard input closes (so it
@@ -173,8 +179,92 @@ fn is_completion(req: &http::Request<Incoming>) -> bool {
     req.method() == http::Method::POST && req.uri().query().unwrap_or("").contains("uploadId=")
 }
 
+/// The object file a path-style GET names, if it is one.
+fn object_file(root: &std::path::Path, req: &http::Request<Incoming>) -> Option<PathBuf> {
+    if req.method() != http::Method::GET || req.uri().query().is_some_and(|q| !q.is_empty()) {
+        return None;
+    }
+    let path = percent_decode(req.uri().path().trim_start_matches('/'))?;
+    let (bucket, key) = path.split_once('/')?;
+    (!key.is_empty()).then(|| root.join(bucket).join(key))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(u8::from_str_radix(s.get(i + 1..i + 3)?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// base64url without padding, as s3s-fs names its metadata files.
+fn base64url(s: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The ETag s3s-fs gives an object: the one it stored at upload (a
+/// multipart ETag), else the MD5 of its content.
+fn object_etag(root: &std::path::Path, file: &std::path::Path) -> Option<String> {
+    let rel = file.strip_prefix(root).ok()?.to_str()?;
+    let (bucket, key) = rel.split_once('/')?;
+    let info = root.join(format!(
+        ".bucket-{}.object-{}.internal.json",
+        base64url(bucket),
+        base64url(key)
+    ));
+    if let Ok(text) = std::fs::read_to_string(info)
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(e) = v.get("e_tag").and_then(|e| e.as_str())
+    {
+        return Some(e.trim_matches('"').to_string());
+    }
+    file_etag(file)
+}
+
+/// The MD5 of a file's content, in hex.
+fn file_etag(path: &std::path::Path) -> Option<String> {
+    use md5::Digest;
+    let mut hasher = md5::Md5::new();
+    let mut file = std::fs::File::open(path).ok()?;
+    std::io::copy(&mut file, &mut hasher).ok()?;
+    Some(
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
 async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Result<Response, BoxError> {
     let faults = &state.faults;
+    let object = object_file(&state.root, &req);
+    if let (Some(file), Some(want)) = (&object, req.headers().get("if-match")) {
+        let want = want.to_str().unwrap_or("").trim_matches('"');
+        if file.is_file() && want != "*" && object_etag(&state.root, file).as_deref() != Some(want)
+        {
+            return Ok(error_response(412, "PreconditionFailed"));
+        }
+    }
     let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
     if is_completion(&req)
         && state.completions.fetch_add(1, Ordering::SeqCst) < faults.lose_completions
@@ -198,7 +288,17 @@ async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Result<Respo
             Fault::Stall(d) => tokio::time::sleep(d).await,
         }
     }
-    hyper::service::Service::call(&state.service, req)
+    let answer = hyper::service::Service::call(&state.service, req)
         .await
-        .map_err(|e| BoxError::from(format!("{e:?}")))
+        .map_err(|e| BoxError::from(format!("{e:?}")));
+    if let Some(file) = object
+        && let Ok(rel) = file.strip_prefix(&state.root)
+    {
+        // The answer holds the old file open; later GETs see the new one.
+        let next = state.root.join(".next").join(rel);
+        if next.is_file() && std::fs::rename(&next, &file).is_ok() {
+            state.injected();
+        }
+    }
+    answer
 }

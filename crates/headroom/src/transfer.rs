@@ -214,18 +214,21 @@ impl Transfers<'_> {
         if *self.cancel.borrow() {
             return Err(interrupted(src, entry));
         }
+        // A cancel drops a download or a single PUT where it is: dropping
+        // the local writer removes its partial file, and a PUT that never
+        // completed leaves nothing. A multipart upload watches the cancel
+        // itself, to abort the upload.
+        let mut cancel = self.cancel.clone();
+        let stopped = crate::jobs::until_set(&mut cancel);
         match (kind, dst) {
-            (Kind::ToLocal { chunk }, Store::Local(d)) => {
-                self.to_local(d, entry, chunk, permit).await
-            }
-            (Kind::SinglePut, Store::S3(d)) => {
-                let put = single_put(src, d, entry, permit, cfg, self.bytes_done);
-                let mut cancel = self.cancel.clone();
-                tokio::select! {
-                    r = put => r,
-                    _ = crate::jobs::until_set(&mut cancel) => Err(interrupted(src, entry)),
-                }
-            }
+            (Kind::ToLocal { chunk }, Store::Local(d)) => tokio::select! {
+                r = self.to_local(d, entry, chunk, permit) => r,
+                _ = stopped => Err(interrupted(src, entry)),
+            },
+            (Kind::SinglePut, Store::S3(d)) => tokio::select! {
+                r = single_put(src, d, entry, permit, cfg, self.bytes_done) => r,
+                _ = stopped => Err(interrupted(src, entry)),
+            },
             (Kind::Multipart { part }, Store::S3(d)) => {
                 self.multipart(d, entry, part, permit).await
             }
@@ -284,10 +287,6 @@ impl Transfers<'_> {
         let mut reader = open_with_retries(src, entry, 0..size, cfg).await?;
         let mut backoff = Backoff::new(&cfg.retry);
         while offset < size {
-            if *self.cancel.borrow() {
-                // Dropping the writer removes the partial file.
-                return Err(interrupted(src, entry));
-            }
             let (b, r) = reader.read(buf, 0).await;
             buf = b;
             let n = match r {
