@@ -297,10 +297,27 @@ pub struct ServeArgs {
     )]
     pub db: String,
 
-    /// A file holding the bearer token that creating, cancelling and
-    /// deleting tasks require (default: HEADROOM_TOKEN).
+    /// A file holding the bearer token every API request needs (default:
+    /// HEADROOM_TOKEN, else a token generated at the first start and kept
+    /// in headroom.token beside the database, mode 0600).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<std::path::PathBuf>,
+
+    /// A directory local task paths may be in (repeatable). None: tasks
+    /// may use S3 locations only, so the service cannot be made to read or
+    /// write local files it was not given.
+    #[arg(long, value_name = "DIR")]
+    pub allow_path: Vec<std::path::PathBuf>,
+
+    /// A host name requests may be addressed to, besides IP addresses and
+    /// localhost (repeatable); other Host or Origin headers are refused, so
+    /// a web page cannot reach the service through DNS rebinding.
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
+
+    /// Connections open at once at most; more wait to be accepted.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_connections: usize,
 
     /// Tasks running at once; the rest wait in the queue.
     #[arg(long, default_value_t = 4, value_name = "N")]

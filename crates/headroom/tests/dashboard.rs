@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::serve::{Api, Backend, Service};
+use common::serve::{Backend, Service};
 
 #[test]
 fn the_dashboard_creates_a_task_sees_it_complete_and_cleans_up_failures() {
@@ -30,7 +30,7 @@ fn the_dashboard_creates_a_task_sees_it_complete_and_cleans_up_failures() {
     let _ = std::fs::remove_file(&screenshot);
     let out = Command::new("node")
         .arg(browser_dir.join("dashboard.mjs"))
-        .arg(&svc.base)
+        .arg(format!("{}/#token={}", svc.base, svc.token))
         .arg(&src)
         .arg(&dst)
         .arg(work.path().join("no-such-dir"))
@@ -54,7 +54,7 @@ fn the_dashboard_creates_a_task_sees_it_complete_and_cleans_up_failures() {
             std::fs::read(src.join(&name)).unwrap()
         );
     }
-    let api = Api::default();
+    let api = svc.api();
     let (_, all) = api.get(&svc.url("/api/tasks"));
     let statuses: Vec<&str> = all["tasks"]
         .as_array()

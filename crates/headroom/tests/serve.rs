@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::serve::{Api, Backend, Service, ended};
+use common::serve::{Api, Backend, Service, ended, raw_get};
 use common::{Faults, S3Server, bytes};
 use serde_json::{Value, json};
 
@@ -41,7 +41,7 @@ fn api_suite(backend: Backend) {
     let s3 = S3Server::start(Faults::default());
     let bucket = s3.bucket("serve-bucket");
     let svc = Service::start_with(backend, &["--memory", "128MiB"], &s3.env());
-    let api = Api::default();
+    let api = svc.api();
 
     // Health and the document.
     assert_eq!(api.get(&svc.url("/healthz")).0, 200);
@@ -295,45 +295,243 @@ fn the_api_works_on_postgres() {
 }
 
 #[test]
-fn mutations_need_the_token_when_one_is_set() {
+fn every_request_but_probes_needs_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let svc = Service::start_with(
         Backend::sqlite(dir.path()),
         &[],
-        &[("HEADROOM_TOKEN", "s3cret".to_string())],
+        &[("HEADROOM_TOKEN", "s3cret-token-of-some-length".to_string())],
     );
     let mut api = Api::default();
     let spec = json!({"kind": "copy", "source": dir.path(), "destination": dir.path().join("d"), "dry_run": true});
     let (status, body) = api.post(&svc.url("/api/tasks"), spec.clone());
     assert_eq!(status, 401, "{body}");
+    for path in ["/api/tasks", "/api/tasks/t1", "/metrics"] {
+        assert_eq!(api.get(&svc.url(path)).0, 401, "{path} needs the token");
+    }
     assert_eq!(
         api.call("DELETE", &svc.url("/api/tasks?status=failed"), None)
             .0,
         401
     );
-    assert_eq!(
-        api.get(&svc.url("/api/tasks")).0,
-        200,
-        "reading needs no token"
-    );
-    api.token = Some("wrong".into());
+    for path in ["/healthz", "/readyz", "/"] {
+        assert_eq!(api.get(&svc.url(path)).0, 200, "{path} is open");
+    }
+    api.token = Some("s3cret-token-of-some-lengtX".into());
     assert_eq!(api.post(&svc.url("/api/tasks"), spec.clone()).0, 401);
     api.token = Some("s3cret".into());
+    assert_eq!(
+        api.get(&svc.url("/api/tasks")).0,
+        401,
+        "a prefix is not the token"
+    );
+    api.token = Some("s3cret-token-of-some-length".into());
     assert_eq!(api.post(&svc.url("/api/tasks"), spec).0, 201);
+    assert_eq!(api.get(&svc.url("/metrics")).0, 200);
+    // The scheme is case-insensitive (RFC 7235).
+    let host = svc.base.trim_start_matches("http://").to_string();
+    let lower = raw_get(
+        &svc.base,
+        "/api/tasks",
+        &[
+            ("host".into(), host),
+            (
+                "authorization".into(),
+                "bearer s3cret-token-of-some-length".into(),
+            ),
+        ],
+    );
+    assert_eq!(lower, 200);
+}
 
-    // Beyond loopback, no token means no start.
+#[test]
+fn without_a_token_one_is_generated_once_kept_0600_and_required() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tasks.db");
+    let run = |listen: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_headroom"))
+            .args(["serve", "--listen", listen, "--db"])
+            .arg(&db)
+            .env_remove("HEADROOM_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        (line, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (line, err) = run("127.0.0.1:0");
+    assert!(line.starts_with("listening on"), "{line}{err}");
+    let file = dir.path().join("headroom.token");
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert_eq!(token.len(), 64, "{token}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        err.contains(&token) && err.contains("#token="),
+        "printed at first start: {err}"
+    );
+    // Beyond loopback too: the generated token guards it.
+    let (line, err) = run("0.0.0.0:0");
+    assert!(line.starts_with("listening on"), "{line}{err}");
+    assert!(
+        !err.contains(&token),
+        "printed at the first start only: {err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        token,
+        "kept"
+    );
+}
+
+#[test]
+fn foreign_hosts_and_origins_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start_with(
+        Backend::sqlite(dir.path()),
+        &["--allow-host", "headroom.internal"],
+        &[],
+    );
+    let port = svc.base.rsplit(':').next().unwrap().to_string();
+    let get = |host: &str, origin: Option<&str>| {
+        let mut headers = vec![
+            ("host".to_string(), host.to_string()),
+            ("authorization".to_string(), format!("Bearer {}", svc.token)),
+        ];
+        if let Some(o) = origin {
+            headers.push(("origin".to_string(), o.to_string()));
+        }
+        raw_get(&svc.base, "/api/tasks", &headers)
+    };
+    assert_eq!(get(&format!("127.0.0.1:{port}"), None), 200);
+    assert_eq!(get(&format!("localhost:{port}"), None), 200);
+    assert_eq!(get(&format!("headroom.internal:{port}"), None), 200);
+    assert_eq!(get(&format!("[::1]:{port}"), None), 200);
+    // A DNS name pointed at 127.0.0.1 by a web page (rebinding).
+    assert_eq!(get(&format!("attacker.example:{port}"), None), 421);
+    assert_eq!(get("attacker.example", None), 421);
+    let host = format!("127.0.0.1:{port}");
+    assert_eq!(get(&host, Some(&format!("http://{host}"))), 200);
+    assert_eq!(get(&host, Some("http://attacker.example")), 403);
+    assert_eq!(get(&host, Some("null")), 403);
+}
+
+#[test]
+fn local_paths_are_confined_to_the_allowed_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    std::os::unix::fs::symlink("/etc", root.join("etc-link")).unwrap();
+    let svc = Service::start_with(
+        Backend::sqlite(dir.path()),
+        &["--allow-path", root.to_str().unwrap()],
+        &[],
+    );
+    let api = svc.api();
+    let task = |source: String, destination: String| {
+        api.post(
+            &svc.url("/api/tasks"),
+            json!({"kind": "copy", "source": source, "destination": destination, "dry_run": true}),
+        )
+    };
+    let inside = |p: &str| root.join(p).display().to_string();
+    assert_eq!(task(inside("in"), inside("out/new")).0, 201);
+    for (source, destination, field) in [
+        ("/etc/shadow".to_string(), inside("out"), "source"),
+        (inside("in"), "/root/.ssh".to_string(), "destination"),
+        (inside("etc-link/shadow"), inside("out"), "source"),
+        (inside("in"), inside("../escape"), "destination"),
+        (inside("in"), inside("new/../../escape"), "destination"),
+    ] {
+        let (status, body) = task(source.clone(), destination.clone());
+        assert_eq!(status, 400, "{source} -> {destination}: {body}");
+        assert!(body["error"].as_str().unwrap().starts_with(field), "{body}");
+    }
+    let (status, body) = api.post(
+        &svc.url("/api/tasks"),
+        json!({"kind": "purge", "target": "/var/log", "older_than": "30d"}),
+    );
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn without_allowed_paths_tasks_are_s3_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start_s3_only(Backend::sqlite(dir.path()));
+    let api = svc.api();
+    let (status, body) = api.post(
+        &svc.url("/api/tasks"),
+        json!({"kind": "copy", "source": dir.path(), "destination": "s3://bucket/x"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("--allow-path"),
+        "{body}"
+    );
+    let (status, body) = api.post(
+        &svc.url("/api/tasks"),
+        json!({"kind": "copy", "source": "s3://bucket/a/", "destination": "s3://bucket/b/", "dry_run": true}),
+    );
+    assert_eq!(status, 201, "{body}");
+    // An allowed root that does not exist is a start-up error.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_headroom"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--db"])
-        .arg(dir.path().join("other.db"))
-        .env_remove("HEADROOM_TOKEN")
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-path",
+            "/nonexistent-root",
+            "--db",
+        ])
+        .arg(dir.path().join("x.db"))
+        .env("HEADROOM_TOKEN", "a-token-long-enough-to-use")
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("refusing to listen on 0.0.0.0:0 without a token"),
-        "{err}"
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-path /nonexistent-root"));
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_header_timeout() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start_with(
+        Backend::sqlite(dir.path()),
+        &["--max-connections", "20"],
+        &[],
     );
+    let addr = svc.base.trim_start_matches("http://").to_string();
+    // More idle sockets than the service takes at once.
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    let mut first = idle[0].try_clone().unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(90)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = first.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the service closed the idle connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    // And a real client gets through while idle ones are still open.
+    assert_eq!(svc.api().get(&svc.url("/api/tasks")).0, 200);
+    drop(idle);
 }
 
 #[test]
@@ -346,7 +544,7 @@ fn a_killed_service_resumes_its_copy_without_copying_completed_objects_again() {
     let src = work.path().join("src");
     let files = write_files(&src, FILES, SIZE);
     let mut svc = Service::start_with(Backend::sqlite(work.path()), &[], &s3.env());
-    let api = Api::default();
+    let api = svc.api();
     let task = create(
         &api,
         &svc,
@@ -394,7 +592,7 @@ fn restart_suite(backend: Backend) {
     let src = work.path().join("src");
     write_files(&src, 3, 1000);
     let mut svc = Service::start(backend);
-    let api = Api::default();
+    let api = svc.api();
     let spec =
         |to: &str| json!({"kind": "copy", "source": src, "destination": work.path().join(to)});
     let kept = create(&api, &svc, spec("kept"));
@@ -468,7 +666,7 @@ fn with_no_resume_a_killed_task_waits_as_interrupted_until_resumed() {
     let src = work.path().join("src");
     let files = write_files(&src, 24, 3 << 20);
     let mut svc = Service::start_with(Backend::sqlite(work.path()), &["--no-resume"], &s3.env());
-    let api = Api::default();
+    let api = svc.api();
     let task = create(
         &api,
         &svc,
@@ -540,7 +738,7 @@ fn the_service_memory_does_not_grow_with_its_history() {
     let work = tempfile::tempdir().unwrap();
     let db = work.path().join("tasks.db");
     let svc = Service::start_with(Backend::sqlite(work.path()), &["--memory", "64MiB"], &[]);
-    let api = Api::default();
+    let api = svc.api();
     let read_everything = || {
         for _ in 0..5 {
             for path in [
@@ -627,7 +825,7 @@ fn a_resumed_copy_from_s3_lists_only_after_its_checkpoint() {
     let files = write_files(&bucket.join("in"), FILES, 3 << 20);
     let dst = work.path().join("dst");
     let mut svc = Service::start_with(Backend::sqlite(work.path()), &[], &s3.env());
-    let api = Api::default();
+    let api = svc.api();
     let task = create(
         &api,
         &svc,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,8 +23,8 @@ pub struct AppState {
     pub tasks: Arc<Tasks>,
     pub gov: Governor,
     pub probe: MemoryProbe,
-    /// Mutating requests need `Authorization: Bearer <token>` when set.
-    pub token: Option<String>,
+    /// Who may ask: the token, the host names, the local roots.
+    pub access: Arc<Access>,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -72,33 +72,197 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         // A task spec is small: bodies above 64 KiB are refused unread.
         .layer(axum::extract::DefaultBodyLimit::max(64 << 10))
         .with_state(state)
 }
 
-async fn require_token(
+/// Who may use the service and where tasks may reach.
+pub struct Access {
+    token: String,
+    /// Host names besides IP addresses and `localhost`.
+    hosts: Vec<String>,
+    /// Canonical directories local task paths must be in.
+    pub paths: Arc<Vec<std::path::PathBuf>>,
+}
+
+impl Access {
+    /// Checks the configuration: every allowed path must exist.
+    pub fn new(
+        token: String,
+        hosts: &[String],
+        paths: &[std::path::PathBuf],
+    ) -> anyhow::Result<Self> {
+        let paths = paths
+            .iter()
+            .map(|p| {
+                anyhow::Context::with_context(p.canonicalize(), || {
+                    format!("--allow-path {}: cannot resolve it", p.display())
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Access {
+            token,
+            hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            paths: Arc::new(paths),
+        })
+    }
+
+    /// The token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Whether `host` (a Host header or an Origin's authority, with or
+    /// without a port) may address this service: an IP address (DNS
+    /// rebinding needs a name), `localhost`, or a configured name.
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = match host.strip_prefix('[') {
+            Some(v6) => {
+                return v6
+                    .split(']')
+                    .next()
+                    .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+            }
+            None => host.rsplit_once(':').map_or(host, |(h, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    host
+                }
+            }),
+        };
+        let name = name.to_ascii_lowercase();
+        name.parse::<std::net::Ipv4Addr>().is_ok()
+            || name == "localhost"
+            || self.hosts.contains(&name)
+    }
+
+    /// Whether `given` is the token, in time that does not depend on
+    /// where they differ.
+    fn token_matches(&self, given: &str) -> bool {
+        let (a, b) = (self.token.as_bytes(), given.as_bytes());
+        let mut diff = (a.len() != b.len()) as u8;
+        for (i, x) in a.iter().enumerate() {
+            diff |= x ^ b.get(i).copied().unwrap_or(0);
+        }
+        diff == 0
+    }
+}
+
+/// Paths anyone may read: probes, the dashboard's static page (it asks
+/// for the token) and the API description.
+fn open_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/" | "/api/openapi.json")
+}
+
+/// Every request: addressed to an allowed host, from no foreign origin,
+/// and (but for [`open_path`]s) with the token.
+async fn guard(
     State(state): State<Shared>,
     headers: HeaderMap,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let mutating = !matches!(*request.method(), Method::GET | Method::HEAD);
-    if let (true, Some(token)) = (mutating, &state.token) {
+    let access = &state.access;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    if !access.host_allowed(host) {
+        return Err(ApiError(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this service does not answer to host {:?}; start it with --allow-host NAME to add a name",
+                crate::telemetry::escape(host)
+            ),
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let authority = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, a)| a);
+        if authority != Some(host) || !access.host_allowed(host) {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "requests from another origin are refused".into(),
+            ));
+        }
+    }
+    if !open_path(request.uri().path()) {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        if !given.is_some_and(|t| access.token_matches(t)) {
             return Err(ApiError(
                 StatusCode::UNAUTHORIZED,
-                "this request needs Authorization: Bearer <token>".into(),
+                "this request needs Authorization: Bearer <token> (see --token-file)".into(),
             ));
         }
     }
     Ok(next.run(request).await)
 }
+
+/// Serves `app` on `listener` until `shutdown` resolves: at most
+/// `max_connections` at once (the rest wait in the listen backlog), and a
+/// connection that does not send a request's headers within
+/// [`HEADER_READ_TIMEOUT`] (an idle keep-alive one included) is closed, so
+/// idle sockets cannot lock everyone out.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    max_connections: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    // HTTP/1.1 only: hyper-util's auto-detecting builder reads the first
+    // bytes (h1 or h2?) before any timeout applies, so a silent socket
+    // would be held forever.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => return,
+            s = slots.clone().acquire_owned() => s.expect("never closed"),
+        };
+        let (socket, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (app, builder) = (app.clone(), builder.clone());
+        tokio::spawn(async move {
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = builder
+                .serve_connection(TokioIo::new(socket), service)
+                .with_upgrades()
+                .await;
+            drop(slot);
+        });
+    }
+}
+
+/// How long a connection may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn dashboard() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
@@ -132,7 +296,7 @@ async fn create_task(
     body: Result<Json<TaskSpec>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Json(spec) = body.map_err(|e| bad(e.body_text()))?;
-    let v = validate(spec).map_err(bad)?;
+    let v = validate(spec, &state.access.paths).map_err(bad)?;
     let id = new_id();
     let spec = serde_json::to_string(&v.spec).map_err(|e| bad(e.to_string()))?;
     let row = state.db.insert(&id, &v.spec.kind, &spec).await?;

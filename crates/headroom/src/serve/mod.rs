@@ -28,42 +28,88 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 /// The largest token file read.
 const TOKEN_FILE_MAX: u64 = 4096;
 
-/// Reads the token: `--token-file`, else `HEADROOM_TOKEN`.
-fn token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
-    let token = match &args.token_file {
-        Some(path) => {
-            // A token is short: read at most TOKEN_FILE_MAX bytes of it.
-            use std::io::Read;
-            let mut token = String::new();
-            std::fs::File::open(path)
-                .and_then(|f| f.take(TOKEN_FILE_MAX + 1).read_to_string(&mut token))
-                .with_context(|| format!("cannot read --token-file {}", path.display()))?;
-            if token.len() as u64 > TOKEN_FILE_MAX {
-                bail!(
-                    "--token-file {} is larger than {TOKEN_FILE_MAX} bytes: it should hold only the token",
-                    path.display()
-                );
-            }
-            Some(token.trim().to_string())
-        }
+/// Reads a token file: at most [`TOKEN_FILE_MAX`] bytes, trimmed.
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut token = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(TOKEN_FILE_MAX + 1).read_to_string(&mut token))
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    if token.len() as u64 > TOKEN_FILE_MAX {
+        bail!(
+            "the token file {} is larger than {TOKEN_FILE_MAX} bytes: it should hold only the token",
+            path.display()
+        );
+    }
+    Ok(token.trim().to_string())
+}
+
+/// Where a generated token is kept: beside a SQLite database, else in the
+/// working directory.
+fn generated_token_path(db: &str) -> std::path::PathBuf {
+    let file = db.strip_prefix("sqlite:").unwrap_or(db);
+    let dir = if db.contains("://") && !db.starts_with("sqlite:") {
+        None
+    } else {
+        std::path::Path::new(file)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+    };
+    dir.unwrap_or(std::path::Path::new("."))
+        .join("headroom.token")
+}
+
+/// The API token: `--token-file`, else `HEADROOM_TOKEN`, else the one
+/// generated at the first start (32 random bytes from the kernel, kept
+/// with mode 0600). Whether it was generated just now.
+fn token(args: &ServeArgs) -> anyhow::Result<(String, Option<std::path::PathBuf>)> {
+    let given = match &args.token_file {
+        Some(path) => Some(read_token_file(path)?),
         None => std::env::var("HEADROOM_TOKEN")
             .ok()
             .map(|t| t.trim().to_string()),
     };
-    match token {
-        Some(t) if t.is_empty() => bail!("the API token is empty"),
-        t => Ok(t),
+    let (token, generated) = match given {
+        Some(t) => (t, None),
+        None => {
+            let path = generated_token_path(&args.db);
+            if path.exists() {
+                (read_token_file(&path)?, None)
+            } else {
+                (generate_token(&path)?, Some(path))
+            }
+        }
+    };
+    if token.len() < 16 {
+        bail!("the API token is shorter than 16 characters: use a long random one");
     }
+    Ok((token, generated))
+}
+
+fn generate_token(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("cannot read random bytes for the API token")?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create the token file {}", path.display()))?;
+    writeln!(f, "{token}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
 }
 
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn run(args: &ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let token = token(args)?;
-    if !args.listen.ip().is_loopback() && token.is_none() {
-        bail!(
-            "refusing to listen on {} without a token: anyone who can reach it could start and delete tasks; set --token-file or HEADROOM_TOKEN, or listen on 127.0.0.1",
-            args.listen
-        );
+    let (token, generated) = token(args)?;
+    let access = Arc::new(api::Access::new(token, &args.allow_host, &args.allow_path)?);
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
     }
     let memory = crate::memory::MemoryPlan::start(global.memory);
     let db = db::Db::open(&args.db).await?;
@@ -76,30 +122,42 @@ pub async fn run(args: &ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     if recovered > 0 {
         tracing::info!("{recovered} tasks were running when the service stopped: now {to}");
     }
-    let tasks = tasks::Tasks::new(db.clone(), memory.governor.clone(), args.max_running);
+    let tasks = tasks::Tasks::new(
+        db.clone(),
+        memory.governor.clone(),
+        args.max_running,
+        access.paths.clone(),
+    );
     let scheduler = tokio::spawn(tasks.clone().schedule());
     let state = Arc::new(api::AppState {
         db: db.clone(),
         tasks: tasks.clone(),
         gov: memory.governor.clone(),
         probe: memory.probe.clone(),
-        token,
+        access,
         metrics: api::install_metrics()?,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
+    if let Some(path) = &generated {
+        eprintln!(
+            "generated an API token, kept in {} (mode 0600); every request needs \
+             Authorization: Bearer {}; the dashboard: http://{addr}/#token={}",
+            path.display(),
+            state.access.token(),
+            state.access.token()
+        );
+    }
     // Tests and scripts read this line to find an ephemeral port.
     println!("listening on http://{addr}");
     tracing::info!("serving on http://{addr} with tasks in {}", db.display);
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async {
-            crate::jobs::signalled().await;
-            tracing::info!("stopping; running tasks resume at the next start");
-        })
-        .await
-        .context("the HTTP server failed")?;
+    api::serve(listener, api::router(state), args.max_connections, async {
+        crate::jobs::signalled().await;
+        tracing::info!("stopping; running tasks resume at the next start");
+    })
+    .await;
     // Tasks stop cleanly (no partial files, no unaborted uploads) and are
     // resumed from their checkpoints at the next start.
     tasks.shutdown(SHUTDOWN_GRACE).await;

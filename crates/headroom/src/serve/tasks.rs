@@ -90,8 +90,39 @@ fn absent(field: &str, value: &Option<String>, kind: &str) -> Result<(), String>
     }
 }
 
-/// Checks a spec; the error names the bad field.
-pub fn validate(spec: TaskSpec) -> Result<Validated, String> {
+/// Refuses a local `loc` outside every root (none: no local paths). The
+/// path is resolved first (symlinks, `..`; a destination that does not
+/// exist yet through its nearest existing ancestor), so a link or a `..`
+/// cannot lead out of a root.
+fn confined(field: &str, loc: &Location, roots: &[std::path::PathBuf]) -> Result<(), String> {
+    let Location::Local(path) = loc else {
+        return Ok(());
+    };
+    if roots.is_empty() {
+        return Err(format!(
+            "{field}: local paths are not allowed by this service (it was started without --allow-path); use an s3:// location"
+        ));
+    }
+    let resolved = crate::store::location::resolve(path)
+        .ok_or_else(|| format!("{field}: cannot resolve {}", path.display()))?;
+    if roots.iter().any(|r| resolved.starts_with(r)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: {} is outside the directories this service may use (--allow-path {})",
+            path.display(),
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
+
+/// Checks a spec against the local roots it may use; the error names the
+/// bad field.
+pub fn validate(spec: TaskSpec, roots: &[std::path::PathBuf]) -> Result<Validated, String> {
     let share = match &spec.memory {
         None => None,
         Some(m) => {
@@ -121,6 +152,8 @@ pub fn validate(spec: TaskSpec) -> Result<Validated, String> {
             let dst: Location = required("destination", &spec.destination, "copy")?
                 .parse()
                 .map_err(|e| format!("destination: {e}"))?;
+            confined("source", &src, roots)?;
+            confined("destination", &dst, roots)?;
             JobArgs::Copy(Box::new(CopyArgs {
                 src,
                 dst,
@@ -144,6 +177,7 @@ pub fn validate(spec: TaskSpec) -> Result<Validated, String> {
             let target: Location = required("target", &spec.target, "purge")?
                 .parse()
                 .map_err(|e| format!("target: {e}"))?;
+            confined("target", &target, roots)?;
             let older_than =
                 crate::cli::parse_age(required("older_than", &spec.older_than, "purge")?)
                     .map_err(|e| format!("older_than: {e}"))?;
@@ -203,10 +237,17 @@ pub struct Tasks {
     /// Set by [`Tasks::shutdown`]: nothing new starts, and stopped tasks
     /// stay `running` in the database so the next start resumes them.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Where local task paths may be (checked again when a task starts).
+    roots: Arc<Vec<std::path::PathBuf>>,
 }
 
 impl Tasks {
-    pub fn new(db: Db, gov: Governor, max_running: usize) -> Arc<Self> {
+    pub fn new(
+        db: Db,
+        gov: Governor,
+        max_running: usize,
+        roots: Arc<Vec<std::path::PathBuf>>,
+    ) -> Arc<Self> {
         let default_share = (gov.budget() / max_running.max(1) as u64).max(8 << 20);
         Arc::new(Tasks {
             db,
@@ -216,6 +257,7 @@ impl Tasks {
             max_running: max_running.max(1),
             default_share,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            roots,
         })
     }
 
@@ -308,7 +350,9 @@ impl Tasks {
     fn start(self: Arc<Self>, task: TaskRow) {
         let (cancel, cancelled) = watch::channel(false);
         let spec: Result<TaskSpec, _> = serde_json::from_value(task.spec.clone());
-        let validated = spec.map_err(|e| e.to_string()).and_then(validate);
+        let validated = spec
+            .map_err(|e| e.to_string())
+            .and_then(|spec| validate(spec, &self.roots));
         let share = validated
             .as_ref()
             .ok()

@@ -106,7 +106,7 @@ pub fn overlap(src: &Location, dst: &Location) -> Option<String> {
     match (src, dst) {
         (Location::Local(s), Location::Local(d)) => {
             let s = s.canonicalize().ok()?;
-            let d = resolve_nonexistent(d)?;
+            let d = resolve(d)?;
             let (ss, ds) = (s.to_str()?, d.to_str()?);
             let (ss, ds) = (ss.trim_end_matches('/'), ds.trim_end_matches('/'));
             if within(ds, ss) {
@@ -143,8 +143,9 @@ pub fn overlap(src: &Location, dst: &Location) -> Option<String> {
     }
 }
 
-/// `path` resolved through its nearest existing ancestor.
-fn resolve_nonexistent(path: &std::path::Path) -> Option<PathBuf> {
+/// `path` made absolute and resolved (symlinks, `..`) through its nearest
+/// existing ancestor; the part that does not exist yet is appended as is.
+pub fn resolve(path: &std::path::Path) -> Option<PathBuf> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {

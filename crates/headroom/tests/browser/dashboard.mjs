@@ -2,10 +2,13 @@
 // creates a copy task through the form, sees it succeed, creates a failing
 // one, cleans up failed tasks with the button, and saves a screenshot.
 //
-//   node dashboard.mjs BASE_URL SOURCE DESTINATION MISSING_SOURCE SCREENSHOT
+//   node dashboard.mjs PAGE_URL SOURCE DESTINATION MISSING_SOURCE SCREENSHOT
+//
+// PAGE_URL is the dashboard's address with the token in its fragment, as
+// the service prints it: http://HOST:PORT/#token=TOKEN.
 import { chromium } from "playwright-core";
 
-const [base, source, destination, missing, screenshot] = process.argv.slice(2);
+const [pageUrl, source, destination, missing, screenshot] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: [
@@ -18,7 +21,7 @@ try {
   page.setDefaultTimeout(60_000);
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
-  await page.goto(base + "/");
+  await page.goto(pageUrl);
   await page.waitForSelector("#create");
 
   async function createTask(src, dst) {

@@ -62,6 +62,11 @@ pub struct Service {
     env: Vec<(String, String)>,
     /// The service's standard error, for failure messages.
     pub log: PathBuf,
+    /// The API token the service was given (a file in its log directory),
+    /// unless the test passes its own `--token-file` or HEADROOM_TOKEN.
+    pub token: String,
+    /// Pass `--allow-path` with the temporary directory (the default).
+    allow_temp: bool,
     _logdir: tempfile::TempDir,
 }
 
@@ -82,6 +87,26 @@ impl Service {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
             log: logdir.path().join("serve.log"),
+            token: format!("test-token-{:016x}", fastrand::u64(..)),
+            allow_temp: !extra.contains(&"--allow-path"),
+            _logdir: logdir,
+        };
+        s.spawn();
+        s
+    }
+
+    /// A service started without `--allow-path`: S3 tasks only.
+    pub fn start_s3_only(backend: Backend) -> Self {
+        let logdir = tempfile::tempdir().expect("temp dir");
+        let mut s = Service {
+            child: None,
+            base: String::new(),
+            backend,
+            extra: Vec::new(),
+            env: Vec::new(),
+            log: logdir.path().join("serve.log"),
+            token: format!("test-token-{:016x}", fastrand::u64(..)),
+            allow_temp: false,
             _logdir: logdir,
         };
         s.spawn();
@@ -97,8 +122,18 @@ impl Service {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_headroom"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(self.backend.arg())
-            .args(&self.extra)
-            .env_remove("HEADROOM_MEMORY")
+            .args(&self.extra);
+        let own = |flag: &str| self.extra.iter().any(|a| a == flag);
+        if !own("--token-file") && !self.env.iter().any(|(k, _)| k == "HEADROOM_TOKEN") {
+            let file = self.log.with_file_name("token");
+            std::fs::write(&file, &self.token).unwrap();
+            cmd.arg("--token-file").arg(file);
+        }
+        // The tests' trees live under the temporary directory.
+        if self.allow_temp {
+            cmd.arg("--allow-path").arg(std::env::temp_dir());
+        }
+        cmd.env_remove("HEADROOM_MEMORY")
             .env_remove("HEADROOM_TOKEN")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -147,6 +182,14 @@ impl Service {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A client that sends this service's token.
+    pub fn api(&self) -> Api {
+        Api {
+            token: Some(self.token.clone()),
+            ..Api::default()
+        }
     }
 }
 
@@ -229,6 +272,28 @@ impl Api {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Sends `GET path` to `base` over a plain socket with exactly `headers`
+/// (an HTTP client would set Host itself); the response's status.
+pub fn raw_get(base: &str, path: &str, headers: &[(String, String)]) -> u16 {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).unwrap();
+    let text = String::from_utf8_lossy(&head);
+    text[9..12]
+        .parse()
+        .unwrap_or_else(|_| panic!("not an HTTP answer: {text}"))
 }
 
 /// Whether a task has ended.
