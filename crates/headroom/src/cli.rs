@@ -22,20 +22,29 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Memory budget for buffers, e.g. 512MiB, 2GiB, 300MB, 1.5G. Default:
-    /// derived from the container's memory limit (cgroup), else a quarter of
-    /// physical memory.
-    #[arg(
-        long,
-        global = true,
-        value_name = "SIZE",
-        env = "HEADROOM_MEMORY",
-        allow_hyphen_values = true
-    )]
+    /// HEADROOM_MEMORY, else derived from the container's memory limit
+    /// (cgroup), else a quarter of physical memory.
+    #[arg(long, global = true, value_name = "SIZE", allow_hyphen_values = true)]
     pub memory: Option<ByteSize>,
 
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl GlobalArgs {
+    /// Takes HEADROOM_MEMORY when `--memory` was not given. Read here, not
+    /// by clap, so that a bad value in the environment does not stop a
+    /// command whose `--memory` overrides it.
+    pub fn memory_from_env(&mut self) -> Result<(), String> {
+        if self.memory.is_none()
+            && let Ok(v) = std::env::var("HEADROOM_MEMORY")
+            && !v.trim().is_empty()
+        {
+            self.memory = Some(v.parse().map_err(|e| format!("HEADROOM_MEMORY: {e}"))?);
+        }
+        Ok(())
+    }
 }
 
 /// How logs and reports are printed.

@@ -28,7 +28,11 @@ fn exit_code(summary: &headroom::telemetry::Summary) -> anyhow::Result<ExitCode>
 
 fn main() -> ExitCode {
     headroom::memory::tune_allocator();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = cli.global.memory_from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     headroom::telemetry::init_logging(cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -91,6 +91,11 @@ pub struct Counters {
     /// Metadata calls made and the time they took, for estimates.
     pub metadata_calls: AtomicU64,
     pub metadata_nanos: AtomicU64,
+    /// Symlinks and special files (sockets, FIFOs, devices) the listing
+    /// passed over: never followed, never copied, but counted and said.
+    pub not_regular: AtomicU64,
+    /// Directories not entered: another filesystem or mount (purge).
+    pub skipped_mounts: AtomicU64,
     failures: Mutex<Vec<(String, String)>>,
 }
 
@@ -112,6 +117,8 @@ impl Default for Counters {
             newest: AtomicI64::new(i64::MIN),
             metadata_calls: AtomicU64::new(0),
             metadata_nanos: AtomicU64::new(0),
+            not_regular: AtomicU64::new(0),
+            skipped_mounts: AtomicU64::new(0),
             failures: Mutex::new(Vec::new()),
         }
     }
@@ -524,6 +531,10 @@ pub struct Summary {
     pub failures: Vec<(String, String)>,
     /// A signal stopped the job before it was done.
     pub interrupted: bool,
+    /// Symlinks and special files passed over.
+    pub not_regular: u64,
+    /// Directories not entered: another filesystem or mount (purge).
+    pub skipped_mounts: u64,
 }
 
 impl Summary {
@@ -565,6 +576,8 @@ impl Summary {
             budget: stats.budget,
             failures: c.failures(),
             interrupted: false,
+            not_regular: c.not_regular.load(Ordering::Relaxed),
+            skipped_mounts: c.skipped_mounts.load(Ordering::Relaxed),
         }
     }
 
@@ -582,6 +595,7 @@ impl Summary {
                     "skipped": self.skipped,
                     "failed": self.failed,
                     "bytes": self.bytes,
+                    "not_regular": self.not_regular,
                     "elapsed_s": self.elapsed.as_secs_f64(),
                     "peak_rss_mb": self.peak_rss.map(mb),
                     "peak_reserved_mb": mb(self.peak_reserved),
@@ -603,6 +617,13 @@ impl Summary {
                     self.elapsed,
                     ByteSize(rate as u64)
                 )?;
+                if self.not_regular > 0 {
+                    writeln!(
+                        out,
+                        "passed over {} symlinks and special files (never followed or copied)",
+                        self.not_regular
+                    )?;
+                }
                 self.write_memory_and_failures(out, "failed objects:")
             }
         }
@@ -667,6 +688,7 @@ impl Summary {
                     "failed": self.failed,
                     "vanished": self.vanished,
                     "dirs_removed": self.dirs_removed,
+                    "mounts_not_entered": self.skipped_mounts,
                     "oldest_matched": self.oldest.map(rfc3339),
                     "newest_matched": self.newest.map(rfc3339),
                     "estimated_s": self.estimate.map(|d| d.as_secs_f64()),
@@ -707,6 +729,13 @@ impl Summary {
                 }
                 if self.dirs_removed > 0 {
                     writeln!(out, "removed {} empty directories", self.dirs_removed)?;
+                }
+                if self.skipped_mounts > 0 {
+                    writeln!(
+                        out,
+                        "did not enter {} directories on other filesystems or mounts (--cross-filesystems enters them)",
+                        self.skipped_mounts
+                    )?;
                 }
                 if let Some(e) = self.estimate {
                     writeln!(out, "a real run would take about {:.1?}", e)?;

@@ -193,6 +193,23 @@ fn api_suite(backend: Backend) {
     assert_eq!(purged["bytes_freed"], 5000, "{purged}");
     assert_eq!(purged["files_kept"], 3, "{purged}");
     assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 3);
+    // A dry run says what it would delete, never that it deleted.
+    for i in 0..2 {
+        let f = logs.join(format!("app{i}.old"));
+        std::fs::write(&f, vec![b'l'; 10]).unwrap();
+        filetime::set_file_mtime(&f, old_time).unwrap();
+    }
+    let dry = create(
+        &api,
+        &svc,
+        json!({"kind": "purge", "target": logs, "older_than": "30d", "dry_run": true}),
+    );
+    let dry = api.wait_task(&svc, &id(&dry), LONG, ended);
+    assert_eq!(dry["status"], "succeeded", "{dry}");
+    assert_eq!(dry["files_to_delete"], 2, "{dry}");
+    assert_eq!(dry["bytes_to_free"], 20, "{dry}");
+    assert!(dry.get("files_deleted").is_none(), "{dry}");
+    assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 5);
 
     // Listing: filter and pagination, newest first.
     for _ in 0..3 {

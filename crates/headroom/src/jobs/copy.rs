@@ -387,6 +387,15 @@ pub async fn execute(args: &CopyArgs, env: CopyEnv) -> anyhow::Result<Summary> {
         };
         let entry = match listed {
             Ok(e) => e,
+            Err(e) if e.passed_over => {
+                counters.not_regular.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "passing over {}: {}",
+                    crate::telemetry::escape(&e.path),
+                    e.message
+                );
+                continue;
+            }
             Err(e) => {
                 counters.fail(e.path, format!("cannot list: {}", e.message));
                 continue;

@@ -216,7 +216,14 @@ pub async fn execute(args: &PurgeArgs, env: PurgeEnv) -> anyhow::Result<Summary>
     // Checked before anything starts: a bad target costs nothing.
     let target = match &args.target {
         Location::Local(path) => Target::Local(check_local_target(path, args.force)?),
-        Location::S3 { bucket, prefix, .. } => Target::S3 { bucket, prefix },
+        Location::S3 { bucket, prefix, .. } => {
+            if prefix.is_empty() && !args.force {
+                bail!(
+                    "refusing to purge the whole bucket s3://{bucket} without --force: name a prefix (s3://{bucket}/PREFIX)"
+                );
+            }
+            Target::S3 { bucket, prefix }
+        }
     };
 
     let started = Instant::now();
@@ -301,19 +308,102 @@ fn check_local_target(path: &Path, force: bool) -> anyhow::Result<PathBuf> {
     let canonical = path
         .canonicalize()
         .with_context(|| format!("cannot resolve target {}", path.display()))?;
-    if !force {
-        if canonical == Path::new("/") {
-            bail!("refusing to purge / (the whole filesystem) without --force");
-        }
-        let home = std::env::var_os("HOME").and_then(|h| PathBuf::from(h).canonicalize().ok());
-        if home.as_deref() == Some(canonical.as_path()) {
-            bail!(
-                "refusing to purge the home directory {} without --force",
-                canonical.display()
-            );
-        }
+    if !force && let Some(why) = protected(&canonical) {
+        bail!(
+            "refusing to purge {} without --force: {why}",
+            canonical.display()
+        );
     }
     Ok(canonical)
+}
+
+/// Trees whose old files are not cache: the system's own, and where users
+/// live. Purging below them (`/var/log/app`) is fine; the trees
+/// themselves need --force.
+const SYSTEM_TREES: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/snap",
+    "/srv",
+    "/sys",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/sbin",
+    "/usr/share",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/spool",
+    "/var/mail",
+];
+
+/// Why `dir` (canonical) must not be purged without --force, if it must
+/// not: a system tree, or any user's home directory (from the password
+/// database, so it holds under sudo, cron and systemd, whatever `$HOME`
+/// says), or one that holds home directories.
+fn protected(dir: &Path) -> Option<String> {
+    if SYSTEM_TREES.iter().any(|t| Path::new(t) == dir) {
+        return Some(if dir == Path::new("/") {
+            "it is the whole filesystem".to_string()
+        } else {
+            "it is a system directory".to_string()
+        });
+    }
+    let homes = home_directories();
+    if let Some((user, _)) = homes.iter().find(|(_, h)| h == dir) {
+        return Some(format!("it is the home directory of {user}"));
+    }
+    if let Some((user, h)) = homes
+        .iter()
+        .find(|(_, h)| h.starts_with(dir) && h.as_path() != Path::new("/"))
+    {
+        return Some(format!(
+            "it holds the home directory of {user} ({})",
+            h.display()
+        ));
+    }
+    None
+}
+
+/// Users' home directories: every entry of /etc/passwd with a real home,
+/// and `$HOME` (resolved) for users the file does not list.
+fn home_directories() -> Vec<(String, PathBuf)> {
+    let mut homes = Vec::new();
+    if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
+        for line in passwd.lines() {
+            let fields: Vec<&str> = line.split(':').collect();
+            if let (Some(user), Some(home)) = (fields.first(), fields.get(5))
+                && home.starts_with('/')
+                && *home != "/"
+                && let Ok(h) = Path::new(home).canonicalize()
+            {
+                homes.push((user.to_string(), h));
+            }
+        }
+    }
+    if let Some(h) = std::env::var_os("HOME").and_then(|h| PathBuf::from(h).canonicalize().ok())
+        && h != Path::new("/")
+    {
+        homes.push(("the current user ($HOME)".to_string(), h));
+    }
+    homes
 }
 
 /// What every walker and worker shares.
@@ -325,8 +415,9 @@ struct Ctx {
     cross_filesystems: bool,
     /// `--simulate-latency`: a sleep before each metadata call.
     latency: Option<Duration>,
-    /// The target's device, set when it is opened.
-    root_dev: std::sync::OnceLock<u64>,
+    /// The target's device and mount (`None` where statx cannot tell),
+    /// set when it is opened.
+    root_dev: std::sync::OnceLock<(u64, Option<u64>)>,
     counters: Arc<Counters>,
     stop: watch::Receiver<bool>,
 }
@@ -362,6 +453,10 @@ struct DirNode {
     rel: String,
     parent: Option<(Arc<DirNode>, CString)>,
     ctx: Arc<Ctx>,
+    /// This purge deleted something in it (a file, or a directory it
+    /// emptied): only then may it be removed when empty. A directory that
+    /// was empty before, or whose files were all kept or excluded, stays.
+    emptied: std::sync::atomic::AtomicBool,
 }
 
 impl DirNode {
@@ -380,11 +475,12 @@ impl Drop for DirNode {
         let Some((parent, name)) = &self.parent else {
             return; // the target itself stays
         };
-        if !self.ctx.remove_empty_dirs {
+        if !self.ctx.remove_empty_dirs || !self.emptied.load(Ordering::Acquire) {
             return;
         }
         match rustix::fs::unlinkat(&parent.fd, name.as_c_str(), AtFlags::REMOVEDIR) {
             Ok(()) => {
+                parent.emptied.store(true, Ordering::Release);
                 self.ctx
                     .counters
                     .dirs_removed
@@ -542,9 +638,21 @@ fn open_dir(ctx: &Arc<Ctx>, job: DirJob) -> Option<(Arc<DirNode>, Dir)> {
                 return None;
             }
         };
-        let root = *ctx.root_dev.get_or_init(|| dev);
-        if dev != root {
-            tracing::info!("not entering {}: another filesystem", shown());
+        // A bind mount of the same filesystem has the same device: the
+        // mount id tells them apart.
+        let mount = rustix::fs::statx(
+            &fd,
+            c"",
+            AtFlags::EMPTY_PATH,
+            rustix::fs::StatxFlags::MNT_ID,
+        )
+        .ok()
+        .filter(|st| st.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0)
+        .map(|st| st.stx_mnt_id);
+        let root = *ctx.root_dev.get_or_init(|| (dev, mount));
+        if dev != root.0 || (mount.is_some() && root.1.is_some() && mount != root.1) {
+            tracing::info!("not entering {}: another filesystem or mount", shown());
+            ctx.counters.skipped_mounts.fetch_add(1, Ordering::Relaxed);
             return None;
         }
     }
@@ -561,6 +669,7 @@ fn open_dir(ctx: &Arc<Ctx>, job: DirJob) -> Option<(Arc<DirNode>, Dir)> {
         rel: job.rel,
         parent,
         ctx: ctx.clone(),
+        emptied: std::sync::atomic::AtomicBool::new(false),
     });
     Some((node, dir))
 }
@@ -698,6 +807,7 @@ fn purge_file(ctx: &Ctx, dir: &DirNode, name: &CStr) {
             }
             Err(e) => return ctx.fail(dir.path_of(name), e),
         }
+        dir.emptied.store(true, Ordering::Release);
     }
     c.copied.fetch_add(1, Ordering::Relaxed);
     c.bytes.fetch_add(st.st_size as u64, Ordering::Relaxed);

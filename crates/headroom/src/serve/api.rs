@@ -281,10 +281,17 @@ fn view(state: &AppState, row: TaskRow) -> serde_json::Value {
     let live = state.tasks.live(&row.id);
     let mut v = serde_json::to_value(&row).unwrap_or_default();
     if row.kind == "purge" {
-        // The same counters under a purge's words.
+        // The same counters under a purge's words; a dry run deleted
+        // nothing, and says what it would have.
+        let dry = row.spec["dry_run"].as_bool().unwrap_or(false);
+        let (files, bytes) = if dry {
+            ("files_to_delete", "bytes_to_free")
+        } else {
+            ("files_deleted", "bytes_freed")
+        };
         v["files_scanned"] = json!(row.objects_listed);
-        v["files_deleted"] = json!(row.objects_copied);
-        v["bytes_freed"] = json!(row.bytes_copied);
+        v[files] = json!(row.objects_copied);
+        v[bytes] = json!(row.bytes_copied);
         v["files_kept"] = json!(row.objects_skipped);
     }
     v["live"] = serde_json::to_value(live).unwrap_or_default();

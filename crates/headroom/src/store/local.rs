@@ -210,21 +210,29 @@ fn walk(root: &Path, rt: &tokio::runtime::Handle, tx: &channel::Sender<Listed>) 
                     Err(err) => Err(ListError {
                         path: e.path().display().to_string(),
                         message: err.to_string(),
+                        passed_over: false,
                     }),
                 },
                 Err(message) => Err(ListError {
                     path: e.path().display().to_string(),
                     message,
+                    passed_over: false,
                 }),
             },
-            // Directories are implied by keys; symlinks are not followed
-            // (a link to a directory would copy a tree twice or loop).
-            Ok(e) => {
-                if e.path_is_symlink() {
-                    tracing::debug!(path = %e.path().display(), "skipping symlink");
-                }
-                continue;
-            }
+            // Directories are implied by keys.
+            Ok(e) if e.file_type().is_dir() => continue,
+            // Symlinks are not followed (a link to a directory would copy
+            // a tree twice or loop) and special files hold no data to
+            // copy: both are counted and named, not silently dropped.
+            Ok(e) => Err(ListError {
+                path: e.path().display().to_string(),
+                message: if e.path_is_symlink() {
+                    "a symlink (not followed)".to_string()
+                } else {
+                    "a special file (socket, FIFO or device)".to_string()
+                },
+                passed_over: true,
+            }),
             Err(err) => Err(ListError {
                 path: err
                     .path()
@@ -232,6 +240,7 @@ fn walk(root: &Path, rt: &tokio::runtime::Handle, tx: &channel::Sender<Listed>) 
                 message: err
                     .io_error()
                     .map_or_else(|| err.to_string(), |io| io.to_string()),
+                passed_over: false,
             }),
         };
         let bytes = match &listed {

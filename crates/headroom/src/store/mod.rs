@@ -62,13 +62,17 @@ pub fn is_md5_hex(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Something a listing could not read; the listing goes on.
+/// Something a listing could not read, or passed over; the listing goes
+/// on.
 #[derive(Debug)]
 pub struct ListError {
     /// Where (a path or key).
     pub path: String,
-    /// What went wrong.
+    /// What went wrong, or what it is.
     pub message: String,
+    /// Not a failure: a symlink or special file, which is never followed
+    /// or copied, only counted and reported.
+    pub passed_over: bool,
 }
 
 /// A listing streams entries and per-entry errors.

@@ -280,6 +280,7 @@ impl S3Store {
                         let listed = Err(ListError {
                             path: format!("s3://{}/{}", self.bucket, self.prefix),
                             message: format!("listing stopped early: {}", e.message),
+                            passed_over: false,
                         });
                         let _ = tx.send(listed, 256).await;
                         return Ok(());
