@@ -225,9 +225,17 @@ pub struct IngestArgs {
     #[arg(long, value_name = "SOURCE")]
     pub from: crate::jobs::ingest::Source,
 
-    /// redis://[USER:PASSWORD@]HOST[:PORT][/DB]/STREAM.
+    /// redis://[USER@]HOST[:PORT][/DB]/STREAM. The password is best given
+    /// by HEADROOM_REDIS_PASSWORD or --redis-password-file, not in the URL
+    /// (command lines are visible to every local user).
+    /// (Parsed by the job, not here: a parse error must not repeat the
+    /// password the URL may hold.)
     #[arg(long, value_name = "URL")]
-    pub to: crate::jobs::ingest::Target,
+    pub to: String,
+
+    /// A file holding the Redis password (default: HEADROOM_REDIS_PASSWORD).
+    #[arg(long, value_name = "PATH")]
+    pub redis_password_file: Option<std::path::PathBuf>,
 
     /// Events per XADD batch (one MULTI/EXEC round trip).
     #[arg(long, default_value_t = 500, value_name = "N")]

@@ -43,7 +43,8 @@ impl RedisServer {
         Self::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
     }
 
-    fn start_with(extra: &[&str]) -> Self {
+    /// A server started with extra `redis-server` flags.
+    pub fn start_with(extra: &[&str]) -> Self {
         let mut s = RedisServer {
             child: None,
             port: free_port(),
@@ -69,7 +70,8 @@ impl RedisServer {
         loop {
             if let Ok(mut c) = self.try_connection() {
                 let pong: redis::RedisResult<String> = redis::cmd("PING").query(&mut c);
-                if pong.is_ok() {
+                // A server with --requirepass answers, asking for AUTH.
+                if pong.is_ok() || pong.is_err_and(|e| e.code() == Some("NOAUTH")) {
                     return;
                 }
             }

@@ -357,6 +357,30 @@ fn plan(args: &IngestArgs, budget: u64) -> anyhow::Result<(u64, u64)> {
     Ok((writer, reader))
 }
 
+/// The target with its password from --redis-password-file or
+/// HEADROOM_REDIS_PASSWORD, where one is given.
+fn target_with_password(args: &IngestArgs) -> anyhow::Result<Target> {
+    let password = match &args.redis_password_file {
+        Some(path) => {
+            use std::io::Read;
+            let mut pw = String::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(4096).read_to_string(&mut pw))
+                .with_context(|| format!("cannot read --redis-password-file {}", path.display()))?;
+            Some(pw.trim_end_matches(['\r', '\n']).to_string())
+        }
+        None => std::env::var("HEADROOM_REDIS_PASSWORD").ok(),
+    };
+    let target: Target = args
+        .to
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--to: {e}"))?;
+    match password.filter(|p| !p.is_empty()) {
+        Some(pw) => target.with_password(&pw).map_err(anyhow::Error::msg),
+        None => Ok(target),
+    }
+}
+
 /// Runs `headroom ingest` until the source ends, a signal stops it, or
 /// something fails; the summary says which.
 pub async fn run(args: &IngestArgs, global: &GlobalArgs) -> anyhow::Result<IngestSummary> {
@@ -365,7 +389,7 @@ pub async fn run(args: &IngestArgs, global: &GlobalArgs) -> anyhow::Result<Inges
     let (writer_bytes, reader_bytes) = plan(args, gov.budget())?;
     let counters = Arc::new(IngestCounters::new());
     let mut writer = redis_stream::StreamWriter::connect(
-        args.to.clone(),
+        target_with_password(args)?,
         redis_stream::WriterOptions {
             field: args.field.clone(),
             maxlen: args.maxlen,

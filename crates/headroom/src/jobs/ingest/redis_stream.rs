@@ -71,10 +71,13 @@ impl fmt::Display for Target {
 impl FromStr for Target {
     type Err = String;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let usage = "use redis://HOST[:PORT][/DB]/STREAM";
+        // Messages quote the URL without its password.
+        let shown = redact(raw);
+        let s = shown.as_str();
         let url =
-            url::Url::parse(s).map_err(|e| format!("invalid Redis URL {s:?}: {e} ({usage})"))?;
+            url::Url::parse(raw).map_err(|e| format!("invalid Redis URL {s:?}: {e} ({usage})"))?;
         match url.scheme() {
             "redis" => {}
             "rediss" => {
@@ -118,6 +121,39 @@ impl FromStr for Target {
             db,
             stream,
         })
+    }
+}
+
+/// `url` with the password of its user information (or the whole of it,
+/// when it has no `:`) replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
+        return url.to_string();
+    };
+    let userinfo = &url[start..at];
+    let kept = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_string(),
+    };
+    format!("{}{kept}{}", &url[..start], &url[at..])
+}
+
+impl Target {
+    /// Uses `password` for Redis AUTH (from HEADROOM_REDIS_PASSWORD or
+    /// --redis-password-file), unless the URL already has one.
+    pub fn with_password(mut self, password: &str) -> Result<Self, String> {
+        if self.connection.password().is_none() {
+            self.connection
+                .set_password(Some(password))
+                .map_err(|()| format!("{self}: cannot carry a password"))?;
+        }
+        Ok(self)
     }
 }
 
@@ -166,10 +202,16 @@ impl StreamId {
     pub fn next(self, now_ms: u64) -> StreamId {
         if now_ms > self.ms {
             StreamId { ms: now_ms, seq: 0 }
-        } else {
+        } else if self.seq < u64::MAX {
             StreamId {
                 ms: self.ms,
                 seq: self.seq + 1,
+            }
+        } else {
+            // At the very top Redis refuses whatever comes (and says so).
+            StreamId {
+                ms: self.ms.saturating_add(1),
+                seq: if self.ms == u64::MAX { u64::MAX } else { 0 },
             }
         }
     }
@@ -190,6 +232,13 @@ enum Failure {
     Unknown,
     /// Retrying cannot help (wrong key type, bad configuration).
     Fatal,
+}
+
+/// Whether a refused XADD only lost a race with another writer's higher
+/// IDs (`ERR The ID specified in XADD is equal or smaller than the target
+/// stream top item`), which sending after them fixes.
+fn is_id_conflict(e: &redis::ServerError) -> bool {
+    e.details().is_some_and(|d| d.contains("equal or smaller"))
 }
 
 fn classify(e: &RedisError) -> Failure {
@@ -465,6 +514,12 @@ impl StreamWriter {
                         Some(e) if e.code() == "WRONGTYPE" => {
                             bail!("appending to {} failed: {e:?}", self.target);
                         }
+                        // Anything but another writer's higher IDs (a
+                        // stream at the largest ID, say) cannot be helped
+                        // by sending again.
+                        Some(e) if !is_id_conflict(&e) => {
+                            bail!("Redis refused to append to {}: {e:?}", self.target);
+                        }
                         Some(e) => {
                             // The refused ones are the first of `rest`;
                             // the rest landed. Resend the refused ones after
@@ -480,7 +535,14 @@ impl StreamWriter {
                                 "stream {} has entries from another client above headroom's IDs; {refused} events go after them ({e:?})",
                                 self.target,
                             );
-                            self.counters.redis_retries.fetch_add(1, Ordering::Relaxed);
+                            if added == 0 {
+                                // No progress: pause, and count it against
+                                // --redis-retry-for, like any refusal.
+                                self.failed(&format!("{e:?}"), &mut failing_since, &mut pause)
+                                    .await?;
+                            } else {
+                                self.counters.redis_retries.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
@@ -553,7 +615,7 @@ impl StreamWriter {
         let maxlen = self.maxlen.map(|n| n.to_string());
         for (i, event) in events.iter().enumerate() {
             // "<ms>-<seq>" without a String per event.
-            let sq = seq.format(first.seq + i as u64).as_bytes();
+            let sq = seq.format(first.seq.saturating_add(i as u64)).as_bytes();
             let id_len = ms.len() + 1 + sq.len();
             id[ms.len() + 1..id_len].copy_from_slice(sq);
             let mut cmd = redis::Cmd::with_capacity(
@@ -576,7 +638,7 @@ impl StreamWriter {
 fn nth_id(first: StreamId, n: usize) -> StreamId {
     StreamId {
         ms: first.ms,
-        seq: first.seq + n as u64,
+        seq: first.seq.saturating_add(n as u64),
     }
 }
 

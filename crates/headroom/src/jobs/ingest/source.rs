@@ -331,7 +331,10 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
                     );
                 }
                 tracing::warn!("reconnecting to {url} failed: {e}; next try in {pause:?}");
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    _ = crate::jobs::until_set(&mut stop) => return Ok(()),
+                    _ = tokio::time::sleep(pause) => {}
+                }
                 pause = (pause * 2).min(Duration::from_secs(5));
                 continue;
             }
@@ -392,7 +395,23 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
                 return Ok(());
             }
         };
-        tracing::warn!("{base}: {why}; reconnecting");
+        // A connection that ended before delivering an event counts as
+        // down time from the first one that did: a server that accepts and
+        // drops is given up on after --reconnect-for, and every reconnect
+        // waits its backoff (never a tight loop of connections).
+        let since = *down_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > cx.reconnect_for {
+            bail!(
+                "{base} has delivered no event for {}: {why}",
+                humantime::format_duration(cx.reconnect_for)
+            );
+        }
+        tracing::warn!("{base}: {why}; reconnecting in {pause:?}");
+        tokio::select! {
+            _ = crate::jobs::until_set(&mut stop) => return Ok(()),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
