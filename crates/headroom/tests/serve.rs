@@ -221,7 +221,7 @@ fn api_suite(backend: Backend) {
         api.wait_task(&svc, &id(&t), LONG, ended);
     }
     let (_, all) = api.get(&svc.url("/api/tasks"));
-    assert_eq!(all["total"], 7, "{all}");
+    assert_eq!(all["total"], 8, "{all}");
     let (_, first) = api.get(&svc.url("/api/tasks?limit=2"));
     let (_, rest) = api.get(&svc.url("/api/tasks?limit=2&offset=2"));
     let ids =
@@ -231,7 +231,7 @@ fn api_suite(backend: Backend) {
     assert!(ids(&first).iter().all(|i| !ids(&rest).contains(i)));
     assert_eq!(ids(&all)[..2], ids(&first)[..], "newest first");
     let (_, succeeded) = api.get(&svc.url("/api/tasks?status=succeeded"));
-    assert_eq!(succeeded["total"], 6, "{succeeded}");
+    assert_eq!(succeeded["total"], 7, "{succeeded}");
 
     // Delete one.
     let url = svc.url(&format!("/api/tasks/{}", id(&task)));
@@ -290,7 +290,7 @@ fn api_suite(backend: Backend) {
     assert_eq!(status, 200);
     let text = metrics.as_str().unwrap();
     for line in [
-        "headroom_tasks{status=\"succeeded\"} 5",
+        "headroom_tasks{status=\"succeeded\"} 6",
         "headroom_tasks{status=\"cancelled\"} 1",
         "headroom_memory_budget_bytes ",
         "headroom_memory_reserved_bytes ",
@@ -678,7 +678,12 @@ fn history_survives_restarts_on_postgres() {
 #[test]
 fn with_no_resume_a_killed_task_waits_as_interrupted_until_resumed() {
     let work = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(Faults::default());
+    // Slow enough that the task is still running when it is killed.
+    let s3 = S3Server::start(Faults {
+        every: 2,
+        kinds: vec![common::Fault::Stall(Duration::from_millis(200))],
+        ..Faults::default()
+    });
     let bucket = s3.bucket("later-bucket");
     let src = work.path().join("src");
     let files = write_files(&src, 24, 3 << 20);

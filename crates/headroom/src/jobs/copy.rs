@@ -620,6 +620,12 @@ impl TaskContext {
                 self.counters.copied.fetch_add(1, Ordering::Relaxed);
                 true
             }
+            // Stopped by a cancel or a signal, and cleaned up: not a
+            // failure of the object (the job reports the interruption).
+            Err(e) if *self.cancel.borrow() => {
+                tracing::info!("{what}: {}", e.message);
+                false
+            }
             Err(e) => {
                 self.counters.fail(what, e.to_string());
                 false
