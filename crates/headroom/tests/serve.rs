@@ -879,3 +879,164 @@ fn a_resumed_copy_from_s3_lists_only_after_its_checkpoint() {
         assert!(std::fs::read(dst.join(name)).unwrap() == *data, "{name}");
     }
 }
+
+/// Runs SQL on the test PostgreSQL server's maintenance database.
+fn psql(sql: &str) {
+    let base = std::env::var("HEADROOM_TEST_POSTGRES").expect("HEADROOM_TEST_POSTGRES");
+    let out = std::process::Command::new("psql")
+        .arg(&base)
+        .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_read_only_database_is_not_ready_and_an_answered_cancel_survives_a_crash() {
+    let work = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(Faults {
+        every: 2,
+        kinds: vec![common::Fault::Stall(Duration::from_millis(300))],
+        ..Faults::default()
+    });
+    s3.bucket("ro-bucket");
+    let src = work.path().join("src");
+    write_files(&src, 40, 1 << 20);
+    let backend = Backend::postgres();
+    let Backend::Postgres(url) = &backend else {
+        unreachable!()
+    };
+    let dbname = url.rsplit('/').next().unwrap().to_string();
+    let mut svc = Service::start_with(backend.clone(), &[], &s3.env());
+    let api = svc.api();
+    assert_eq!(api.get(&svc.url("/readyz")).0, 200);
+    let task = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": src, "destination": "s3://ro-bucket/d", "concurrency": 1}),
+    );
+    api.wait_task(&svc, &id(&task), LONG, |t| t["status"] == "running");
+
+    // New sessions are read-only; the service's are cut, so it reconnects.
+    let read_only = |on: bool| {
+        psql(&format!(
+            "ALTER DATABASE {dbname} SET default_transaction_read_only = {}",
+            if on { "on" } else { "off" }
+        ));
+        psql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"
+        ));
+    };
+    read_only(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while api.get(&svc.url("/readyz")).0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz stayed ready on a read-only database"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cancel = svc.url(&format!("/api/tasks/{}/cancel", id(&task)));
+    let (status, body) = api.post(&cancel, json!({}));
+    assert_eq!(
+        status, 503,
+        "a cancel that cannot be recorded is refused: {body}"
+    );
+
+    read_only(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while api.get(&svc.url("/readyz")).0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz did not recover"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = api.post(&cancel, json!({}));
+    assert_eq!(status, 200, "{body}");
+    // Killed before the task's end could be written: the answered cancel
+    // still holds at the next start.
+    svc.kill();
+    svc.restart();
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, t) = api.get(&svc.url(&format!("/api/tasks/{}", id(&task))));
+    assert_eq!(t["status"], "cancelled", "{t}");
+    assert_eq!(t["attempts"], 1, "not run again: {t}");
+}
+
+#[test]
+fn a_share_too_small_fails_at_once_and_deleting_a_running_task_releases_its_share() {
+    let work = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(Faults {
+        every: 2,
+        kinds: vec![common::Fault::Stall(Duration::from_millis(300))],
+        ..Faults::default()
+    });
+    s3.bucket("share-bucket");
+    let src = work.path().join("src");
+    write_files(&src, 30, 1 << 20);
+    let svc = Service::start_with(
+        Backend::sqlite(work.path()),
+        &["--memory", "64MiB"],
+        &s3.env(),
+    );
+    let api = svc.api();
+    // 1 MiB cannot carry a 5 MiB part to S3: it used to wait forever on
+    // its own listing queue.
+    let tiny = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": src, "destination": "s3://share-bucket/t", "memory": "1MiB"}),
+    );
+    let t = api.wait_task(&svc, &id(&tiny), Duration::from_secs(30), ended);
+    assert_eq!(t["status"], "failed", "{t}");
+    let error = t["error"].as_str().unwrap();
+    assert!(
+        error.contains("too small") && error.contains("memory share"),
+        "{t}"
+    );
+
+    let slow = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": src, "destination": "s3://share-bucket/s",
+               "memory": "16MiB", "concurrency": 1}),
+    );
+    api.wait_task(&svc, &id(&slow), LONG, |t| t["status"] == "running");
+    let reserved = || {
+        let (_, m) = api.get(&svc.url("/metrics"));
+        m.as_str()
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("headroom_memory_reserved_bytes "))
+            .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+            .unwrap()
+    };
+    assert!(reserved() >= 16 << 20, "the share is held while it runs");
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &svc.url(&format!("/api/tasks/{}", id(&slow))),
+            None
+        )
+        .0,
+        204
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while reserved() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the share was not released:\n{}",
+            svc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        api.get(&svc.url(&format!("/api/tasks/{}", id(&slow)))).0,
+        404
+    );
+}

@@ -377,6 +377,7 @@ async fn cancel_task(
         "queued" | "interrupted" => {
             if !state.db.transition(&id, &row.status, "cancelled").await? {
                 // Claimed by the scheduler in between: cancel the run.
+                state.db.request_cancel(&id).await?;
                 for _ in 0..50 {
                     if state.tasks.cancel(&id) {
                         break;
@@ -386,7 +387,11 @@ async fn cancel_task(
             }
         }
         "running" => {
-            state.tasks.cancel(&id);
+            // Recorded first (a 503 if the database refuses the write):
+            // a cancel that was answered 200 holds across a crash.
+            if state.db.request_cancel(&id).await? || state.tasks.running_here(&id) {
+                state.tasks.cancel(&id);
+            }
         }
         other => {
             return Err(ApiError(
@@ -424,10 +429,11 @@ async fn delete_task(
     State(state): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    // A running task is stopped first; its last progress write then
-    // finds no row and changes nothing.
+    // Deleted first (a 503 if the database refuses), then a running task
+    // is stopped; its last progress write finds no row and changes nothing.
+    let deleted = state.db.delete(&id).await?;
     state.tasks.cancel(&id);
-    if state.db.delete(&id).await? {
+    if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found(&id))
@@ -462,7 +468,7 @@ async fn readyz(State(state): State<Shared>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the task database does not answer\n",
+            "the task database does not answer or does not take writes\n",
         )
             .into_response()
     }

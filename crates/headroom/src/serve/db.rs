@@ -145,9 +145,28 @@ impl Db {
         Ok(Db { pool, display })
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers and takes writes (a read-only
+    /// database, a full disk or a lost primary is not ready).
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        sqlx::query("UPDATE readiness SET checked_at = $1 WHERE id = 1")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .is_ok_and(|r| r.rows_affected() == 1)
+    }
+
+    /// Records that a running task is to be cancelled; whether it was
+    /// running. Done before the run is stopped, so the cancel holds even
+    /// if the service dies before the task's end is written.
+    pub async fn request_cancel(&self, id: &str) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE tasks SET cancel_requested = 1, updated_at = $1 WHERE id = $2 AND status = 'running'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     pub async fn insert(&self, id: &str, kind: &str, spec: &str) -> sqlx::Result<TaskRow> {
@@ -246,8 +265,18 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Marks every `running` task (the service died under them) as `to`.
+    /// Marks every `running` task (the service died under them) as `to`,
+    /// but those whose cancel was recorded as `cancelled`.
     pub async fn recover_running(&self, to: &str) -> sqlx::Result<u64> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE tasks SET status = 'cancelled', updated_at = $1, finished_at = COALESCE(finished_at, $2) \
+             WHERE status = 'running' AND cancel_requested = 1",
+        )
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         let r =
             sqlx::query("UPDATE tasks SET status = $1, updated_at = $2 WHERE status = 'running'")
                 .bind(to)

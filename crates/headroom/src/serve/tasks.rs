@@ -288,6 +288,11 @@ impl Tasks {
         })
     }
 
+    /// Whether task `id` runs in this process.
+    pub fn running_here(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
     /// How many tasks run now.
     pub fn running_count(&self) -> usize {
         self.lock().len()
