@@ -5,7 +5,12 @@
 //! ```text
 //! s3_test_server --root DIR [--every N --kinds 500,503,reset,stall:MS]
 //!                [--uploads-always-fail] [--lose-completions N]
+//!                [--folder-marker KEY]...
 //! ```
+//!
+//! `--folder-marker p/dir/` lists a zero-byte object `p/dir/` (what S3
+//! consoles create for an empty folder) in every ListObjectsV2 answer whose
+//! prefix it falls under; s3s-fs itself cannot hold such a key.
 //!
 //! `If-Match` on a GET is checked as S3 does (412 when the object's ETag
 //! differs; s3s-fs itself ignores it). A file at `DIR/.next/BUCKET/KEY`
@@ -51,6 +56,8 @@ struct Faults {
     /// Carry out this many CompleteMultipartUpload requests, then drop the
     /// connection instead of answering.
     lose_completions: u64,
+    /// Keys ending in `/` added to listings.
+    folder_markers: Vec<String>,
 }
 
 struct State {
@@ -92,6 +99,7 @@ fn parse_args() -> Result<(PathBuf, Faults), String> {
                 }
             }
             "--uploads-always-fail" => faults.uploads_always_fail = true,
+            "--folder-marker" => faults.folder_markers.push(value()?),
             "--lose-completions" => {
                 faults.lose_completions = value()?
                     .parse()
@@ -205,6 +213,49 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The bucket and prefix of a ListObjectsV2 request.
+fn list_prefix(req: &http::Request<Incoming>) -> Option<(String, String)> {
+    let q = req.uri().query()?;
+    if req.method() != http::Method::GET || !q.contains("list-type=2") {
+        return None;
+    }
+    let bucket = req.uri().path().trim_matches('/').to_string();
+    let prefix = q
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("prefix="))
+        .and_then(percent_decode)
+        .unwrap_or_default();
+    Some((bucket, prefix))
+}
+
+/// Adds `markers` (`bucket/key/`) to a ListObjectsV2 answer.
+async fn add_to_listing(
+    resp: Response,
+    bucket: &str,
+    markers: &[&String],
+) -> Result<Response, BoxError> {
+    let (parts, mut body) = resp.into_parts();
+    let xml = body.store_all_limited(16 << 20).await?;
+    let mut xml = String::from_utf8(xml.to_vec())?;
+    let mut extra = String::new();
+    for m in markers {
+        let key = m.strip_prefix(&format!("{bucket}/")).unwrap_or(m);
+        extra.push_str(&format!(
+            "<Contents><Key>{key}</Key><LastModified>2020-01-01T00:00:00.000Z</LastModified><ETag>\"d41d8cd98f00b204e9800998ecf8427e\"</ETag><Size>0</Size><StorageClass>STANDARD</StorageClass></Contents>"
+        ));
+    }
+    // Listings are in key order; a marker sorts right before its contents,
+    // so put it first (the test listings are small).
+    let at = xml
+        .find("<Contents>")
+        .or_else(|| xml.find("</ListBucketResult>"))
+        .ok_or("not a listing")?;
+    xml.insert_str(at, &extra);
+    let mut parts = parts;
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Ok(http::Response::from_parts(parts, s3s::Body::from(xml)))
+}
+
 /// base64url without padding, as s3s-fs names its metadata files.
 fn base64url(s: &str) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -257,6 +308,17 @@ fn file_etag(path: &std::path::Path) -> Option<String> {
 
 async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Result<Response, BoxError> {
     let faults = &state.faults;
+    // S3 has no object where s3s-fs has a directory (keys below it).
+    if req.method() == http::Method::HEAD
+        && let Some(path) = percent_decode(req.uri().path().trim_start_matches('/'))
+        && path.split_once('/').is_some_and(|(_, k)| !k.is_empty())
+        && state.root.join(&path).is_dir()
+    {
+        return Ok(http::Response::builder()
+            .status(404)
+            .body(s3s::Body::empty())
+            .unwrap());
+    }
     let object = object_file(&state.root, &req);
     if let (Some(file), Some(want)) = (&object, req.headers().get("if-match")) {
         let want = want.to_str().unwrap_or("").trim_matches('"');
@@ -288,9 +350,23 @@ async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Result<Respo
             Fault::Stall(d) => tokio::time::sleep(d).await,
         }
     }
+    let listing = list_prefix(&req);
     let answer = hyper::service::Service::call(&state.service, req)
         .await
         .map_err(|e| BoxError::from(format!("{e:?}")));
+    if let (Some((bucket, prefix)), Ok(resp)) = (listing, &answer)
+        && resp.status().is_success()
+    {
+        let markers: Vec<&String> = state
+            .faults
+            .folder_markers
+            .iter()
+            .filter(|m| m.starts_with(&format!("{bucket}/{prefix}")))
+            .collect();
+        if !markers.is_empty() {
+            return add_to_listing(answer?, &bucket, &markers).await;
+        }
+    }
     if let Some(file) = object
         && let Ok(rel) = file.strip_prefix(&state.root)
     {

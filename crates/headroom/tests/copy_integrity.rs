@@ -362,3 +362,27 @@ fn file_modes_are_kept_locally_and_through_s3_and_never_widened() {
         );
     }
 }
+
+#[test]
+fn folder_markers_are_not_copied_as_files() {
+    let server = S3Server::start(Faults {
+        folder_markers: vec!["src/p/dir/".into(), "src/p/empty/".into()],
+        ..Faults::default()
+    });
+    let src = server.bucket("src");
+    write_tree(
+        &src.join("p"),
+        &[("dir/a.txt", 10), ("dir/b/c.txt", 20), ("zero", 0)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = copy(&["s3://src/p/", out.to_str().unwrap()], &server.env());
+    assert_ok(&o);
+    let got: Vec<String> = entries_below(&out).map(|(r, _)| r).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        tree(&src.join("p")),
+        tree(&out),
+        "a real empty object is still copied"
+    );
+}

@@ -286,6 +286,16 @@ impl S3Store {
                         return Ok(());
                     }
                 };
+                // A folder marker (`dir/`, what consoles create for an empty
+                // folder) reaches us as `dir`: object_store drops the
+                // trailing slash. It holds no data, and copying it as a file
+                // `dir` would collide with the directory `dir/`. The tell:
+                // no object `dir` exists.
+                if meta.size == 0 && self.is_folder_marker(&meta.location).await {
+                    tracing::debug!("skipping the folder marker {}/", meta.location);
+                    last = Some(meta.location);
+                    continue;
+                }
                 let entry = match meta.location.as_ref().strip_prefix(strip.as_str()) {
                     Some(key) => entry_of(key.to_string(), &meta, None),
                     None => continue,
@@ -298,6 +308,15 @@ impl S3Store {
             }
             return Ok(());
         }
+    }
+
+    /// Whether a listed zero-byte `path` is really `path/`: a HEAD of
+    /// `path` itself finds nothing.
+    async fn is_folder_marker(&self, path: &Path) -> bool {
+        matches!(
+            self.client.head(path).await,
+            Err(object_store::Error::NotFound { .. })
+        )
     }
 
     /// See [`Store::stat`](super::Store::stat). Reads the stored source

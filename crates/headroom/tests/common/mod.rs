@@ -31,6 +31,9 @@ pub struct Faults {
     /// Carry out this many CompleteMultipartUpload requests, then drop the
     /// connection instead of answering: the client cannot know it worked.
     pub lose_completions: u64,
+    /// Zero-byte "folder" objects (`bucket/key/`) listed beside the real
+    /// ones.
+    pub folder_markers: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -68,6 +71,9 @@ impl Faults {
             "--lose-completions".into(),
             self.lose_completions.to_string(),
         ]);
+        for m in &self.folder_markers {
+            args.extend(["--folder-marker".into(), m.clone()]);
+        }
         args
     }
 }
