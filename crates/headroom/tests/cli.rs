@@ -81,3 +81,24 @@ fn a_bad_size_is_a_clear_error_with_a_nonzero_exit() {
         assert!(err.contains("invalid") && err.contains(bad), "{bad}: {err}");
     }
 }
+
+#[test]
+fn a_bad_headroom_memory_is_an_error_unless_memory_overrides_it() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_headroom"))
+            .args(args)
+            .env("HEADROOM_MEMORY", "lots")
+            .output()
+            .expect("run headroom")
+    };
+    let o = run(&["memory"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("HEADROOM_MEMORY: invalid size \"lots\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--memory", "64MiB", "memory"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("budget 64.0 MiB"), "{}", stdout(&o));
+}

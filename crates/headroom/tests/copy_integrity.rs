@@ -386,3 +386,46 @@ fn folder_markers_are_not_copied_as_files() {
         "a real empty object is still copied"
     );
 }
+
+#[test]
+fn symlinks_and_special_files_are_counted_and_control_characters_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_tree(&src, &[("real.txt", 10)]);
+    std::os::unix::fs::symlink("/etc/passwd", src.join("link")).unwrap();
+    let fifo = std::ffi::CString::new(src.join("pipe").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // A name that would drive the terminal, in a file that fails.
+    let evil = "evil\u{1b}[2J\u{7}.txt";
+    write_tree(&src, &[(evil, 10)]);
+    std::fs::set_permissions(src.join(evil), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let dst = dir.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    for d in [dir.path(), &src, &dst] {
+        let mode = if d == dst { 0o777 } else { 0o755 };
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let o = headroom_unprivileged()
+        .args(["copy", "--memory", "32MiB"])
+        .arg(&src)
+        .arg(&dst)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(!o.status.success(), "the unreadable file fails the run");
+    assert!(
+        out.contains("passed over 2 symlinks and special files"),
+        "{out}"
+    );
+    assert!(out.contains("evil\\u{1b}[2J\\u{7}.txt"), "escaped: {out}");
+    for text in [&out, &err] {
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "raw control characters: {text:?}"
+        );
+    }
+    let copied: Vec<String> = entries_below(&dst).map(|(r, _)| r).collect();
+    assert_eq!(copied, vec!["real.txt".to_string()]);
+}

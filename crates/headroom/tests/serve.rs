@@ -1040,3 +1040,47 @@ fn a_share_too_small_fails_at_once_and_deleting_a_running_task_releases_its_shar
         404
     );
 }
+
+#[test]
+fn sigterm_stops_running_tasks_cleanly_and_they_resume_at_the_next_start() {
+    let work = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(Faults {
+        every: 2,
+        kinds: vec![common::Fault::Stall(Duration::from_millis(300))],
+        ..Faults::default()
+    });
+    let bucket = s3.bucket("term-bucket");
+    let src = work.path().join("src");
+    let files = write_files(&src, 4, 12 << 20);
+    let mut svc = Service::start_with(Backend::sqlite(work.path()), &[], &s3.env());
+    let api = svc.api();
+    let task = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": src, "destination": "s3://term-bucket/d",
+               "memory": "16MiB", "concurrency": 1}),
+    );
+    let deadline = std::time::Instant::now() + LONG;
+    while s3.incomplete_uploads().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no multipart upload started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(svc.terminate(Duration::from_secs(30)), "{}", svc.log());
+    assert!(
+        s3.incomplete_uploads().is_empty(),
+        "left behind: {:?}",
+        s3.incomplete_uploads()
+    );
+    svc.start_again();
+    let done = api.wait_task(&svc, &id(&task), LONG, ended);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    for (name, data) in &files {
+        assert!(
+            std::fs::read(bucket.join("d").join(name)).unwrap() == *data,
+            "{name}"
+        );
+    }
+}

@@ -157,6 +157,34 @@ impl Service {
         self.child = Some(child);
     }
 
+    /// SIGTERM, and waits (at most `limit`) for the service to exit;
+    /// whether it exited 0.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "the service did not stop within {limit:?} of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts again after [`terminate`](Self::terminate) or a kill.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// `kill -9`: no shutdown, no last write.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
