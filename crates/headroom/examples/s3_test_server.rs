@@ -5,12 +5,13 @@
 //! ```text
 //! s3_test_server --root DIR [--every N --kinds 500,503,reset,stall:MS]
 //!                [--uploads-always-fail] [--lose-completions N]
-//!                [--folder-marker KEY]...
+//!                [--extra-key BUCKET/KEY]...
 //! ```
 //!
-//! `--folder-marker p/dir/` lists a zero-byte object `p/dir/` (what S3
-//! consoles create for an empty folder) in every ListObjectsV2 answer whose
-//! prefix it falls under; s3s-fs itself cannot hold such a key.
+//! `--extra-key b/p/dir/` lists a zero-byte object `p/dir/` in bucket `b`
+//! in every ListObjectsV2 answer whose prefix it falls under: a folder
+//! marker (what S3 consoles create for an empty folder), or a key s3s-fs
+//! cannot hold as a file (`..`, control characters).
 //!
 //! `If-Match` on a GET is checked as S3 does (412 when the object's ETag
 //! differs; s3s-fs itself ignores it). A file at `DIR/.next/BUCKET/KEY`
@@ -56,8 +57,8 @@ struct Faults {
     /// Carry out this many CompleteMultipartUpload requests, then drop the
     /// connection instead of answering.
     lose_completions: u64,
-    /// Keys ending in `/` added to listings.
-    folder_markers: Vec<String>,
+    /// `bucket/key`s added to listings.
+    extra_keys: Vec<String>,
 }
 
 struct State {
@@ -99,7 +100,7 @@ fn parse_args() -> Result<(PathBuf, Faults), String> {
                 }
             }
             "--uploads-always-fail" => faults.uploads_always_fail = true,
-            "--folder-marker" => faults.folder_markers.push(value()?),
+            "--extra-key" => faults.extra_keys.push(value()?),
             "--lose-completions" => {
                 faults.lose_completions = value()?
                     .parse()
@@ -239,7 +240,7 @@ async fn add_to_listing(
     let mut xml = String::from_utf8(xml.to_vec())?;
     let mut extra = String::new();
     for m in markers {
-        let key = m.strip_prefix(&format!("{bucket}/")).unwrap_or(m);
+        let key = xml_escape(m.strip_prefix(&format!("{bucket}/")).unwrap_or(m));
         extra.push_str(&format!(
             "<Contents><Key>{key}</Key><LastModified>2020-01-01T00:00:00.000Z</LastModified><ETag>\"d41d8cd98f00b204e9800998ecf8427e\"</ETag><Size>0</Size><StorageClass>STANDARD</StorageClass></Contents>"
         ));
@@ -254,6 +255,20 @@ async fn add_to_listing(
     let mut parts = parts;
     parts.headers.remove(http::header::CONTENT_LENGTH);
     Ok(http::Response::from_parts(parts, s3s::Body::from(xml)))
+}
+
+/// `s` as XML text: markup characters and control characters as
+/// references, as S3 writes them.
+fn xml_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            c if c.is_control() => format!("&#x{:x};", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// base64url without padding, as s3s-fs names its metadata files.
@@ -359,7 +374,7 @@ async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Result<Respo
     {
         let markers: Vec<&String> = state
             .faults
-            .folder_markers
+            .extra_keys
             .iter()
             .filter(|m| m.starts_with(&format!("{bucket}/{prefix}")))
             .collect();

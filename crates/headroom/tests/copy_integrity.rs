@@ -366,7 +366,7 @@ fn file_modes_are_kept_locally_and_through_s3_and_never_widened() {
 #[test]
 fn folder_markers_are_not_copied_as_files() {
     let server = S3Server::start(Faults {
-        folder_markers: vec!["src/p/dir/".into(), "src/p/empty/".into()],
+        extra_keys: vec!["src/p/dir/".into(), "src/p/empty/".into()],
         ..Faults::default()
     });
     let src = server.bucket("src");
@@ -428,4 +428,38 @@ fn symlinks_and_special_files_are_counted_and_control_characters_escaped() {
     }
     let copied: Vec<String> = entries_below(&dst).map(|(r, _)| r).collect();
     assert_eq!(copied, vec!["real.txt".to_string()]);
+}
+
+#[test]
+fn a_hostile_key_is_reported_and_skipped_and_the_listing_goes_on() {
+    let server = S3Server::start(Faults {
+        extra_keys: vec![
+            "src/p/a/../../escape".into(),
+            "src/p/bell\u{7}\u{1b}[2J.txt".into(),
+            "src/p/double//slash".into(),
+        ],
+        ..Faults::default()
+    });
+    let src = server.bucket("src");
+    write_tree(
+        &src.join("p"),
+        &[("a/one.txt", 10), ("b/two.txt", 20), ("z.txt", 30)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = copy(&["s3://src/p/", out.to_str().unwrap()], &server.env());
+    let summary = text(&o.stdout);
+    assert!(!o.status.success(), "skipped keys fail the run: {summary}");
+    assert!(
+        summary.contains("copied 3 objects") && summary.contains("failed 3"),
+        "{summary}"
+    );
+    assert!(summary.contains("a/../../escape"), "{summary}");
+    assert!(
+        summary.contains("bell\\u{7}\\u{1b}[2J.txt"),
+        "escaped: {summary}"
+    );
+    assert!(!summary.contains('\u{1b}'), "{summary:?}");
+    assert_eq!(tree(&src.join("p")), tree(&out));
+    assert!(!dir.path().join("escape").exists());
 }

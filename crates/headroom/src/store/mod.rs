@@ -18,6 +18,7 @@ pub mod local;
 pub mod location;
 pub mod retry;
 pub mod s3;
+mod s3_list;
 
 use std::ops::Range;
 use std::time::SystemTime;

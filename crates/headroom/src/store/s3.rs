@@ -141,6 +141,8 @@ pub fn store_error(context: impl Into<String>, e: object_store::Error) -> StoreE
 #[derive(Clone, Debug)]
 pub struct S3Store {
     client: Arc<AmazonS3>,
+    /// For listings (see `s3_list`): requests signed by `client`.
+    http: reqwest::Client,
     bucket: String,
     /// Key prefix without surrounding `/`; empty for the whole bucket.
     prefix: String,
@@ -152,6 +154,7 @@ impl S3Store {
     pub fn new(client: Arc<AmazonS3>, bucket: String, prefix: String) -> Self {
         S3Store {
             client,
+            http: listing_client(),
             bucket,
             prefix,
             only: None,
@@ -181,6 +184,7 @@ impl S3Store {
                     let (dir, name) = prefix.rsplit_once('/').unwrap_or(("", &prefix));
                     return Ok(S3Store {
                         client,
+                        http: listing_client(),
                         bucket,
                         prefix: dir.to_string(),
                         only: Some(name.to_string()),
@@ -238,85 +242,103 @@ impl S3Store {
             let _ = tx.send(Ok(entry), bytes).await;
             return Ok(());
         }
-        let prefix = if self.prefix.is_empty() {
-            None
-        } else {
-            Some(parse_path(&self.prefix)?)
-        };
         let strip = if self.prefix.is_empty() {
             String::new()
         } else {
             format!("{}/", self.prefix)
         };
-        let what = || format!("list s3://{}/{}", self.bucket, self.prefix);
-        // The last key sent: a failed page is fetched again from just after
-        // it (ListObjectsV2 start-after), so a retry neither repeats nor
-        // skips an object. One path, not a set: memory stays constant.
-        let mut last: Option<Path> = match start_after {
-            Some(key) => Some(self.path_of(key)?),
-            None => None,
-        };
+        // Resume after a checkpoint by key; then page by continuation
+        // token, and a failed page is asked for again with the same token,
+        // so a retry neither repeats nor skips an object. One token, not a
+        // set of keys: memory stays constant.
+        let start_after = start_after.map(|k| format!("{strip}{k}"));
+        let mut token: Option<String> = None;
+        let mut listed_any = false;
         let mut backoff = Backoff::new(retry);
-        'pages: loop {
-            // Pages are fetched as the stream is polled: a full channel stops
-            // the listing after the current page (1,000 keys at most).
-            let mut stream = match &last {
-                None => self.client.list(prefix.as_ref()),
-                Some(after) => self.client.list_with_offset(prefix.as_ref(), after),
-            };
-            while let Some(item) = stream.next().await {
-                let meta = match item {
-                    Ok(meta) => meta,
-                    Err(e) => {
-                        let e = store_error(what(), e);
-                        if backoff.retry(&e).await {
-                            continue 'pages;
-                        }
-                        // Nothing listed yet (no such bucket, bad
-                        // credentials): the listing cannot start at all.
-                        if last.is_none() {
-                            return Err(e);
-                        }
-                        let listed = Err(ListError {
-                            path: format!("s3://{}/{}", self.bucket, self.prefix),
-                            message: format!("listing stopped early: {}", e.message),
-                            passed_over: false,
-                        });
-                        let _ = tx.send(listed, 256).await;
-                        return Ok(());
-                    }
-                };
-                // A folder marker (`dir/`, what consoles create for an empty
-                // folder) reaches us as `dir`: object_store drops the
-                // trailing slash. It holds no data, and copying it as a file
-                // `dir` would collide with the directory `dir/`. The tell:
-                // no object `dir` exists.
-                if meta.size == 0 && self.is_folder_marker(&meta.location).await {
-                    tracing::debug!("skipping the folder marker {}/", meta.location);
-                    last = Some(meta.location);
-                    continue;
+        loop {
+            let fetched = super::s3_list::fetch(
+                &self.client,
+                &self.http,
+                &strip,
+                token.as_deref(),
+                start_after.as_deref(),
+            )
+            .await;
+            let page = match fetched {
+                Ok(page) => page,
+                Err(e) if backoff.retry(&e).await => continue,
+                // Nothing listed yet (no such bucket, bad credentials): the
+                // listing cannot start at all.
+                Err(e) if !listed_any => {
+                    return Err(StoreError {
+                        context: format!("list s3://{}/{}", self.bucket, self.prefix),
+                        ..e
+                    });
                 }
-                let entry = match meta.location.as_ref().strip_prefix(strip.as_str()) {
-                    Some(key) => entry_of(key.to_string(), &meta, None),
-                    None => continue,
+                Err(e) => {
+                    let listed = Err(ListError {
+                        path: format!("s3://{}/{}", self.bucket, self.prefix),
+                        message: format!("listing stopped early: {}", e.message),
+                        passed_over: false,
+                    });
+                    let _ = tx.send(listed, 256).await;
+                    return Ok(());
+                }
+            };
+            listed_any = true;
+            for item in page.items {
+                let listed = match item {
+                    super::s3_list::Listed::Object {
+                        key,
+                        size,
+                        last_modified,
+                        etag,
+                    } => {
+                        let Some(rel) = key.strip_prefix(strip.as_str()) else {
+                            continue;
+                        };
+                        // A folder marker (`dir/`, what consoles create for
+                        // an empty folder) holds no data: directories are
+                        // implied by keys.
+                        if rel.is_empty() || rel.ends_with('/') {
+                            continue;
+                        }
+                        match Path::parse(&key) {
+                            Ok(_) => Ok(Entry {
+                                key: rel.to_string(),
+                                size,
+                                mtime: last_modified,
+                                etag,
+                                mode: None,
+                            }),
+                            // `..`, `.`, empty segments, control characters:
+                            // reported, and the listing goes on.
+                            Err(_) => Err(ListError {
+                                path: format!("s3://{}/{key}", self.bucket),
+                                message: "a key with a `.`, `..` or empty segment or a control character, which this client cannot read or write: skipped".into(),
+                                passed_over: false,
+                            }),
+                        }
+                    }
+                    super::s3_list::Listed::Unreadable { shown, why } => Err(ListError {
+                        path: format!("s3://{}/{shown}", self.bucket),
+                        message: format!("an unreadable key ({why}): skipped"),
+                        passed_over: false,
+                    }),
                 };
-                last = Some(meta.location);
-                let bytes = entry.footprint();
-                if tx.send(Ok(entry), bytes).await.is_err() {
+                let bytes = match &listed {
+                    Ok(e) => e.footprint(),
+                    Err(e) => (e.path.len() + e.message.len()) as u64,
+                };
+                if tx.send(listed, bytes).await.is_err() {
                     return Ok(());
                 }
             }
-            return Ok(());
+            match page.next_token {
+                Some(next) if page.truncated => token = Some(next),
+                _ => return Ok(()),
+            }
         }
-    }
-
-    /// Whether a listed zero-byte `path` is really `path/`: a HEAD of
-    /// `path` itself finds nothing.
-    async fn is_folder_marker(&self, path: &Path) -> bool {
-        matches!(
-            self.client.head(path).await,
-            Err(object_store::Error::NotFound { .. })
-        )
     }
 
     /// See [`Store::stat`](super::Store::stat). Reads the stored source
@@ -444,6 +466,24 @@ impl S3Store {
             .await
             .map_err(|e| store_error(format!("abort multipart upload of {}", self.url_of(key)), e))
     }
+}
+
+/// The HTTP client listings are fetched with: the timeouts and trust
+/// roots (`AWS_CA_BUNDLE`) that object_store's client has.
+fn listing_client() -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .connect_timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(2);
+    if let Ok(bundle) = std::env::var("AWS_CA_BUNDLE")
+        && let Ok(pem) = std::fs::read(&bundle)
+        && let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem)
+    {
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().unwrap_or_default()
 }
 
 fn parse_path(key: &str) -> Result<Path, StoreError> {

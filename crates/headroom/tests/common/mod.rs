@@ -31,9 +31,9 @@ pub struct Faults {
     /// Carry out this many CompleteMultipartUpload requests, then drop the
     /// connection instead of answering: the client cannot know it worked.
     pub lose_completions: u64,
-    /// Zero-byte "folder" objects (`bucket/key/`) listed beside the real
-    /// ones.
-    pub folder_markers: Vec<String>,
+    /// Zero-byte objects (`bucket/key`) listed beside the real ones: folder
+    /// markers (`b/p/dir/`), keys no file can be named (`b/p/../x`).
+    pub extra_keys: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -71,8 +71,8 @@ impl Faults {
             "--lose-completions".into(),
             self.lose_completions.to_string(),
         ]);
-        for m in &self.folder_markers {
-            args.extend(["--folder-marker".into(), m.clone()]);
+        for k in &self.extra_keys {
+            args.extend(["--extra-key".into(), k.clone()]);
         }
         args
     }
