@@ -83,7 +83,9 @@ const S3_BATCH_BYTES: u64 = S3_BATCH_KEYS as u64 * 1100;
 const THREAD_STACK: usize = 256 << 10;
 /// Resident memory charged per thread: the part of its stack a walk or a
 /// stat/unlink loop touches (a few pages), its thread-local state and
-/// glibc's per-thread structures, with room to spare.
+/// glibc's per-thread structures. Measured at about 9 KiB a thread (a purge
+/// of 4,000 files peaked at 12.8 MiB RSS with 32 threads, 21.7 MiB with
+/// 1,000); charged with room to spare.
 const THREAD_BYTES: u64 = 64 << 10;
 /// Threads a local purge may start: `--concurrency` above this is refused
 /// (each unit is an OS thread, and thousands of them are a fork bomb
