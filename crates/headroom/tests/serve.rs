@@ -27,7 +27,15 @@ fn write_files(dir: &std::path::Path, n: usize, size: usize) -> Vec<(String, Vec
 fn create(api: &Api, svc: &Service, spec: Value) -> Value {
     let (status, task) = api.post(&svc.url("/api/tasks"), spec);
     assert_eq!(status, 201, "{task}");
-    assert_eq!(task["status"], "queued", "{task}");
+    // The answer is the row just after it was written: the scheduler may
+    // have claimed it (or even finished a dry run) in between.
+    assert!(
+        matches!(
+            task["status"].as_str(),
+            Some("queued" | "running" | "succeeded")
+        ),
+        "{task}"
+    );
     task
 }
 
