@@ -38,4 +38,10 @@ fi
 step "doc tests"
 cargo test --workspace --locked --doc
 
+step "cargo doc, warnings denied"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --locked --no-deps
+
+step "the governor packages for crates.io"
+cargo package -p headroom-governor --locked --allow-dirty --quiet
+
 step "all green"

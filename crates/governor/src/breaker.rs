@@ -12,6 +12,21 @@
 //!
 //! The gap between the two watermarks is deliberate: without it the breaker
 //! would flap on every sample near the line.
+//!
+//! The state machine ([`Breaker`]) is plain and testable; [`spawn`] runs it
+//! every [`BreakerConfig::interval`] against a [`MemoryProbe`], which reads
+//! Linux's `/proc` and cgroup files (elsewhere the probe reads nothing and
+//! the breaker never opens).
+//!
+//! ```
+//! use headroom_governor::breaker::{Breaker, BreakerChange, BreakerConfig};
+//!
+//! let mut breaker = Breaker::new(BreakerConfig::new(1000)); // a 1000-byte limit
+//! assert_eq!(breaker.observe(850), None);
+//! assert_eq!(breaker.observe(910), Some(BreakerChange::Opened { used: 910 }));
+//! assert_eq!(breaker.observe(850), None, "between the watermarks: stays open");
+//! assert_eq!(breaker.observe(790), Some(BreakerChange::Closed { used: 790 }));
+//! ```
 
 use std::time::Duration;
 

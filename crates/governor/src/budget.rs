@@ -19,6 +19,26 @@
 //! 3. Else, without any limit: `physical_fraction` (one quarter) of physical
 //!    memory (`MemTotal`), so an unconfigured run never takes over a laptop.
 //! 4. If nothing can be read (not Linux, no /proc): 512 MiB.
+//!
+//! Detection reads Linux's `/proc/self/cgroup`, `/proc/meminfo` and the
+//! cgroup filesystem; [`BudgetPolicy::resolve`] is the same policy on
+//! explicit inputs, on any platform:
+//!
+//! ```
+//! use headroom_governor::{BudgetPolicy, BudgetSource, CgroupVersion};
+//!
+//! const MIB: u64 = 1 << 20;
+//! let policy = BudgetPolicy::default();
+//! // A 512 MiB pod: (512 - 64) * 0.8 = 358.4 MiB.
+//! let d = policy.resolve(None, Some((CgroupVersion::V2, 512 * MIB)), Some(64 << 30));
+//! assert_eq!(d.budget / MIB, 358);
+//! assert!(matches!(d.source, BudgetSource::Cgroup { .. }));
+//! // No limit: a quarter of physical memory.
+//! assert_eq!(policy.resolve(None, None, Some(16 << 30)).budget, 4 << 30);
+//! // An explicit budget above the limit wins, with a warning.
+//! let d = policy.resolve(Some(1 << 30), Some((CgroupVersion::V1, 512 * MIB)), None);
+//! assert!(d.warning.is_some());
+//! ```
 
 use std::fmt;
 use std::fs;
@@ -233,6 +253,7 @@ pub enum BudgetSource {
 
 /// The chosen budget and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BudgetDecision {
     /// Bytes the governor may hand out.
     pub budget: u64,

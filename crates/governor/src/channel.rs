@@ -7,13 +7,13 @@
 //!
 //! * [`Sender::send`] waits until the item's bytes fit in the remaining byte
 //!   capacity *and* an item slot is free. Senders waiting for bytes are
-//!   served in FIFO order, like [`Governor`](crate::Governor) waiters.
+//!   served in FIFO order, like [`Governor`] waiters.
 //! * An item larger than the whole byte capacity is admitted only when the
 //!   channel holds no bytes at all, and then fills it alone. It is never
 //!   refused: a consumer that streams it can still make progress.
 //! * Capacity is returned the moment [`Receiver::recv`] hands an item out.
 //! * The channel's own byte bound says how much may *wait* in it. The memory
-//!   an item holds is paid for by a governor [`Permit`](crate::Permit) that
+//!   an item holds is paid for by a governor [`Permit`] that
 //!   travels with it: send `(item, permit)` and the permit is released only
 //!   when the consumer drops it, after the item is gone.
 //!
@@ -109,6 +109,17 @@ impl<T> fmt::Debug for TrySendError<T> {
         })
     }
 }
+
+impl<T> fmt::Display for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrySendError::Full(_) => "the channel is full",
+            TrySendError::Closed(_) => "the receiving stage has stopped",
+        })
+    }
+}
+
+impl<T> std::error::Error for TrySendError<T> {}
 
 impl<T> Sender<T> {
     /// Sends `item`, counted as `bytes`, waiting while the channel is full.

@@ -737,6 +737,7 @@ impl fmt::Debug for FixedReservation {
 
 /// [`Governor::reserve_fixed`] could not reserve what a job needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReserveFixedError {
     /// Bytes asked for.
     pub requested: u64,
@@ -892,6 +893,7 @@ impl fmt::Debug for Acquire {
 /// what is reserved against what budget, how long it waited and who holds
 /// the most.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct AcquireTimeout {
     /// Bytes asked for.
     pub requested: u64,
@@ -941,6 +943,7 @@ impl std::error::Error for AcquireTimeout {}
 
 /// [`Governor::try_acquire`] could not reserve without waiting.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TryAcquireError {
     /// Bytes asked for.
     pub requested: u64,
@@ -976,6 +979,7 @@ impl std::error::Error for TryAcquireError {}
 
 /// A snapshot of a governor's counters; see [`Governor::stats`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GovernorStats {
     /// The budget in bytes.
     pub budget: u64,
@@ -1005,6 +1009,7 @@ pub struct GovernorStats {
 
 /// Counters for one [`Tag`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TagStats {
     /// The tag.
     pub tag: Tag,

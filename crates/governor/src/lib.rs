@@ -62,9 +62,9 @@ pub mod alloc;
 pub mod breaker;
 pub mod budget;
 pub mod channel;
-mod governor;
+pub mod governor;
 pub mod probe;
-mod size;
+pub mod size;
 
 pub use alloc::CountingAlloc;
 pub use budget::{BudgetDecision, BudgetPolicy, BudgetSource, CgroupMemory, CgroupVersion};

@@ -2,7 +2,21 @@
 //! usage and limit, memory pressure, and heap bytes.
 //!
 //! Everything is read from `/proc` and the cgroup filesystem on each call; a
-//! value that cannot be read (not Linux, no cgroup, no PSI) is `None`.
+//! value that cannot be read (not Linux, no cgroup, no PSI) is `None`. The
+//! readings are Linux only; elsewhere every field is `None` (the heap bytes
+//! come from [`CountingAlloc`](crate::CountingAlloc), when it is the global
+//! allocator, on any platform).
+//!
+//! ```
+//! use headroom_governor::MemoryProbe;
+//!
+//! let probe = MemoryProbe::detect();
+//! let sample = probe.sample();
+//! if cfg!(target_os = "linux") {
+//!     assert!(sample.rss.is_some_and(|rss| rss > 0));
+//!     assert!(sample.peak_rss >= sample.rss);
+//! }
+//! ```
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,6 +25,7 @@ use crate::budget::CgroupMemory;
 
 /// One reading of the probe.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct MemorySample {
     /// Resident set size of this process (`VmRSS`).
     pub rss: Option<u64>,
@@ -98,7 +113,7 @@ fn read_status(path: &Path) -> (Option<u64>, Option<u64>) {
 }
 
 /// Parses `VmRSS` and `VmHWM` (in kB) from `/proc/<pid>/status` text.
-pub fn parse_status(text: &str) -> (Option<u64>, Option<u64>) {
+fn parse_status(text: &str) -> (Option<u64>, Option<u64>) {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
@@ -110,7 +125,7 @@ pub fn parse_status(text: &str) -> (Option<u64>, Option<u64>) {
 }
 
 /// Parses `some avg10=` from a PSI file (`/proc/pressure/memory` format).
-pub fn parse_psi_some_avg10(text: &str) -> Option<f64> {
+fn parse_psi_some_avg10(text: &str) -> Option<f64> {
     let line = text.lines().find(|l| l.starts_with("some "))?;
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix("avg10="))

@@ -48,6 +48,7 @@ impl std::str::FromStr for ByteSize {
 
 /// Why a size string was rejected. The message quotes the input.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SizeError {
     input: String,
     reason: &'static str,

@@ -1,4 +1,8 @@
 //! The command line. Flags follow rclone and aws-cli habits.
+//!
+//! Doc comments here are clap's help text, written for a terminal: their
+//! brackets (`[:PORT]`) are syntax, not links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use headroom_governor::ByteSize;

@@ -11,8 +11,8 @@
 //! * [`stat`](Store::stat) one key,
 //! * [`open_range`](Store::open_range) a key's byte range for sequential
 //!   reads into caller-owned buffers (so a retry can re-read any range),
-//! * and write through a [`ObjectWriter`](crate::store::ObjectWriter)
-//!   chosen by the transfer.
+//! * and write through a store's own writer (a [`local::LocalWriter`], or
+//!   S3 PUTs and multipart uploads) chosen by the transfer.
 
 pub mod local;
 pub mod location;
