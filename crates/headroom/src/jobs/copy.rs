@@ -96,19 +96,13 @@ pub async fn open_destination(loc: &Location, s3: &S3Config) -> anyhow::Result<S
         }
         Location::S3 { bucket, prefix, .. } => {
             let client = Arc::new(s3.client(bucket)?);
+            let store = S3Store::new(client, bucket.clone(), prefix.clone());
             // One listing request proves the bucket exists and is ours to
             // use before thousands of uploads each fail on their own.
-            let probe = object_store::path::Path::parse(prefix).unwrap_or_default();
-            let mut listing = object_store::ObjectStore::list(client.as_ref(), Some(&probe));
-            if let Some(Err(e)) = futures::StreamExt::next(&mut listing).await {
-                let e = crate::store::s3::store_error(format!("destination {loc}"), e);
-                bail!("{e}");
-            }
-            Ok(Store::S3(S3Store::new(
-                client,
-                bucket.clone(),
-                prefix.clone(),
-            )))
+            with_retries(&Retry::default(), || store.check_access())
+                .await
+                .map_err(|e| anyhow::anyhow!("destination {loc}: {}", e.message))?;
+            Ok(Store::S3(store))
         }
     }
 }

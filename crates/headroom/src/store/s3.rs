@@ -227,6 +227,19 @@ impl S3Store {
         &self.bucket
     }
 
+    /// Fails when the bucket cannot be listed (no such bucket, denied):
+    /// one page request, whatever the keys in it are.
+    pub async fn check_access(&self) -> Result<(), StoreError> {
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        super::s3_list::fetch(&self.client, &self.http, &prefix, None, None)
+            .await
+            .map(|_| ())
+    }
+
     /// See [`Store::list`](super::Store::list).
     pub async fn list(
         &self,
