@@ -529,23 +529,10 @@ async fn write_loop(
 /// The first SIGINT or SIGTERM stops reading (what was read is still
 /// written); a second one exits at once.
 async fn stop_on_signals(stop: tokio::sync::watch::Sender<bool>) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM: {e}");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    crate::jobs::signalled().await;
     tracing::info!("stopping: writing the events already read (signal again to exit at once)");
     let _ = stop.send(true);
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    crate::jobs::signalled().await;
     eprintln!("error: stopped by a second signal; events in flight were not written");
     std::process::exit(130);
 }
