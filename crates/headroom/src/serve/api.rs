@@ -14,7 +14,7 @@ use headroom_governor::{Governor, MemoryProbe};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::db::{Db, STATUSES, TaskRow};
+use super::db::{Db, Status, TaskRow};
 use super::tasks::{TaskSpec, Tasks, validate};
 
 /// What every handler shares.
@@ -327,24 +327,15 @@ struct ListQuery {
     offset: Option<i64>,
 }
 
-fn check_status(s: &str) -> Result<(), ApiError> {
-    if STATUSES.contains(&s) {
-        Ok(())
-    } else {
-        Err(bad(format!(
-            "status: unknown status {s:?}; one of {}",
-            STATUSES.join(", ")
-        )))
-    }
+fn check_status(s: &str) -> Result<Status, ApiError> {
+    s.parse().map_err(|e| bad(format!("status: {e}")))
 }
 
 async fn list_tasks(
     State(state): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if let Some(s) = &q.status {
-        check_status(s)?;
-    }
+    let status = q.status.as_deref().map(check_status).transpose()?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(bad("limit: must be between 1 and 500"));
@@ -353,7 +344,7 @@ async fn list_tasks(
     if offset < 0 {
         return Err(bad("offset: must not be negative"));
     }
-    let (rows, total) = state.db.list(q.status.as_deref(), limit, offset).await?;
+    let (rows, total) = state.db.list(status, limit, offset).await?;
     let tasks: Vec<_> = rows.into_iter().map(|r| view(&state, r)).collect();
     Ok(Json(
         json!({ "tasks": tasks, "total": total, "limit": limit, "offset": offset }),
@@ -373,9 +364,13 @@ async fn cancel_task(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let row = state.db.get(&id).await?.ok_or_else(|| not_found(&id))?;
-    match row.status.as_str() {
-        "queued" | "interrupted" => {
-            if !state.db.transition(&id, &row.status, "cancelled").await? {
+    match row.status {
+        Status::Queued | Status::Interrupted => {
+            if !state
+                .db
+                .transition(&id, row.status, Status::Cancelled)
+                .await?
+            {
                 // Claimed by the scheduler in between: cancel the run.
                 state.db.request_cancel(&id).await?;
                 for _ in 0..50 {
@@ -386,7 +381,7 @@ async fn cancel_task(
                 }
             }
         }
-        "running" => {
+        Status::Running => {
             // Recorded first (a 503 if the database refuses the write):
             // a cancel that was answered 200 holds across a crash.
             if state.db.request_cancel(&id).await? || state.tasks.running_here(&id) {
@@ -411,7 +406,11 @@ async fn resume_task(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let row = state.db.get(&id).await?.ok_or_else(|| not_found(&id))?;
-    if !state.db.transition(&id, "interrupted", "queued").await? {
+    if !state
+        .db
+        .transition(&id, Status::Interrupted, Status::Queued)
+        .await?
+    {
         return Err(ApiError(
             StatusCode::CONFLICT,
             format!(
@@ -452,13 +451,13 @@ async fn cleanup_tasks(
     let status = q
         .status
         .ok_or_else(|| bad("status: required, e.g. DELETE /api/tasks?status=failed"))?;
-    check_status(&status)?;
-    if status == "running" || status == "queued" {
+    let status = check_status(&status)?;
+    if matches!(status, Status::Running | Status::Queued) {
         return Err(bad(
             "status: running and queued tasks are not cleaned up in bulk; cancel them first",
         ));
     }
-    let deleted = state.db.delete_status(&status).await?;
+    let deleted = state.db.delete_status(status).await?;
     Ok(Json(json!({ "deleted": deleted, "status": status })))
 }
 
@@ -480,12 +479,12 @@ async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
     let (by_status, objects, bytes) = state.db.stats().await?;
     let stats = state.gov.stats();
     let sample = state.probe.sample();
-    for s in STATUSES {
+    for s in Status::ALL {
         let n = by_status
             .iter()
-            .find(|(st, _)| st == s)
+            .find(|(st, _)| st == s.as_str())
             .map_or(0, |(_, n)| *n);
-        metrics::gauge!("headroom_tasks", "status" => s).set(n as f64);
+        metrics::gauge!("headroom_tasks", "status" => s.as_str()).set(n as f64);
     }
     metrics::gauge!("headroom_objects_copied").set(objects as f64);
     metrics::gauge!("headroom_bytes_copied").set(bytes as f64);

@@ -13,22 +13,69 @@ use sqlx::{AnyPool, Row};
 
 /// A task's life: `queued` → `running` → `succeeded` | `failed` |
 /// `cancelled`; `running` → `interrupted` when the service died and does
-/// not resume on its own (`--no-resume`).
-pub const STATUSES: [&str; 6] = [
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "interrupted",
-];
+/// not resume on its own (`--no-resume`). Stored and shown as the
+/// lower-case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Interrupted,
+}
+
+impl Status {
+    /// Every status, in the order of a task's life.
+    pub const ALL: [Status; 6] = [
+        Status::Queued,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+        Status::Interrupted,
+    ];
+
+    /// The name stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown status {s:?}; one of {}", all.join(", "))
+            })
+    }
+}
 
 /// One row of `tasks`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskRow {
     pub id: String,
     pub kind: String,
-    pub status: String,
+    pub status: Status,
     pub spec: serde_json::Value,
     pub created_at: i64,
     pub updated_at: i64,
@@ -48,11 +95,15 @@ pub struct TaskRow {
 
 fn row(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
     let spec: String = r.try_get("spec")?;
+    let status: String = r.try_get("status")?;
+    let id: String = r.try_get("id")?;
+    // A row this version cannot read is an error, never a silent null.
+    let corrupt = |what: String| sqlx::Error::Decode(format!("task {id}: {what}").into());
     Ok(TaskRow {
-        id: r.try_get("id")?,
+        status: status.parse().map_err(corrupt)?,
+        spec: serde_json::from_str(&spec).map_err(|e| corrupt(format!("spec: {e}")))?,
+        id,
         kind: r.try_get("kind")?,
-        status: r.try_get("status")?,
-        spec: serde_json::from_str(&spec).unwrap_or(serde_json::Value::Null),
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         started_at: r.try_get("started_at")?,
@@ -195,7 +246,7 @@ impl Db {
     /// A page of tasks, newest first, optionally of one status.
     pub async fn list(
         &self,
-        status: Option<&str>,
+        status: Option<Status>,
         limit: i64,
         offset: i64,
     ) -> sqlx::Result<(Vec<TaskRow>, i64)> {
@@ -204,13 +255,13 @@ impl Db {
                 let rows = sqlx::query(
                     "SELECT * FROM tasks WHERE status = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
                 )
-                .bind(s)
+                .bind(s.as_str())
                 .bind(limit)
                 .bind(offset)
                 .fetch_all(&self.pool)
                 .await?;
                 let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tasks WHERE status = $1")
-                    .bind(s)
+                    .bind(s.as_str())
                     .fetch_one(&self.pool)
                     .await?
                     .try_get("n")?;
@@ -252,14 +303,14 @@ impl Db {
     }
 
     /// Moves a task from one status to another; whether it was in `from`.
-    pub async fn transition(&self, id: &str, from: &str, to: &str) -> sqlx::Result<bool> {
+    pub async fn transition(&self, id: &str, from: Status, to: Status) -> sqlx::Result<bool> {
         let r = sqlx::query(
             "UPDATE tasks SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
         )
-        .bind(to)
+        .bind(to.as_str())
         .bind(now_ms())
         .bind(id)
-        .bind(from)
+        .bind(from.as_str())
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
@@ -267,7 +318,7 @@ impl Db {
 
     /// Marks every `running` task (the service died under them) as `to`,
     /// but those whose cancel was recorded as `cancelled`.
-    pub async fn recover_running(&self, to: &str) -> sqlx::Result<u64> {
+    pub async fn recover_running(&self, to: Status) -> sqlx::Result<u64> {
         let now = now_ms();
         sqlx::query(
             "UPDATE tasks SET status = 'cancelled', updated_at = $1, finished_at = COALESCE(finished_at, $2) \
@@ -279,7 +330,7 @@ impl Db {
         .await?;
         let r =
             sqlx::query("UPDATE tasks SET status = $1, updated_at = $2 WHERE status = 'running'")
-                .bind(to)
+                .bind(to.as_str())
                 .bind(now_ms())
                 .execute(&self.pool)
                 .await?;
@@ -347,7 +398,7 @@ impl Db {
         id: &str,
         base: (i64, i64),
         p: &Progress,
-        status: &str,
+        status: Status,
         error: Option<&str>,
     ) -> sqlx::Result<()> {
         self.progress(id, base, p).await?;
@@ -355,7 +406,7 @@ impl Db {
         sqlx::query(
             "UPDATE tasks SET status = $1, error = $2, finished_at = $3, updated_at = $4 WHERE id = $5 AND status = 'running'",
         )
-        .bind(status)
+        .bind(status.as_str())
         .bind(error)
         .bind(now)
         .bind(now)
@@ -375,9 +426,9 @@ impl Db {
     }
 
     /// Deletes every task in `status`; how many.
-    pub async fn delete_status(&self, status: &str) -> sqlx::Result<u64> {
+    pub async fn delete_status(&self, status: Status) -> sqlx::Result<u64> {
         let r = sqlx::query("DELETE FROM tasks WHERE status = $1")
-            .bind(status)
+            .bind(status.as_str())
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected())

@@ -114,9 +114,9 @@ pub async fn run(args: &ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let memory = crate::memory::MemoryPlan::start(global.memory);
     let db = db::Db::open(&args.db).await?;
     let to = if args.no_resume {
-        "interrupted"
+        db::Status::Interrupted
     } else {
-        "queued"
+        db::Status::Queued
     };
     let recovered = db.recover_running(to).await?;
     if recovered > 0 {

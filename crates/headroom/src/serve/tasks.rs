@@ -19,7 +19,7 @@ use headroom_governor::{ByteSize, Governor, MemoryProbe};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
-use super::db::{Db, Progress, TaskRow};
+use super::db::{Db, Progress, Status, TaskRow};
 use crate::cli::{CopyArgs, PurgeArgs, S3Args};
 use crate::jobs::copy::{self, CopyEnv, Watermark};
 use crate::jobs::purge::{self, PurgeEnv};
@@ -397,7 +397,7 @@ impl Tasks {
             Err(e) => {
                 let _ = self
                     .db
-                    .finish(&id, base, &Progress::default(), "failed", Some(&e))
+                    .finish(&id, base, &Progress::default(), Status::Failed, Some(&e))
                     .await;
                 return;
             }
@@ -422,7 +422,7 @@ impl Tasks {
         let _share = tokio::select! {
             p = self.gov.acquire(share, "serve.task") => p,
             _ = crate::jobs::until_set(&mut cancelled) => {
-                let _ = self.db.finish(&id, base, &Progress::default(), "cancelled", None).await;
+                let _ = self.db.finish(&id, base, &Progress::default(), Status::Cancelled, None).await;
                 return;
             }
         };
@@ -492,9 +492,9 @@ impl Tasks {
             return;
         }
         let (status, error) = match result {
-            _ if *cancelled.borrow() => ("cancelled", None),
+            _ if *cancelled.borrow() => (Status::Cancelled, None),
             Ok(s) if s.failed > 0 => (
-                "failed",
+                Status::Failed,
                 Some(format!(
                     "{} objects failed; first: {}",
                     s.failed,
@@ -503,8 +503,8 @@ impl Tasks {
                         .map_or_else(String::new, |(w, r)| format!("{w}: {r}"))
                 )),
             ),
-            Ok(_) => ("succeeded", None),
-            Err(e) => ("failed", Some(format!("{e:#}"))),
+            Ok(_) => (Status::Succeeded, None),
+            Err(e) => (Status::Failed, Some(format!("{e:#}"))),
         };
         tracing::info!("task {id}: {status}");
         if let Err(e) = self
