@@ -14,7 +14,7 @@ use headroom_governor::{Governor, MemoryProbe};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::db::{Db, Status, TaskRow};
+use super::db::{Db, Kind, Status, TaskRow};
 use super::tasks::{TaskSpec, Tasks, validate};
 
 /// What every handler shares.
@@ -280,7 +280,7 @@ async fn openapi() -> Response {
 fn view(state: &AppState, row: TaskRow) -> serde_json::Value {
     let live = state.tasks.live(&row.id);
     let mut v = serde_json::to_value(&row).unwrap_or_default();
-    if row.kind == "purge" {
+    if row.kind == Kind::Purge {
         // The same counters under a purge's words; a dry run deleted
         // nothing, and says what it would have.
         let dry = row.spec["dry_run"].as_bool().unwrap_or(false);
@@ -306,7 +306,7 @@ async fn create_task(
     let v = validate(spec, &state.access.paths).map_err(bad)?;
     let id = new_id();
     let spec = serde_json::to_string(&v.spec).map_err(|e| bad(e.to_string()))?;
-    let row = state.db.insert(&id, &v.spec.kind, &spec).await?;
+    let row = state.db.insert(&id, v.kind, &spec).await?;
     state.tasks.wake();
     Ok((StatusCode::CREATED, Json(view(&state, row))))
 }

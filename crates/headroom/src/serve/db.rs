@@ -70,11 +70,43 @@ impl std::str::FromStr for Status {
     }
 }
 
+/// What a task does. Stored and shown as the lower-case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Copy,
+    Purge,
+}
+
+impl Kind {
+    /// The name stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Copy => "copy",
+            Kind::Purge => "purge",
+        }
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "copy" => Ok(Kind::Copy),
+            "purge" => Ok(Kind::Purge),
+            other => Err(format!(
+                "unknown task kind {other:?}; one of \"copy\", \"purge\""
+            )),
+        }
+    }
+}
+
 /// One row of `tasks`.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskRow {
     pub id: String,
-    pub kind: String,
+    pub kind: Kind,
     pub status: Status,
     pub spec: serde_json::Value,
     pub created_at: i64,
@@ -102,8 +134,8 @@ fn row(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
     Ok(TaskRow {
         status: status.parse().map_err(corrupt)?,
         spec: serde_json::from_str(&spec).map_err(|e| corrupt(format!("spec: {e}")))?,
+        kind: r.try_get::<String, _>("kind")?.parse().map_err(corrupt)?,
         id,
-        kind: r.try_get("kind")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         started_at: r.try_get("started_at")?,
@@ -220,13 +252,13 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn insert(&self, id: &str, kind: &str, spec: &str) -> sqlx::Result<TaskRow> {
+    pub async fn insert(&self, id: &str, kind: Kind, spec: &str) -> sqlx::Result<TaskRow> {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO tasks (id, kind, status, spec, created_at, updated_at) VALUES ($1, $2, 'queued', $3, $4, $5)",
         )
         .bind(id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(spec)
         .bind(now)
         .bind(now)

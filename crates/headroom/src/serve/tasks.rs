@@ -19,7 +19,7 @@ use headroom_governor::{ByteSize, Governor, MemoryProbe};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
-use super::db::{Db, Progress, Status, TaskRow};
+use super::db::{Db, Kind, Progress, Status, TaskRow};
 use crate::cli::{CopyArgs, PurgeArgs, S3Args};
 use crate::jobs::copy::{self, CopyEnv, Watermark};
 use crate::jobs::purge::{self, PurgeEnv};
@@ -73,6 +73,7 @@ pub enum JobArgs {
 /// A validated spec, ready to run.
 pub struct Validated {
     pub spec: TaskSpec,
+    pub kind: Kind,
     pub job: JobArgs,
     pub share: Option<u64>,
 }
@@ -142,8 +143,9 @@ pub fn validate(spec: TaskSpec, roots: &[std::path::PathBuf]) -> Result<Validate
         s3_timeout: Duration::from_secs(300),
         ..S3Args::default()
     };
-    let job = match spec.kind.as_str() {
-        "copy" => {
+    let kind: Kind = spec.kind.parse().map_err(|e| format!("kind: {e}"))?;
+    let job = match kind {
+        Kind::Copy => {
             absent("target", &spec.target, "copy")?;
             absent("older_than", &spec.older_than, "copy")?;
             let src: Location = required("source", &spec.source, "copy")?
@@ -168,7 +170,7 @@ pub fn validate(spec: TaskSpec, roots: &[std::path::PathBuf]) -> Result<Validate
                 s3,
             }))
         }
-        "purge" => {
+        Kind::Purge => {
             absent("source", &spec.source, "purge")?;
             absent("destination", &spec.destination, "purge")?;
             if spec.checksum {
@@ -196,13 +198,13 @@ pub fn validate(spec: TaskSpec, roots: &[std::path::PathBuf]) -> Result<Validate
                 s3,
             }))
         }
-        other => {
-            return Err(format!(
-                "kind: unknown task kind {other:?}; one of \"copy\", \"purge\""
-            ));
-        }
     };
-    Ok(Validated { spec, job, share })
+    Ok(Validated {
+        spec,
+        kind,
+        job,
+        share,
+    })
 }
 
 /// A task being run: what the API shows live, and how to cancel it.
