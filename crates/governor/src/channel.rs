@@ -17,6 +17,10 @@
 //!   travels with it: send `(item, permit)` and the permit is released only
 //!   when the consumer drops it, after the item is gone.
 //!
+//! * What an item counts is its [`Footprint`]: the item says how many
+//!   bytes it holds, so no caller passes sizes by hand (and none can pass
+//!   a wrong one).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -25,7 +29,7 @@
 //! let gov = Governor::new(1 << 20);
 //! let (tx, mut rx) = channel::bounded::<(Vec<u8>, headroom_governor::Permit)>(64 << 10, 16);
 //! let permit = gov.acquire(4096, "example.chunk").await;
-//! tx.send((vec![7; 4096], permit), 4096).await.unwrap();
+//! tx.send((vec![7; 4096], permit)).await.unwrap(); // counts 4096 bytes
 //! let (chunk, permit) = rx.recv().await.unwrap();
 //! assert_eq!(chunk.len() as u64, permit.bytes());
 //! # }
@@ -38,6 +42,44 @@ use tokio::sync::mpsc;
 use crate::{Governor, Permit};
 
 const CHANNEL_TAG: &str = "channel.queued";
+
+/// The bytes an item holds while it waits in a [`bounded`] channel, which
+/// is what the channel counts against its byte bound (as Vector's
+/// `InMemoryBufferable` does for its buffers).
+pub trait Footprint {
+    /// Bytes this item holds: its own size and what it owns on the heap.
+    fn footprint(&self) -> u64;
+}
+
+impl Footprint for Vec<u8> {
+    fn footprint(&self) -> u64 {
+        (std::mem::size_of::<Self>() + self.capacity()) as u64
+    }
+}
+
+impl Footprint for String {
+    fn footprint(&self) -> u64 {
+        (std::mem::size_of::<Self>() + self.capacity()) as u64
+    }
+}
+
+/// An item with the governor permit that pays for its buffers: the
+/// channel counts the item, the permit pays for its memory.
+impl<T: Footprint> Footprint for (T, Permit) {
+    fn footprint(&self) -> u64 {
+        self.0.footprint()
+    }
+}
+
+/// Results of a stage (an item or a per-item error) weigh what they hold.
+impl<T: Footprint, E: Footprint> Footprint for Result<T, E> {
+    fn footprint(&self) -> u64 {
+        match self {
+            Ok(t) => t.footprint(),
+            Err(e) => e.footprint(),
+        }
+    }
+}
 
 /// Creates a channel holding at most `max_bytes` bytes and `max_items` items
 /// (each at least 1).
@@ -122,14 +164,19 @@ impl<T> fmt::Display for TrySendError<T> {
 impl<T> std::error::Error for TrySendError<T> {}
 
 impl<T> Sender<T> {
-    /// Sends `item`, counted as `bytes`, waiting while the channel is full.
+    /// Sends `item`, counted as its [`Footprint`], waiting while the
+    /// channel is full.
     ///
     /// # Cancel safety
     ///
     /// Dropping the future leaks no capacity, but if it was dropped before
     /// completing, the item was not sent and is dropped with it (as with
     /// `tokio::sync::mpsc::Sender::send`).
-    pub async fn send(&self, item: T, bytes: u64) -> Result<(), SendError<T>> {
+    pub async fn send(&self, item: T) -> Result<(), SendError<T>>
+    where
+        T: Footprint,
+    {
+        let bytes = item.footprint();
         if self.tx.is_closed() {
             return Err(SendError(item));
         }
@@ -141,7 +188,11 @@ impl<T> Sender<T> {
     }
 
     /// Sends `item` only if there is room now.
-    pub fn try_send(&self, item: T, bytes: u64) -> Result<(), TrySendError<T>> {
+    pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>>
+    where
+        T: Footprint,
+    {
+        let bytes = item.footprint();
         if self.tx.is_closed() {
             return Err(TrySendError::Closed(item));
         }
@@ -212,30 +263,44 @@ mod tests {
 
     const SHORT: Duration = Duration::from_millis(50);
 
+    /// An item with an id that says how many bytes it weighs.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Item(u32, u64);
+
+    impl Footprint for Item {
+        fn footprint(&self) -> u64 {
+            self.1
+        }
+    }
+
+    fn id(i: Option<Item>) -> Option<u32> {
+        i.map(|i| i.0)
+    }
+
     #[tokio::test]
     async fn send_waits_when_bytes_are_full_and_resumes_when_received() {
-        let (tx, mut rx) = bounded::<u32>(100, 10);
-        tx.send(1, 60).await.unwrap();
-        tx.send(2, 40).await.unwrap();
+        let (tx, mut rx) = bounded::<Item>(100, 10);
+        tx.send(Item(1, 60)).await.unwrap();
+        tx.send(Item(2, 40)).await.unwrap();
         assert_eq!((tx.queued_bytes(), tx.queued_items()), (100, 2));
         assert!(
-            timeout(SHORT, tx.send(3, 1)).await.is_err(),
+            timeout(SHORT, tx.send(Item(3, 1))).await.is_err(),
             "full in bytes"
         );
-        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(id(rx.recv().await), Some(1));
         assert_eq!(tx.queued_bytes(), 40, "capacity returned on receive");
-        timeout(SHORT, tx.send(3, 60)).await.unwrap().unwrap();
-        assert_eq!(rx.recv().await, Some(2));
-        assert_eq!(rx.recv().await, Some(3));
+        timeout(SHORT, tx.send(Item(3, 60))).await.unwrap().unwrap();
+        assert_eq!(id(rx.recv().await), Some(2));
+        assert_eq!(id(rx.recv().await), Some(3));
     }
 
     #[tokio::test]
     async fn send_waits_when_items_are_full() {
-        let (tx, mut rx) = bounded::<u32>(1 << 20, 2);
-        tx.send(1, 1).await.unwrap();
-        tx.send(2, 1).await.unwrap();
+        let (tx, mut rx) = bounded::<Item>(1 << 20, 2);
+        tx.send(Item(1, 1)).await.unwrap();
+        tx.send(Item(2, 1)).await.unwrap();
         assert!(
-            timeout(SHORT, tx.send(3, 1)).await.is_err(),
+            timeout(SHORT, tx.send(Item(3, 1))).await.is_err(),
             "full in items"
         );
         assert_eq!(
@@ -243,28 +308,34 @@ mod tests {
             2,
             "the cancelled send left nothing behind"
         );
-        assert!(matches!(tx.try_send(3, 1), Err(TrySendError::Full(3))));
+        assert!(matches!(
+            tx.try_send(Item(3, 1)),
+            Err(TrySendError::Full(Item(3, 1)))
+        ));
         rx.recv().await.unwrap();
-        tx.try_send(3, 1).unwrap();
+        tx.try_send(Item(3, 1)).unwrap();
     }
 
     #[tokio::test]
     async fn oversized_item_enters_only_an_empty_channel() {
-        let (tx, mut rx) = bounded::<&str>(100, 10);
-        tx.send("small", 10).await.unwrap();
+        let (tx, mut rx) = bounded::<Item>(100, 10);
+        tx.send(Item(1, 10)).await.unwrap();
         let tx2 = tx.clone();
-        let big = tokio::spawn(async move { tx2.send("big", 1000).await });
+        let big = tokio::spawn(async move { tx2.send(Item(2, 1000)).await });
         tokio::time::sleep(SHORT).await;
         assert!(!big.is_finished(), "must wait for the channel to empty");
-        assert_eq!(rx.recv().await, Some("small"));
+        assert_eq!(id(rx.recv().await), Some(1));
         big.await.unwrap().unwrap();
         assert_eq!(
             tx.queued_bytes(),
             100,
             "the big item fills the channel alone"
         );
-        assert!(matches!(tx.try_send("x", 1), Err(TrySendError::Full(_))));
-        assert_eq!(rx.recv().await, Some("big"));
+        assert!(matches!(
+            tx.try_send(Item(3, 1)),
+            Err(TrySendError::Full(_))
+        ));
+        assert_eq!(id(rx.recv().await), Some(2));
         assert_eq!(tx.queued_bytes(), 0);
     }
 
@@ -273,8 +344,9 @@ mod tests {
         let gov = Governor::new(1000);
         let (tx, mut rx) = bounded(1 << 20, 10);
         let p = gov.acquire(300, "test.item").await;
-        tx.send((vec![0u8; 300], p), 300).await.unwrap();
+        tx.send((vec![0u8; 300], p)).await.unwrap();
         assert_eq!(gov.reserved(), 300, "paid for while queued");
+        assert!(tx.queued_bytes() >= 300, "the buffer is counted");
         let (buf, permit) = rx.recv().await.unwrap();
         assert_eq!(rx.queued_bytes(), 0);
         assert_eq!(
@@ -289,16 +361,16 @@ mod tests {
 
     #[tokio::test]
     async fn closed_receiver_fails_sends_and_returns_items() {
-        let (tx, rx) = bounded::<String>(100, 10);
-        tx.send("queued".into(), 100).await.unwrap();
+        let (tx, rx) = bounded::<Item>(100, 10);
+        tx.send(Item(1, 100)).await.unwrap();
         let tx2 = tx.clone();
-        let blocked = tokio::spawn(async move { tx2.send("blocked".into(), 50).await });
+        let blocked = tokio::spawn(async move { tx2.send(Item(2, 50)).await });
         tokio::time::sleep(SHORT).await;
         drop(rx);
         let err = blocked.await.unwrap().unwrap_err();
-        assert_eq!(err.0, "blocked");
+        assert_eq!(err.0, Item(2, 50));
         assert!(matches!(
-            tx.try_send("x".into(), 1),
+            tx.try_send(Item(3, 1)),
             Err(TrySendError::Closed(_))
         ));
         assert_eq!(
@@ -310,10 +382,18 @@ mod tests {
 
     #[tokio::test]
     async fn recv_returns_none_after_all_senders_are_gone() {
-        let (tx, mut rx) = bounded::<u8>(10, 10);
-        tx.send(1, 1).await.unwrap();
+        let (tx, mut rx) = bounded::<Item>(10, 10);
+        tx.send(Item(1, 1)).await.unwrap();
         drop(tx);
-        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(id(rx.recv().await), Some(1));
         assert_eq!(rx.recv().await, None);
+    }
+
+    #[test]
+    fn footprints_of_buffers_results_and_permitted_items() {
+        let v = Vec::with_capacity(100);
+        assert_eq!(v.footprint(), 24 + 100);
+        let r: Result<Vec<u8>, String> = Err(String::with_capacity(10));
+        assert_eq!(r.footprint(), 24 + 10);
     }
 }

@@ -61,8 +61,7 @@ impl LocalStore {
             let entry = self.stat(only).await?.ok_or_else(|| {
                 StoreError::permanent(self.path_of(only).display().to_string(), "no such file")
             })?;
-            let bytes = entry.footprint();
-            let _ = tx.send(Ok(entry), bytes).await;
+            let _ = tx.send(Ok(entry)).await;
             return Ok(());
         }
         let root = self.root.clone();
@@ -243,11 +242,7 @@ fn walk(root: &Path, rt: &tokio::runtime::Handle, tx: &channel::Sender<Listed>) 
                 passed_over: false,
             }),
         };
-        let bytes = match &listed {
-            Ok(e) => e.footprint(),
-            Err(e) => (e.path.len() + e.message.len()) as u64,
-        };
-        if rt.block_on(tx.send(listed, bytes)).is_err() {
+        if rt.block_on(tx.send(listed)).is_err() {
             return; // the consumer stopped
         }
     }

@@ -44,13 +44,22 @@ pub struct Entry {
     pub mode: Option<u32>,
 }
 
-impl Entry {
-    /// Bytes this entry holds while it waits in a channel.
-    pub fn footprint(&self) -> u64 {
+/// Bytes an entry holds while it waits in a listing channel.
+impl channel::Footprint for Entry {
+    fn footprint(&self) -> u64 {
         (std::mem::size_of::<Entry>() + self.key.len() + self.etag.as_ref().map_or(0, |e| e.len()))
             as u64
     }
+}
 
+/// Bytes a listing error holds while it waits in a listing channel.
+impl channel::Footprint for ListError {
+    fn footprint(&self) -> u64 {
+        (std::mem::size_of::<ListError>() + self.path.len() + self.message.len()) as u64
+    }
+}
+
+impl Entry {
     /// Whether the ETag is a plain MD5 of the content (32 hex digits), the
     /// case for single-part uploads without KMS encryption.
     pub fn md5_etag(&self) -> Option<&str> {

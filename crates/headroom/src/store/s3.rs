@@ -251,8 +251,7 @@ impl S3Store {
             let entry = with_retries(retry, || self.stat(only))
                 .await?
                 .ok_or_else(|| StoreError::permanent(self.url_of(only), "no such object"))?;
-            let bytes = entry.footprint();
-            let _ = tx.send(Ok(entry), bytes).await;
+            let _ = tx.send(Ok(entry)).await;
             return Ok(());
         }
         let strip = if self.prefix.is_empty() {
@@ -294,7 +293,7 @@ impl S3Store {
                         message: format!("listing stopped early: {}", e.message),
                         passed_over: false,
                     });
-                    let _ = tx.send(listed, 256).await;
+                    let _ = tx.send(listed).await;
                     return Ok(());
                 }
             };
@@ -339,11 +338,7 @@ impl S3Store {
                         passed_over: false,
                     }),
                 };
-                let bytes = match &listed {
-                    Ok(e) => e.footprint(),
-                    Err(e) => (e.path.len() + e.message.len()) as u64,
-                };
-                if tx.send(listed, bytes).await.is_err() {
+                if tx.send(listed).await.is_err() {
                     return Ok(());
                 }
             }

@@ -61,6 +61,14 @@ pub struct Event {
     _permit: Permit,
 }
 
+/// The queue between reader and writer counts an event's data; its permit
+/// pays for the data and the overhead.
+impl headroom_governor::channel::Footprint for Event {
+    fn footprint(&self) -> u64 {
+        self.data.len() as u64
+    }
+}
+
 /// Live counters of an ingest, shared by reader, writer and reporter.
 #[derive(Debug, Default)]
 pub struct IngestCounters {

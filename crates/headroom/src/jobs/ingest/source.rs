@@ -179,7 +179,7 @@ impl ReaderContext {
         };
         self.counters.events_read.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
-        if self.tx.send(event, len).await.is_err() {
+        if self.tx.send(event).await.is_err() {
             return Err(Halt::WriterGone);
         }
         if seq.is_some() {
