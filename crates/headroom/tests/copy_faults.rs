@@ -179,10 +179,7 @@ fn unreadable_files_fail_alone_and_the_rest_is_copied() {
     )
     .unwrap();
     // nobody must be able to reach the temp dirs and write the destination.
-    for d in [dir.path(), &src, &src.join("ok"), &dst] {
-        let mode = if d == dst { 0o777 } else { 0o755 };
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
+    open_to_nobody(&[dir.path(), &src, &src.join("ok")], &dst);
 
     let o = headroom_unprivileged()
         .args(["copy", "--memory", "32MiB"])

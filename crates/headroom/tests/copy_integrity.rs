@@ -402,10 +402,7 @@ fn symlinks_and_special_files_are_counted_and_control_characters_escaped() {
     std::fs::set_permissions(src.join(evil), std::fs::Permissions::from_mode(0o000)).unwrap();
     let dst = dir.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    for d in [dir.path(), &src, &dst] {
-        let mode = if d == dst { 0o777 } else { 0o755 };
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
+    open_to_nobody(&[dir.path(), &src], &dst);
     let o = headroom_unprivileged()
         .args(["copy", "--memory", "32MiB"])
         .arg(&src)

@@ -50,6 +50,24 @@ fn finish_within(mut child: std::process::Child, limit: Duration) -> (bool, Stri
     }
 }
 
+/// Runs `cmd` with `n` lines (`{"seq":I}`) on its standard input, then
+/// end of input; whether it succeeded within 30 s, and its stderr.
+fn ingest_lines(mut cmd: Command, n: usize) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for i in 0..n {
+            writeln!(stdin, "{{\"seq\":{i}}}").unwrap();
+        }
+    }
+    finish_within(child, Duration::from_secs(30))
+}
+
 #[test]
 fn a_stream_that_refuses_every_append_ends_the_job_instead_of_a_busy_loop() {
     let redis = RedisServer::start();
@@ -62,26 +80,17 @@ fn a_stream_that_refuses_every_append_ends_the_job_instead_of_a_busy_loop() {
         .arg("x")
         .query(&mut c)
         .unwrap();
-    let mut child = ingest(&[
-        "--from",
-        "-",
-        "--to",
-        &redis.url("full"),
-        "--redis-retry-for",
-        "3s",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for i in 0..100 {
-            writeln!(stdin, "{{\"seq\":{i}}}").unwrap();
-        }
-    }
-    let (ok, err) = finish_within(child, Duration::from_secs(30));
+    let (ok, err) = ingest_lines(
+        ingest(&[
+            "--from",
+            "-",
+            "--to",
+            &redis.url("full"),
+            "--redis-retry-for",
+            "3s",
+        ]),
+        100,
+    );
     assert!(!ok, "{err}");
     assert!(err.contains("refused"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -177,20 +186,9 @@ fn the_redis_password_comes_from_the_environment_and_is_never_echoed() {
     );
     assert!(!err.contains("hunter2"), "{err}");
 
-    let mut child = ingest(&["--from", "-", "--to", &redis.url("s")])
-        .env("HEADROOM_REDIS_PASSWORD", "hunter2-secret")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for i in 0..10 {
-            writeln!(stdin, "event {i}").unwrap();
-        }
-    }
-    let (ok, err) = finish_within(child, Duration::from_secs(30));
+    let mut cmd = ingest(&["--from", "-", "--to", &redis.url("s")]);
+    cmd.env("HEADROOM_REDIS_PASSWORD", "hunter2-secret");
+    let (ok, err) = ingest_lines(cmd, 10);
     assert!(ok, "{err}");
     assert!(!err.contains("hunter2"), "{err}");
     let mut c = redis::Client::open(format!("redis://:hunter2-secret@127.0.0.1:{}/", redis.port))

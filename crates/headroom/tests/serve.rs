@@ -24,6 +24,16 @@ fn write_files(dir: &std::path::Path, n: usize, size: usize) -> Vec<(String, Vec
         .collect()
 }
 
+/// An S3 server that stalls every other request for `ms`: slow enough that
+/// a task is caught running.
+fn slow_s3(ms: u64) -> S3Server {
+    S3Server::start(Faults {
+        every: 2,
+        kinds: vec![common::Fault::Stall(Duration::from_millis(ms))],
+        ..Faults::default()
+    })
+}
+
 fn create(api: &Api, svc: &Service, spec: Value) -> Value {
     let (status, task) = api.post(&svc.url("/api/tasks"), spec);
     assert_eq!(status, 201, "{task}");
@@ -687,11 +697,7 @@ fn history_survives_restarts_on_postgres() {
 fn with_no_resume_a_killed_task_waits_as_interrupted_until_resumed() {
     let work = tempfile::tempdir().unwrap();
     // Slow enough that the task is still running when it is killed.
-    let s3 = S3Server::start(Faults {
-        every: 2,
-        kinds: vec![common::Fault::Stall(Duration::from_millis(200))],
-        ..Faults::default()
-    });
+    let s3 = slow_s3(200);
     let bucket = s3.bucket("later-bucket");
     let src = work.path().join("src");
     let files = write_files(&src, 24, 3 << 20);
@@ -906,11 +912,7 @@ fn psql(sql: &str) {
 #[test]
 fn a_read_only_database_is_not_ready_and_an_answered_cancel_survives_a_crash() {
     let work = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(Faults {
-        every: 2,
-        kinds: vec![common::Fault::Stall(Duration::from_millis(300))],
-        ..Faults::default()
-    });
+    let s3 = slow_s3(300);
     s3.bucket("ro-bucket");
     let src = work.path().join("src");
     write_files(&src, 40, 1 << 20);
@@ -979,11 +981,7 @@ fn a_read_only_database_is_not_ready_and_an_answered_cancel_survives_a_crash() {
 #[test]
 fn a_share_too_small_fails_at_once_and_deleting_a_running_task_releases_its_share() {
     let work = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(Faults {
-        every: 2,
-        kinds: vec![common::Fault::Stall(Duration::from_millis(300))],
-        ..Faults::default()
-    });
+    let s3 = slow_s3(300);
     s3.bucket("share-bucket");
     let src = work.path().join("src");
     write_files(&src, 30, 1 << 20);
@@ -1052,11 +1050,7 @@ fn a_share_too_small_fails_at_once_and_deleting_a_running_task_releases_its_shar
 #[test]
 fn sigterm_stops_running_tasks_cleanly_and_they_resume_at_the_next_start() {
     let work = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(Faults {
-        every: 2,
-        kinds: vec![common::Fault::Stall(Duration::from_millis(300))],
-        ..Faults::default()
-    });
+    let s3 = slow_s3(300);
     let bucket = s3.bucket("term-bucket");
     let src = work.path().join("src");
     let files = write_files(&src, 4, 12 << 20);

@@ -368,44 +368,44 @@ fn protected(dir: &Path) -> Option<String> {
             "it is a system directory".to_string()
         });
     }
-    let homes = home_directories();
-    if let Some((user, _)) = homes.iter().find(|(_, h)| h == dir) {
-        return Some(format!("it is the home directory of {user}"));
-    }
-    if let Some((user, h)) = homes
-        .iter()
-        .find(|(_, h)| h.starts_with(dir) && h.as_path() != Path::new("/"))
-    {
-        return Some(format!(
-            "it holds the home directory of {user} ({})",
-            h.display()
-        ));
-    }
-    None
-}
-
-/// Users' home directories: every entry of /etc/passwd with a real home,
-/// and `$HOME` (resolved) for users the file does not list.
-fn home_directories() -> Vec<(String, PathBuf)> {
-    let mut homes = Vec::new();
-    if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
-        for line in passwd.lines() {
-            let fields: Vec<&str> = line.split(':').collect();
-            if let (Some(user), Some(home)) = (fields.first(), fields.get(5))
-                && home.starts_with('/')
-                && *home != "/"
-                && let Ok(h) = Path::new(home).canonicalize()
+    // Users' homes from the password database, read a line at a time, and
+    // `$HOME` for a user it does not list. Being a home outranks holding
+    // one; the first home found below `dir` is kept for the message.
+    let mut holds: Option<String> = None;
+    let mut check = |user: &str, home: &Path| -> Option<String> {
+        let home = home.canonicalize().ok().filter(|h| h != Path::new("/"))?;
+        if home == dir {
+            return Some(format!("it is the home directory of {user}"));
+        }
+        if holds.is_none() && home.starts_with(dir) {
+            holds = Some(format!(
+                "it holds the home directory of {user} ({})",
+                home.display()
+            ));
+        }
+        None
+    };
+    if let Ok(passwd) = std::fs::File::open("/etc/passwd") {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(passwd)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut fields = line.split(':');
+            let user = fields.next().unwrap_or_default();
+            if let Some(home) = fields.nth(4).filter(|h| h.starts_with('/'))
+                && let Some(why) = check(user, Path::new(home))
             {
-                homes.push((user.to_string(), h));
+                return Some(why);
             }
         }
     }
-    if let Some(h) = std::env::var_os("HOME").and_then(|h| PathBuf::from(h).canonicalize().ok())
-        && h != Path::new("/")
+    if let Some(home) = std::env::var_os("HOME")
+        && let Some(why) = check("the current user ($HOME)", Path::new(&home))
     {
-        homes.push(("the current user ($HOME)".to_string(), h));
+        return Some(why);
     }
-    homes
+    holds
 }
 
 /// What every walker and worker shares.

@@ -299,8 +299,7 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
         .max_frame_size(Some(cx.max_event));
     let mut stop = cx.stop.clone();
     let mut connected_once = false;
-    let mut down_since: Option<Instant> = None;
-    let mut pause = Duration::from_millis(100);
+    let mut backoff = Reconnect::default();
     loop {
         if cx.stopping() {
             return Ok(());
@@ -323,19 +322,13 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
                 bail!("cannot connect to {url}: {e}");
             }
             Err(e) => {
-                let since = *down_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > cx.reconnect_for {
-                    bail!(
-                        "{base} has been unreachable for {}: {e}",
-                        humantime::format_duration(cx.reconnect_for)
-                    );
+                let why = format!("reconnecting to {url} failed: {e}");
+                if !backoff
+                    .wait(base, &why, cx.reconnect_for, &mut stop)
+                    .await?
+                {
+                    return Ok(());
                 }
-                tracing::warn!("reconnecting to {url} failed: {e}; next try in {pause:?}");
-                tokio::select! {
-                    _ = crate::jobs::until_set(&mut stop) => return Ok(()),
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -389,29 +382,66 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
                 _ => continue,
             };
             // A healthy connection resets the reconnect backoff.
-            down_since = None;
-            pause = Duration::from_millis(100);
+            backoff = Reconnect::default();
             if cx.emit(Payload::Owned(data)).await.is_err() {
                 return Ok(());
             }
         };
         // A connection that ended before delivering an event counts as
-        // down time from the first one that did: a server that accepts and
-        // drops is given up on after --reconnect-for, and every reconnect
-        // waits its backoff (never a tight loop of connections).
-        let since = *down_since.get_or_insert_with(Instant::now);
-        if since.elapsed() > cx.reconnect_for {
+        // down time, like one that failed to open.
+        if !backoff
+            .wait(base, &format!("{base}: {why}"), cx.reconnect_for, &mut stop)
+            .await?
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Down time and backoff between WebSocket connections: 100 ms doubling to
+/// 5 s after every failed or fruitless connection, reset by an event. The
+/// down time counts from the first failure after the last event, so a
+/// server that accepts and drops is given up on after `--reconnect-for`
+/// and never gets a tight loop of connections.
+#[derive(Debug)]
+struct Reconnect {
+    down_since: Option<Instant>,
+    pause: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            down_since: None,
+            pause: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Reconnect {
+    /// Waits the next pause; `false` if `stop` was set meanwhile, an error
+    /// once the source has been down for `limit`.
+    async fn wait(
+        &mut self,
+        base: &url::Url,
+        why: &str,
+        limit: Duration,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let since = *self.down_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > limit {
             bail!(
                 "{base} has delivered no event for {}: {why}",
-                humantime::format_duration(cx.reconnect_for)
+                humantime::format_duration(limit)
             );
         }
-        tracing::warn!("{base}: {why}; reconnecting in {pause:?}");
+        tracing::warn!("{why}; reconnecting in {:?}", self.pause);
         tokio::select! {
-            _ = crate::jobs::until_set(&mut stop) => return Ok(()),
-            _ = tokio::time::sleep(pause) => {}
+            _ = crate::jobs::until_set(stop) => return Ok(false),
+            _ = tokio::time::sleep(self.pause) => {}
         }
-        pause = (pause * 2).min(Duration::from_secs(5));
+        self.pause = (self.pause * 2).min(Duration::from_secs(5));
+        Ok(true)
     }
 }
 
