@@ -1,11 +1,25 @@
-//! The command line. Flags follow rclone and aws-cli habits.
+//! The command line, and the only module that knows clap. Flags follow
+//! rclone and aws-cli habits. Each subcommand's arguments turn into the
+//! library's own options (`CopyOptions`, `PurgeOptions`, ...), whose
+//! `Default`s are the flags' defaults, as ripgrep's `hiargs` turns flags
+//! into its libraries' builders; no job sees a flag.
 //!
 //! Doc comments here are clap's help text, written for a terminal: their
 //! brackets (`[:PORT]`) are syntax, not links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use headroom_governor::ByteSize;
+
+use crate::jobs::ForegroundOptions;
+use crate::jobs::copy::CopyOptions;
+use crate::jobs::ingest::IngestOptions;
+use crate::jobs::purge::PurgeOptions;
+use crate::serve::ServeOptions;
+use crate::store::s3::S3Config;
+use crate::telemetry;
 
 /// Move data under a memory ceiling that holds by construction.
 ///
@@ -58,6 +72,31 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+impl From<LogFormat> for telemetry::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => telemetry::LogFormat::Text,
+            LogFormat::Json => telemetry::LogFormat::Json,
+        }
+    }
+}
+
+impl GlobalArgs {
+    /// How a job in the foreground reports, with its `--progress-interval`.
+    pub fn foreground(&self, progress_interval: humantime::Duration) -> ForegroundOptions {
+        ForegroundOptions {
+            memory: self.memory,
+            log_format: self.log_format.into(),
+            progress_interval: progress_interval.into(),
+        }
+    }
+}
+
+/// The default of every `--progress-interval`.
+fn default_progress_interval() -> humantime::Duration {
+    crate::jobs::DEFAULT_PROGRESS_INTERVAL.into()
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,19 +173,19 @@ pub struct CopyArgs {
     pub part_size: Option<headroom_governor::ByteSize>,
 
     /// Attempts after the first for each read, part or upload.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(long, default_value_t = crate::jobs::copy::DEFAULT_RETRIES, value_name = "N")]
     pub retries: u32,
 
     /// How often to report progress, e.g. 2s, 500ms.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub progress_interval: std::time::Duration,
+    #[arg(long, default_value_t = default_progress_interval(), value_name = "DURATION")]
+    pub progress_interval: humantime::Duration,
 
     #[command(flatten)]
     pub s3: S3Args,
 }
 
 /// S3 connection flags; the AWS environment variables are the defaults.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone)]
 pub struct S3Args {
     /// S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else
     /// AWS). Plain http:// is allowed only when the endpoint says so.
@@ -162,8 +201,53 @@ pub struct S3Args {
     pub s3_virtual_hosted: bool,
 
     /// Timeout of one S3 request, e.g. 60s, 5m.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub s3_timeout: std::time::Duration,
+    #[arg(long, default_value_t = crate::store::s3::DEFAULT_REQUEST_TIMEOUT.into(), value_name = "DURATION")]
+    pub s3_timeout: humantime::Duration,
+}
+
+impl S3Args {
+    fn config(&self) -> S3Config {
+        S3Config {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            virtual_hosted: self.s3_virtual_hosted,
+            request_timeout: self.s3_timeout.into(),
+            ..S3Config::default()
+        }
+    }
+}
+
+impl CopyArgs {
+    /// The copy's options.
+    pub fn options(&self) -> CopyOptions {
+        CopyOptions {
+            dry_run: self.dry_run,
+            checksum: self.checksum,
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            concurrency: self.concurrency,
+            part_size: self.part_size.map(|p| p.0),
+            retries: self.retries,
+            s3: self.s3.config(),
+        }
+    }
+}
+
+impl PurgeArgs {
+    /// The purge's options (`--simulate-latency` is not one: it is for
+    /// benchmarks, and passed beside them).
+    pub fn options(&self) -> PurgeOptions {
+        PurgeOptions {
+            dry_run: self.dry_run,
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            remove_empty_dirs: self.remove_empty_dirs,
+            concurrency: self.concurrency,
+            cross_filesystems: self.cross_filesystems,
+            force: self.force,
+            s3: self.s3.config(),
+        }
+    }
 }
 
 /// Arguments of `headroom purge`.
@@ -174,8 +258,8 @@ pub struct PurgeArgs {
 
     /// Delete files last modified longer ago than this: 30d, 12h, 90m,
     /// 1w. Required.
-    #[arg(long, visible_alias = "min-age", value_parser = parse_age, value_name = "DURATION")]
-    pub older_than: std::time::Duration,
+    #[arg(long, visible_alias = "min-age", value_parser = crate::jobs::purge::parse_age, value_name = "DURATION")]
+    pub older_than: Duration,
 
     /// Delete nothing; report how many files and bytes would go, the oldest
     /// and newest matched, and how long the real run would take.
@@ -212,11 +296,11 @@ pub struct PurgeArgs {
     /// Benchmarking only: sleep this long before every metadata call, to
     /// stand in for a high-latency filesystem (scripts/bench-purge.sh).
     #[arg(long, hide = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub simulate_latency: Option<std::time::Duration>,
+    pub simulate_latency: Option<Duration>,
 
     /// How often to report progress, e.g. 2s, 500ms.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub progress_interval: std::time::Duration,
+    #[arg(long, default_value_t = default_progress_interval(), value_name = "DURATION")]
+    pub progress_interval: humantime::Duration,
 
     #[command(flatten)]
     pub s3: S3Args,
@@ -242,16 +326,16 @@ pub struct IngestArgs {
     pub redis_password_file: Option<std::path::PathBuf>,
 
     /// Events per XADD batch (one MULTI/EXEC round trip).
-    #[arg(long, default_value_t = 500, value_name = "N")]
+    #[arg(long, default_value_t = IngestOptions::default().batch_size, value_name = "N")]
     pub batch_size: usize,
 
     /// Bytes per batch at most (a single larger event goes alone).
-    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
-    pub batch_bytes: headroom_governor::ByteSize,
+    #[arg(long, default_value_t = IngestOptions::default().batch_bytes, value_name = "SIZE")]
+    pub batch_bytes: ByteSize,
 
     /// Send a batch that is not full after this long.
-    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub flush_interval: std::time::Duration,
+    #[arg(long, default_value_t = IngestOptions::default().flush_interval.into(), value_name = "DURATION")]
+    pub flush_interval: humantime::Duration,
 
     /// Trim the stream to about this many entries on every XADD
     /// (`MAXLEN ~ N`). Default: no trimming.
@@ -264,16 +348,16 @@ pub struct IngestArgs {
     pub high_water: Option<u64>,
 
     /// Events read but not yet acknowledged by Redis, at most.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(long, default_value_t = IngestOptions::default().max_in_flight, value_name = "N")]
     pub max_in_flight: usize,
 
     /// The largest event accepted (a WebSocket message or a line); a
     /// larger one is an error, never truncated.
-    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
-    pub max_event_size: headroom_governor::ByteSize,
+    #[arg(long, default_value_t = IngestOptions::default().max_event_size, value_name = "SIZE")]
+    pub max_event_size: ByteSize,
 
     /// The stream entry's field that holds the event.
-    #[arg(long, default_value = "data", value_name = "NAME")]
+    #[arg(long, default_value_t = IngestOptions::default().field, value_name = "NAME")]
     pub field: String,
 
     /// WebSocket only: on reconnect, add this query parameter with the
@@ -285,34 +369,34 @@ pub struct IngestArgs {
     /// The numeric top-level JSON field of an event that holds its
     /// sequence number (used with --cursor-param; events at or below the
     /// last one read are dropped as replays).
-    #[arg(long, default_value = "seq", value_name = "NAME")]
+    #[arg(long, default_value_t = IngestOptions::default().sequence_field, value_name = "NAME")]
     pub sequence_field: String,
 
     /// Give up when Redis has refused every write for this long.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub redis_retry_for: std::time::Duration,
+    #[arg(long, default_value_t = IngestOptions::default().redis_retry_for.into(), value_name = "DURATION")]
+    pub redis_retry_for: humantime::Duration,
 
     /// Give up when the WebSocket cannot be reconnected for this long.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub reconnect_for: std::time::Duration,
+    #[arg(long, default_value_t = IngestOptions::default().reconnect_for.into(), value_name = "DURATION")]
+    pub reconnect_for: humantime::Duration,
 
     /// How often to report progress, e.g. 2s, 500ms.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub progress_interval: std::time::Duration,
+    #[arg(long, default_value_t = default_progress_interval(), value_name = "DURATION")]
+    pub progress_interval: humantime::Duration,
 }
 
 /// Arguments of `headroom serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on. A non-loopback address needs a token.
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(long, default_value_t = ServeOptions::default().listen, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
 
     /// The task database: a SQLite file path (created if missing),
     /// sqlite:PATH, or postgres://USER:PASSWORD@HOST/DB.
     #[arg(
         long,
-        default_value = "headroom.db",
+        default_value_t = ServeOptions::default().db,
         env = "HEADROOM_DB",
         value_name = "URL"
     )]
@@ -337,11 +421,11 @@ pub struct ServeArgs {
     pub allow_host: Vec<String>,
 
     /// Connections open at once at most; more wait to be accepted.
-    #[arg(long, default_value_t = 512, value_name = "N")]
+    #[arg(long, default_value_t = ServeOptions::default().max_connections, value_name = "N")]
     pub max_connections: usize,
 
     /// Tasks running at once; the rest wait in the queue.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, default_value_t = ServeOptions::default().max_running, value_name = "N")]
     pub max_running: usize,
 
     /// Tasks that were running when the service stopped become
@@ -351,15 +435,41 @@ pub struct ServeArgs {
     pub no_resume: bool,
 }
 
-/// Parses an age such as `30d`, `12h`, `90m`, `1w`, `2d12h`.
-pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| {
-        format!("invalid duration {s:?} ({e}): use a number and a unit, e.g. 30d, 12h, 90m")
-    })?;
-    if d.is_zero() {
-        return Err(format!("invalid duration {s:?}: it must be more than zero"));
+impl IngestArgs {
+    /// The ingest's options.
+    pub fn options(&self) -> IngestOptions {
+        IngestOptions {
+            redis_password_file: self.redis_password_file.clone(),
+            batch_size: self.batch_size,
+            batch_bytes: self.batch_bytes,
+            flush_interval: self.flush_interval.into(),
+            maxlen: self.maxlen,
+            high_water: self.high_water,
+            max_in_flight: self.max_in_flight,
+            max_event_size: self.max_event_size,
+            field: self.field.clone(),
+            cursor_param: self.cursor_param.clone(),
+            sequence_field: self.sequence_field.clone(),
+            redis_retry_for: self.redis_retry_for.into(),
+            reconnect_for: self.reconnect_for.into(),
+        }
     }
-    Ok(d)
+}
+
+impl ServeArgs {
+    /// The service's options.
+    pub fn options(&self) -> ServeOptions {
+        ServeOptions {
+            listen: self.listen,
+            db: self.db.clone(),
+            token_file: self.token_file.clone(),
+            allow_path: self.allow_path.clone(),
+            allow_host: self.allow_host.clone(),
+            max_connections: self.max_connections,
+            max_running: self.max_running,
+            resume: !self.no_resume,
+        }
+    }
 }
 
 /// Arguments of `headroom memory`.

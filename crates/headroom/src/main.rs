@@ -11,15 +11,15 @@ static ALLOC: headroom_governor::CountingAlloc = headroom_governor::CountingAllo
 /// is bounded like everything else.
 const MAX_BLOCKING_THREADS: usize = 64;
 
-/// 1 when anything failed or a signal stopped the job before its end.
-fn exit_code(summary: &headroom::telemetry::Summary) -> anyhow::Result<ExitCode> {
-    if summary.interrupted {
+/// 1 when anything failed; an error when a signal stopped the job before
+/// its end.
+fn exit_code(job: &str, outcome: &headroom::telemetry::Outcome) -> anyhow::Result<ExitCode> {
+    if outcome.interrupted {
         anyhow::bail!(
-            "interrupted by a signal before the {} was done: partial files were removed and incomplete uploads aborted",
-            summary.job.name()
+            "interrupted by a signal before the {job} was done: partial files were removed and incomplete uploads aborted"
         );
     }
-    Ok(if summary.failed > 0 {
+    Ok(if outcome.failed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -33,7 +33,8 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    headroom::telemetry::init_logging(cli.global.log_format);
+    let log_format = cli.global.log_format.into();
+    headroom::telemetry::init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -46,36 +47,54 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let global = &cli.global;
+        // Locked only to print: a dry run's tasks print while the job runs.
+        let out = || std::io::stdout().lock();
         match &cli.command {
             Command::Memory(_) => {
-                headroom::memory::report(
-                    cli.global.memory,
-                    cli.global.log_format,
-                    &mut std::io::stdout().lock(),
-                )?;
+                headroom::memory::report(global.memory, log_format, &mut out())?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Purge(args) => {
-                let summary = headroom::jobs::purge::run(args, &cli.global).await?;
-                summary.print(cli.global.log_format, &mut std::io::stdout().lock())?;
-                exit_code(&summary)
+                let summary = headroom::jobs::purge::run(
+                    &args.target,
+                    args.older_than,
+                    &args.options(),
+                    &global.foreground(args.progress_interval),
+                    args.simulate_latency,
+                )
+                .await?;
+                summary.print(log_format, &mut out())?;
+                exit_code("purge", &summary.outcome)
             }
             Command::Serve(args) => {
-                headroom::serve::run(args, &cli.global).await?;
+                headroom::serve::run(&args.options(), global.memory).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Ingest(args) => {
-                let summary = headroom::jobs::ingest::run(args, &cli.global).await?;
-                summary.print(cli.global.log_format, &mut std::io::stdout().lock())?;
+                let summary = headroom::jobs::ingest::run(
+                    &args.from,
+                    &args.to,
+                    &args.options(),
+                    &global.foreground(args.progress_interval),
+                )
+                .await?;
+                summary.print(log_format, &mut out())?;
                 match &summary.error {
                     Some(e) => Err(anyhow::anyhow!("{e}")),
                     None => Ok(ExitCode::SUCCESS),
                 }
             }
             Command::Copy(args) => {
-                let summary = headroom::jobs::copy::run(args, &cli.global).await?;
-                summary.print(cli.global.log_format, &mut std::io::stdout().lock())?;
-                exit_code(&summary)
+                let summary = headroom::jobs::copy::run(
+                    &args.src,
+                    &args.dst,
+                    &args.options(),
+                    &global.foreground(args.progress_interval),
+                )
+                .await?;
+                summary.print(log_format, &mut out())?;
+                exit_code("copy", &summary.outcome)
             }
         }
     });

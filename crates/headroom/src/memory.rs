@@ -9,7 +9,7 @@ use headroom_governor::{
 };
 use serde_json::json;
 
-use crate::cli::LogFormat;
+use crate::telemetry::LogFormat;
 
 /// The governor of a job, with the breaker that watches real usage.
 pub struct MemoryPlan {
@@ -74,10 +74,9 @@ pub fn budget_for_reservable(needed: u64) -> u64 {
     }
 }
 
+/// MiB as every record shows them, `null` when unknown.
 fn mb(bytes: Option<u64>) -> serde_json::Value {
-    bytes.map_or(serde_json::Value::Null, |b| {
-        json!((b as f64 / 1048576.0 * 10.0).round() / 10.0)
-    })
+    json!(bytes.map(crate::telemetry::mb))
 }
 
 fn show(bytes: Option<u64>) -> String {

@@ -1,26 +1,37 @@
-//! What a job tells its user while it runs and when it ends.
+//! What every job shares in telling its user how it goes: logging, the
+//! periodic reporter with its leak detector, the memory picture, and the
+//! list of failures a summary shows. Each job's own counters, progress
+//! record and summary live with the job, named for what that job counts
+//! (`jobs::copy::report`, `jobs::purge::report`, `jobs::ingest::report`),
+//! as ripgrep's `printer` crate has one module per output.
 //!
 //! * Logs: text or JSON lines on standard error (`RUST_LOG`, default info).
-//! * Progress: every `--progress-interval`, a record with items, bytes,
-//!   rates and the memory picture (`rss_mb`, `heap_mb`, `reserved_mb`,
-//!   `budget_mb`, `in_flight`, `mb_per_1k_files`): a JSON line with
+//! * Progress: every `--progress-interval`, a record from the job's
+//!   [`JobCounters`] with the memory picture (`rss_mb`, `heap_mb`,
+//!   `reserved_mb`, `budget_mb`, `mb_per_1k_files`): a JSON line with
 //!   `--log-format json`, else a log line; on a terminal a live progress bar
 //!   as well.
 //! * A leak detector: memory per 1,000 files should fall as a job goes on
 //!   (memory is constant, files grow). If it rises several windows in a
 //!   row, something keeps per-file state, and a warning says so.
-//! * A summary at the end.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use headroom_governor::{ByteSize, Governor, MemoryProbe};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How logs and reports are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init_logging(format: LogFormat) {
@@ -42,88 +53,37 @@ pub fn init_logging(format: LogFormat) {
 /// when it happens, so the rest are in the log, not in memory.
 pub const FAILURES_KEPT: usize = 100;
 
-/// Which job a report is about: the words and keys of its records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Job {
-    /// `headroom copy`.
-    Copy,
-    /// `headroom purge`: `listed` counts files scanned, `copied` files
-    /// deleted, `bytes` bytes freed, `skipped` files kept.
-    Purge,
+/// The failures of a job: all counted and logged when they happen, the
+/// first [`FAILURES_KEPT`] kept for the summary.
+#[derive(Debug, Default)]
+pub struct Failures {
+    count: AtomicU64,
+    kept: Mutex<Vec<(String, String)>>,
 }
 
-impl Job {
-    /// The command's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Job::Copy => "copy",
-            Job::Purge => "purge",
+impl Failures {
+    /// Records a failure of `what` (an object, a path): logged now, kept
+    /// for the summary if there is room.
+    pub fn record(&self, what: String, why: String) {
+        // Names come from listings: never let their control characters
+        // reach a terminal.
+        let (what, why) = (escape(&what).into_owned(), escape(&why).into_owned());
+        self.count.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("failed: {what}: {why}");
+        let mut f = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if f.len() < FAILURES_KEPT {
+            f.push((what, why));
         }
     }
-}
 
-/// Live counters of a job, shared by its tasks and the reporter.
-#[derive(Debug)]
-pub struct Counters {
-    /// Objects listed at the source and selected by the filters.
-    pub listed: AtomicU64,
-    /// Their bytes.
-    pub listed_bytes: AtomicU64,
-    /// Objects copied (or, in a dry run, that would be).
-    pub copied: AtomicU64,
-    /// Objects already up to date at the destination.
-    pub skipped: AtomicU64,
-    /// Objects that failed.
-    pub failed: AtomicU64,
-    /// Bytes moved so far (or, in a dry run, that would be).
-    pub bytes: std::sync::Arc<AtomicU64>,
-    /// Bytes of skipped objects.
-    pub skipped_bytes: AtomicU64,
-    /// Transfers running now.
-    pub in_flight: AtomicU64,
-    /// Whether the listing has finished (the totals are final).
-    pub listing_done: std::sync::atomic::AtomicBool,
-    /// Objects gone before they could be handled (purge).
-    pub vanished: AtomicU64,
-    /// Directories removed because they became empty (purge).
-    pub dirs_removed: AtomicU64,
-    /// Oldest and newest modification time (Unix seconds) among matched
-    /// files (purge).
-    pub oldest: AtomicI64,
-    pub newest: AtomicI64,
-    /// Metadata calls made and the time they took, for estimates.
-    pub metadata_calls: AtomicU64,
-    pub metadata_nanos: AtomicU64,
-    /// Symlinks and special files (sockets, FIFOs, devices) the listing
-    /// passed over: never followed, never copied, but counted and said.
-    pub not_regular: AtomicU64,
-    /// Directories not entered: another filesystem or mount (purge).
-    pub skipped_mounts: AtomicU64,
-    failures: Mutex<Vec<(String, String)>>,
-}
+    /// How many failed.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
 
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            listed: AtomicU64::new(0),
-            listed_bytes: AtomicU64::new(0),
-            copied: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            bytes: Default::default(),
-            skipped_bytes: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            listing_done: Default::default(),
-            vanished: AtomicU64::new(0),
-            dirs_removed: AtomicU64::new(0),
-            oldest: AtomicI64::new(i64::MAX),
-            newest: AtomicI64::new(i64::MIN),
-            metadata_calls: AtomicU64::new(0),
-            metadata_nanos: AtomicU64::new(0),
-            not_regular: AtomicU64::new(0),
-            skipped_mounts: AtomicU64::new(0),
-            failures: Mutex::new(Vec::new()),
-        }
+    /// The first failures, with reasons.
+    pub fn kept(&self) -> Vec<(String, String)> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -143,36 +103,6 @@ pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
-}
-
-impl Counters {
-    /// Records a failed object: logged now, kept for the summary if there
-    /// is room.
-    pub fn fail(&self, what: String, why: String) {
-        // Names come from listings: never let their control characters
-        // reach a terminal.
-        let (what, why) = (escape(&what).into_owned(), escape(&why).into_owned());
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        tracing::error!("failed: {what}: {why}");
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if f.len() < FAILURES_KEPT {
-            f.push((what, why));
-        }
-    }
-
-    /// Files finished one way or another.
-    pub fn files_processed(&self) -> u64 {
-        self.copied.load(Ordering::Relaxed)
-            + self.skipped.load(Ordering::Relaxed)
-            + self.failed.load(Ordering::Relaxed)
-    }
-
-    fn failures(&self) -> Vec<(String, String)> {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
 }
 
 /// Warns when memory per 1,000 files rises window after window.
@@ -211,28 +141,20 @@ pub fn mb(bytes: u64) -> f64 {
     (bytes as f64 / 1048576.0 * 100.0).round() / 100.0
 }
 
-/// One progress record.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// The job reported on.
-    pub job: Job,
-    /// Since the job started.
-    pub elapsed: Duration,
-    /// Files scanned (listed and selected).
-    pub files_scanned: u64,
-    /// Files copied.
-    pub files_done: u64,
-    /// Files skipped.
-    pub files_skipped: u64,
-    /// Files failed.
-    pub files_failed: u64,
-    /// Bytes copied.
-    pub bytes_done: u64,
-    /// Files per second over the last window.
-    pub files_per_second: f64,
-    /// Bytes per second over the last window.
-    pub bytes_per_second: f64,
-    /// Resident memory.
+/// Seconds with one decimal, as records show elapsed times and rates.
+pub fn tenths(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// RSS per 1,000 files gone through; `None` before any.
+pub fn mb_per_1k_files(rss: u64, files: u64) -> Option<f64> {
+    (files > 0).then(|| mb(rss) / (files as f64 / 1000.0))
+}
+
+/// The memory picture every progress record carries.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryPicture {
+    /// Resident memory (0 where it cannot be read).
     pub rss: u64,
     /// Heap bytes (counting allocator), if installed.
     pub heap: Option<u64>,
@@ -240,97 +162,39 @@ pub struct Snapshot {
     pub reserved: u64,
     /// Governor budget.
     pub budget: u64,
-    /// Transfers running.
-    pub in_flight: u64,
-    /// Total bytes to move, once the listing is done.
-    pub total_bytes: Option<u64>,
 }
 
-impl Snapshot {
-    /// RSS per 1,000 files processed (scanned, for a purge); `None`
-    /// before any.
-    pub fn mb_per_1k_files(&self) -> Option<f64> {
-        let files = match self.job {
-            Job::Copy => self.files_done + self.files_skipped + self.files_failed,
-            Job::Purge => self.files_scanned,
-        };
-        (files > 0).then(|| mb(self.rss) / (files as f64 / 1000.0))
+impl MemoryPicture {
+    /// Reads the probe and the governor now.
+    pub fn sample(gov: &Governor, probe: &MemoryProbe) -> Self {
+        let sample = probe.sample();
+        let stats = gov.stats();
+        MemoryPicture {
+            rss: sample.rss.unwrap_or(0),
+            heap: sample.heap,
+            reserved: stats.reserved,
+            budget: stats.budget,
+        }
     }
 
-    fn json(&self) -> serde_json::Value {
-        if self.job == Job::Purge {
-            return json!({
-                "type": "progress",
-                "elapsed_s": (self.elapsed.as_secs_f64() * 10.0).round() / 10.0,
-                "files_scanned": self.files_scanned,
-                "files_deleted": self.files_done,
-                "files_kept": self.files_skipped,
-                "files_failed": self.files_failed,
-                "bytes_freed": self.bytes_done,
-                "files_per_second": (self.files_per_second * 10.0).round() / 10.0,
-                "rss_mb": mb(self.rss),
-                "heap_mb": self.heap.map(mb),
-                "reserved_mb": mb(self.reserved),
-                "budget_mb": mb(self.budget),
-                "in_flight": self.in_flight,
-                "mb_per_1k_files": self.mb_per_1k_files().map(|v| (v * 1000.0).round() / 1000.0),
-            });
-        }
-        json!({
-            "type": "progress",
-            "elapsed_s": (self.elapsed.as_secs_f64() * 10.0).round() / 10.0,
-            "files_done": self.files_done,
-            "files_skipped": self.files_skipped,
-            "files_failed": self.files_failed,
-            "bytes_done": self.bytes_done,
-            "files_per_second": (self.files_per_second * 10.0).round() / 10.0,
-            "bytes_per_second": self.bytes_per_second.round(),
-            "rss_mb": mb(self.rss),
-            "heap_mb": self.heap.map(mb),
-            "reserved_mb": mb(self.reserved),
-            "budget_mb": mb(self.budget),
-            "in_flight": self.in_flight,
-            "mb_per_1k_files": self.mb_per_1k_files().map(|v| (v * 1000.0).round() / 1000.0),
-            "total_bytes": self.total_bytes,
-        })
+    /// Adds `rss_mb`, `heap_mb`, `reserved_mb`, `budget_mb` and
+    /// `mb_per_1k_files` (for `files` gone through) to a JSON record.
+    pub fn add_to(&self, record: &mut serde_json::Value, files: u64) {
+        record["rss_mb"] = json!(mb(self.rss));
+        record["heap_mb"] = json!(self.heap.map(mb));
+        record["reserved_mb"] = json!(mb(self.reserved));
+        record["budget_mb"] = json!(mb(self.budget));
+        record["mb_per_1k_files"] =
+            json!(mb_per_1k_files(self.rss, files).map(|v| (v * 1000.0).round() / 1000.0));
     }
 
-    fn line(&self) -> String {
-        if self.job == Job::Purge {
-            return format!(
-                "{} files scanned at {:.0}/s, {} deleted ({}), {} failed | memory: rss {}, reserved {} of {}",
-                self.files_scanned,
-                self.files_per_second,
-                self.files_done,
-                ByteSize(self.bytes_done),
-                self.files_failed,
-                ByteSize(self.rss),
-                ByteSize(self.reserved),
-                ByteSize(self.budget),
-            );
-        }
-        let eta = match (self.total_bytes, self.bytes_per_second) {
-            (Some(total), rate) if rate > 0.0 && total > self.bytes_done => {
-                format!(
-                    ", ETA {}",
-                    humantime::format_duration(Duration::from_secs(
-                        ((total - self.bytes_done) as f64 / rate) as u64
-                    ))
-                )
-            }
-            _ => String::new(),
-        };
+    /// `memory: rss X, reserved Y of Z`, as text records end.
+    pub fn line(&self) -> String {
         format!(
-            "{} files ({} skipped, {} failed), {} at {}/s{eta} | memory: rss {}, reserved {} of {}, {} in flight",
-            self.files_done,
-            self.files_skipped,
-            self.files_failed,
-            ByteSize(self.bytes_done),
-            ByteSize(self.bytes_per_second as u64),
+            "memory: rss {}, reserved {} of {}",
             ByteSize(self.rss),
             ByteSize(self.reserved),
-            ByteSize(self.budget),
-            self.in_flight
+            ByteSize(self.budget)
         )
     }
 }
@@ -386,6 +250,19 @@ pub struct Record {
     pub line: String,
 }
 
+/// A job's live counters, as the reporter reads them: each job says what
+/// its record shows and which files its memory per 1,000 files counts.
+pub trait JobCounters: Default + Send + Sync + 'static {
+    /// The command's name (`copy`, `purge`).
+    const JOB: &'static str;
+
+    /// Files gone through so far: the basis of memory per 1,000 files.
+    fn files_seen(&self) -> u64;
+
+    /// This moment's record. `rates` holds the previous report's totals.
+    fn record(&self, elapsed: Duration, memory: &MemoryPicture, rates: &mut RateWindow) -> Record;
+}
+
 impl Reporter {
     /// Calls `record` every `interval` and prints what it returns, until
     /// [`stop`](Self::stop). Every job's reports go through here.
@@ -419,36 +296,33 @@ impl Reporter {
         Reporter { handle }
     }
 
-    /// Starts reporting a copy or purge every `interval`, with the leak
+    /// Starts reporting a job's `counters` every `interval`, with the leak
     /// detector watching memory per 1,000 files.
-    pub fn start(
-        counters: std::sync::Arc<Counters>,
+    pub fn start<C: JobCounters>(
+        counters: std::sync::Arc<C>,
         gov: Governor,
         probe: MemoryProbe,
         interval: Duration,
         format: LogFormat,
-        job: Job,
     ) -> Self {
         let started = Instant::now();
         let mut last = RateWindow::default();
         let mut leak = LeakDetector::default();
         Self::every(interval, format, move || {
-            let s = snapshot(job, &counters, &gov, &probe, started, &mut last);
-            if let Some(v) = s.mb_per_1k_files()
-                && s.files_done + s.files_skipped + s.files_scanned >= 1000
+            let memory = MemoryPicture::sample(&gov, &probe);
+            let files = counters.files_seen();
+            if files >= 1000
+                && let Some(v) = mb_per_1k_files(memory.rss, files)
                 && leak.observe(v)
             {
                 tracing::warn!(
                     mb_per_1k_files = v,
                     "memory per 1,000 files has risen for {} windows in a row: something may be keeping per-file state (rss {})",
                     LeakDetector::WINDOWS,
-                    ByteSize(s.rss)
+                    ByteSize(memory.rss)
                 );
             }
-            Record {
-                json: s.json(),
-                line: s.line(),
-            }
+            counters.record(started.elapsed(), &memory, &mut last)
         })
     }
 
@@ -458,70 +332,10 @@ impl Reporter {
     }
 }
 
-fn snapshot(
-    job: Job,
-    c: &Counters,
-    gov: &Governor,
-    probe: &MemoryProbe,
-    started: Instant,
-    last: &mut RateWindow,
-) -> Snapshot {
-    // A purge's rate is its scan rate: deletions are a subset.
-    let files = match job {
-        Job::Copy => c.files_processed(),
-        Job::Purge => c.listed.load(Ordering::Relaxed),
-    };
-    let bytes = c.bytes.load(Ordering::Relaxed);
-    let (files_per_second, bytes_per_second) = last.rates(files, bytes);
-    let sample = probe.sample();
-    let stats = gov.stats();
-    Snapshot {
-        job,
-        elapsed: started.elapsed(),
-        files_scanned: c.listed.load(Ordering::Relaxed),
-        files_done: c.copied.load(Ordering::Relaxed),
-        files_skipped: c.skipped.load(Ordering::Relaxed),
-        files_failed: c.failed.load(Ordering::Relaxed),
-        bytes_done: bytes,
-        files_per_second,
-        bytes_per_second,
-        rss: sample.rss.unwrap_or(0),
-        heap: sample.heap,
-        reserved: stats.reserved,
-        budget: stats.budget,
-        in_flight: c.in_flight.load(Ordering::Relaxed),
-        total_bytes: c.listing_done.load(Ordering::Relaxed).then(|| {
-            c.listed_bytes.load(Ordering::Relaxed) - c.skipped_bytes.load(Ordering::Relaxed)
-        }),
-    }
-}
-
-/// The end of a job.
+/// What every job's summary ends with: wall time, memory, failures, and
+/// whether a signal stopped it.
 #[derive(Debug, Clone)]
-pub struct Summary {
-    /// The job summed up.
-    pub job: Job,
-    /// Whether nothing was written.
-    pub dry_run: bool,
-    /// Files scanned (purge).
-    pub scanned: u64,
-    /// Files gone before they could be handled (purge).
-    pub vanished: u64,
-    /// Empty directories removed (purge).
-    pub dirs_removed: u64,
-    /// Oldest and newest modification time among matched files (purge).
-    pub oldest: Option<std::time::SystemTime>,
-    pub newest: Option<std::time::SystemTime>,
-    /// For a dry run: how long the real run is likely to take.
-    pub estimate: Option<Duration>,
-    /// Objects copied (or that would be).
-    pub copied: u64,
-    /// Objects already up to date.
-    pub skipped: u64,
-    /// Objects that failed.
-    pub failed: u64,
-    /// Bytes copied (or that would be).
-    pub bytes: u64,
+pub struct Outcome {
     /// Wall time.
     pub elapsed: Duration,
     /// Peak resident memory of the process.
@@ -530,117 +344,51 @@ pub struct Summary {
     pub peak_reserved: u64,
     /// The budget.
     pub budget: u64,
+    /// How many failed.
+    pub failed: u64,
     /// The first failures, with reasons.
     pub failures: Vec<(String, String)>,
-    /// A signal stopped the job before it was done.
+    /// A signal (or a cancel) stopped the job before it was done.
     pub interrupted: bool,
-    /// Symlinks and special files passed over.
-    pub not_regular: u64,
-    /// Directories not entered: another filesystem or mount (purge).
-    pub skipped_mounts: u64,
 }
 
-impl Summary {
-    /// Collects the summary from a finished job's counters.
+impl Outcome {
+    /// Collects the end of a job.
     pub fn collect(
-        job: Job,
-        c: &Counters,
+        failures: &Failures,
         gov: &Governor,
         probe: &MemoryProbe,
         elapsed: Duration,
-        dry_run: bool,
     ) -> Self {
         let stats = gov.stats();
-        let time = |secs: i64| {
-            (secs != i64::MAX && secs != i64::MIN).then(|| {
-                if secs >= 0 {
-                    std::time::UNIX_EPOCH + Duration::from_secs(secs as u64)
-                } else {
-                    std::time::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-                }
-            })
-        };
-        Summary {
-            job,
-            dry_run,
-            scanned: c.listed.load(Ordering::Relaxed),
-            vanished: c.vanished.load(Ordering::Relaxed),
-            dirs_removed: c.dirs_removed.load(Ordering::Relaxed),
-            oldest: time(c.oldest.load(Ordering::Relaxed)),
-            newest: time(c.newest.load(Ordering::Relaxed)),
-            estimate: None,
-            copied: c.copied.load(Ordering::Relaxed),
-            skipped: c.skipped.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            bytes: c.bytes.load(Ordering::Relaxed),
+        Outcome {
             elapsed,
             peak_rss: probe.sample().peak_rss,
             peak_reserved: stats.peak_reserved,
             budget: stats.budget,
-            failures: c.failures(),
+            failed: failures.count(),
+            failures: failures.kept(),
             interrupted: false,
-            not_regular: c.not_regular.load(Ordering::Relaxed),
-            skipped_mounts: c.skipped_mounts.load(Ordering::Relaxed),
         }
     }
 
-    /// Prints the summary (text or one JSON object) to `out`.
-    pub fn print(&self, format: LogFormat, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        if self.job == Job::Purge {
-            return self.print_purge(format, out);
-        }
-        match format {
-            LogFormat::Json => {
-                let v = json!({
-                    "type": "summary",
-                    "dry_run": self.dry_run,
-                    "copied": self.copied,
-                    "skipped": self.skipped,
-                    "failed": self.failed,
-                    "bytes": self.bytes,
-                    "not_regular": self.not_regular,
-                    "elapsed_s": self.elapsed.as_secs_f64(),
-                    "peak_rss_mb": self.peak_rss.map(mb),
-                    "peak_reserved_mb": mb(self.peak_reserved),
-                    "budget_mb": mb(self.budget),
-                    "failures": self.failures.iter().map(|(w, r)| json!({"object": w, "reason": r})).collect::<Vec<_>>(),
-                });
-                writeln!(out, "{v}")
-            }
-            LogFormat::Text => {
-                let verb = if self.dry_run { "would copy" } else { "copied" };
-                let rate = self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-3);
-                writeln!(
-                    out,
-                    "{verb} {} objects ({}), skipped {} up to date, failed {} in {:.1?} ({}/s)",
-                    self.copied,
-                    ByteSize(self.bytes),
-                    self.skipped,
-                    self.failed,
-                    self.elapsed,
-                    ByteSize(rate as u64)
-                )?;
-                if self.not_regular > 0 {
-                    writeln!(
-                        out,
-                        "passed over {} symlinks and special files (never followed or copied)",
-                        self.not_regular
-                    )?;
-                }
-                self.write_memory_and_failures(out, "failed objects:")
-            }
-        }
+    /// Adds `elapsed_s`, the memory peaks and `failures` (each with its
+    /// `noun`, e.g. "object" or "path", and a reason) to a JSON summary.
+    pub fn add_to(&self, summary: &mut serde_json::Value, noun: &str) {
+        summary["elapsed_s"] = json!(self.elapsed.as_secs_f64());
+        summary["peak_rss_mb"] = json!(self.peak_rss.map(mb));
+        summary["peak_reserved_mb"] = json!(mb(self.peak_reserved));
+        summary["budget_mb"] = json!(mb(self.budget));
+        summary["failures"] = self
+            .failures
+            .iter()
+            .map(|(w, r)| json!({noun: w, "reason": r}))
+            .collect();
     }
-}
 
-impl Summary {
-    /// The lines every job's text summary ends with: memory, then the
-    /// failures kept (the rest are in the log).
-    fn write_memory_and_failures(
-        &self,
-        out: &mut dyn std::io::Write,
-        heading: &str,
-    ) -> std::io::Result<()> {
+    /// The lines every text summary ends with: memory, then the failures
+    /// kept (the rest are in the log) under `heading`.
+    pub fn write_text(&self, out: &mut dyn std::io::Write, heading: &str) -> std::io::Result<()> {
         write_memory_line(out, self.peak_rss, self.peak_reserved, self.budget)?;
         if self.failed > 0 {
             writeln!(out, "{heading}")?;
@@ -672,81 +420,17 @@ pub fn write_memory_line(
     )
 }
 
-fn rfc3339(t: std::time::SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+/// Wall-clock milliseconds since the Unix epoch (0 before it), as task
+/// times and stream IDs count time.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl Summary {
-    fn print_purge(&self, format: LogFormat, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let rate = self.scanned as f64 / self.elapsed.as_secs_f64().max(1e-3);
-        match format {
-            LogFormat::Json => {
-                let v = json!({
-                    "type": "summary",
-                    "dry_run": self.dry_run,
-                    "files_scanned": self.scanned,
-                    "files_deleted": self.copied,
-                    "bytes_freed": self.bytes,
-                    "files_kept": self.skipped,
-                    "failed": self.failed,
-                    "vanished": self.vanished,
-                    "dirs_removed": self.dirs_removed,
-                    "mounts_not_entered": self.skipped_mounts,
-                    "oldest_matched": self.oldest.map(rfc3339),
-                    "newest_matched": self.newest.map(rfc3339),
-                    "estimated_s": self.estimate.map(|d| d.as_secs_f64()),
-                    "elapsed_s": self.elapsed.as_secs_f64(),
-                    "files_per_second": rate.round(),
-                    "peak_rss_mb": self.peak_rss.map(mb),
-                    "peak_reserved_mb": mb(self.peak_reserved),
-                    "budget_mb": mb(self.budget),
-                    "failures": self.failures.iter().map(|(w, r)| json!({"path": w, "reason": r})).collect::<Vec<_>>(),
-                });
-                writeln!(out, "{v}")
-            }
-            LogFormat::Text => {
-                let verb = if self.dry_run {
-                    "would delete"
-                } else {
-                    "deleted"
-                };
-                writeln!(
-                    out,
-                    "{verb} {} files ({}), kept {}, failed {}, vanished {} in {:.1?} (scanned {} files, {:.0}/s)",
-                    self.copied,
-                    ByteSize(self.bytes),
-                    self.skipped,
-                    self.failed,
-                    self.vanished,
-                    self.elapsed,
-                    self.scanned,
-                    rate
-                )?;
-                if let (Some(a), Some(b)) = (self.oldest, self.newest) {
-                    writeln!(
-                        out,
-                        "matched modification times from {} to {}",
-                        rfc3339(a),
-                        rfc3339(b)
-                    )?;
-                }
-                if self.dirs_removed > 0 {
-                    writeln!(out, "removed {} empty directories", self.dirs_removed)?;
-                }
-                if self.skipped_mounts > 0 {
-                    writeln!(
-                        out,
-                        "did not enter {} directories on other filesystems or mounts (--cross-filesystems enters them)",
-                        self.skipped_mounts
-                    )?;
-                }
-                if let Some(e) = self.estimate {
-                    writeln!(out, "a real run would take about {:.1?}", e)?;
-                }
-                self.write_memory_and_failures(out, "failures:")
-            }
-        }
-    }
+/// A time as RFC 3339 in UTC, to the second.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]
@@ -773,38 +457,25 @@ mod tests {
 
     #[test]
     fn mb_per_1k_files_divides_rss_by_thousands_of_files() {
-        let s = Snapshot {
-            job: Job::Copy,
-            files_scanned: 2000,
-            elapsed: Duration::ZERO,
-            files_done: 1500,
-            files_skipped: 500,
-            files_failed: 0,
-            bytes_done: 0,
-            files_per_second: 0.0,
-            bytes_per_second: 0.0,
+        assert_eq!(mb_per_1k_files(30 << 20, 2000), Some(15.0));
+        assert_eq!(mb_per_1k_files(30 << 20, 0), None);
+        let mut v = json!({});
+        MemoryPicture {
             rss: 30 << 20,
             heap: None,
             reserved: 0,
             budget: 0,
-            in_flight: 0,
-            total_bytes: None,
-        };
-        assert_eq!(s.mb_per_1k_files(), Some(15.0));
-        let v = s.json();
+        }
+        .add_to(&mut v, 2000);
         for key in [
-            "files_done",
-            "bytes_done",
-            "files_per_second",
-            "bytes_per_second",
             "rss_mb",
             "heap_mb",
             "reserved_mb",
             "budget_mb",
-            "in_flight",
             "mb_per_1k_files",
         ] {
             assert!(v.get(key).is_some(), "{key} missing from {v}");
         }
+        assert_eq!(v["mb_per_1k_files"], 15.0);
     }
 }

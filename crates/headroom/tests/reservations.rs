@@ -107,7 +107,7 @@ fn every_transfer_kind_stays_within_its_reservation() {
     let s3cfg = S3Config {
         endpoint: Some(server.endpoint.clone()),
         region: Some("us-east-1".into()),
-        request_timeout: Some(Duration::from_secs(60)),
+        request_timeout: Duration::from_secs(60),
         request_retries: 2,
         max_idle_connections: 8,
         ..S3Config::default()

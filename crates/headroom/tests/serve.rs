@@ -755,7 +755,7 @@ fn add_history(db: &std::path::Path, from: usize, rows: usize) {
         let mut tx = pool.begin().await.unwrap();
         for i in from..from + rows {
             sqlx::query(
-                "INSERT INTO tasks (id, kind, status, spec, created_at, updated_at, objects_copied, bytes_copied) \
+                "INSERT INTO tasks (id, kind, status, spec, created_at, updated_at, items_done, bytes_done) \
                  VALUES ($1, 'copy', 'succeeded', $2, $3, $3, 10, 1000)",
             )
             .bind(format!("history{i:07}"))

@@ -38,12 +38,41 @@ pub(crate) fn budget_too_small(
     )
 }
 
-/// What a job run from the command line owns: the memory plan, the
-/// counters its progress reports read, and a cancel flag that SIGINT or
-/// SIGTERM sets (a `headroom serve` task brings its own of each).
-pub(crate) struct Standalone {
+/// How a job in the foreground of the process reports and what it may
+/// use: the options every command shares (`--memory`, `--log-format`,
+/// `--progress-interval`).
+#[derive(Clone, Debug)]
+pub struct ForegroundOptions {
+    /// The memory budget; `None` derives it from the container's limit
+    /// (see [`crate::memory::MemoryPlan::start`]).
+    pub memory: Option<headroom_governor::ByteSize>,
+    /// How logs, progress and the summary are printed.
+    pub log_format: crate::telemetry::LogFormat,
+    /// How often progress is reported.
+    pub progress_interval: std::time::Duration,
+}
+
+impl Default for ForegroundOptions {
+    fn default() -> Self {
+        ForegroundOptions {
+            memory: None,
+            log_format: crate::telemetry::LogFormat::Text,
+            progress_interval: DEFAULT_PROGRESS_INTERVAL,
+        }
+    }
+}
+
+/// How often progress is reported unless told otherwise.
+pub const DEFAULT_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A job in the foreground of the process (`headroom copy`, `purge`): it
+/// owns the memory plan, the counters its progress reports read, and a
+/// cancel flag that SIGINT or SIGTERM sets. A `headroom serve` task runs
+/// in the background of the service instead, which brings its own of
+/// each.
+pub(crate) struct Foreground<C> {
     pub plan: crate::memory::MemoryPlan,
-    pub counters: std::sync::Arc<crate::telemetry::Counters>,
+    pub counters: std::sync::Arc<C>,
     pub cancel: tokio::sync::watch::Receiver<bool>,
     reporter: crate::telemetry::Reporter,
     signals: tokio::task::JoinHandle<()>,
@@ -80,26 +109,21 @@ async fn cancel_on_signals(cancel: tokio::sync::watch::Sender<bool>, job: &'stat
     std::process::exit(130);
 }
 
-impl Standalone {
-    /// Resolves the budget and starts reporting every `interval`.
-    pub fn start(
-        global: &crate::cli::GlobalArgs,
-        interval: std::time::Duration,
-        job: crate::telemetry::Job,
-    ) -> Self {
-        let plan = crate::memory::MemoryPlan::start(global.memory);
-        let counters = std::sync::Arc::new(crate::telemetry::Counters::default());
+impl<C: crate::telemetry::JobCounters> Foreground<C> {
+    /// Resolves the budget and starts reporting as `options` say.
+    pub fn start(options: &ForegroundOptions) -> Self {
+        let plan = crate::memory::MemoryPlan::start(options.memory);
+        let counters = std::sync::Arc::new(C::default());
         let reporter = crate::telemetry::Reporter::start(
             counters.clone(),
             plan.governor.clone(),
             plan.probe.clone(),
-            interval,
-            global.log_format,
-            job,
+            options.progress_interval,
+            options.log_format,
         );
         let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
-        let signals = tokio::spawn(cancel_on_signals(cancel_tx, job.name()));
-        Standalone {
+        let signals = tokio::spawn(cancel_on_signals(cancel_tx, C::JOB));
+        Foreground {
             plan,
             counters,
             cancel,

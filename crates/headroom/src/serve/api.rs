@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::db::{Db, Kind, Status, TaskRow};
-use super::tasks::{TaskSpec, Tasks, validate};
+use super::tasks::{CounterNames, TaskSpec, Tasks, validate};
 
 /// What every handler shares.
 pub struct AppState {
@@ -276,37 +276,44 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// A task as the API shows it: the row, plus live numbers while running.
+/// A task as the API shows it: the row, its counters under its kind's
+/// names, plus live numbers while running.
 fn view(state: &AppState, row: TaskRow) -> serde_json::Value {
-    let live = state.tasks.live(&row.id);
-    let mut v = serde_json::to_value(&row).unwrap_or_default();
-    if row.kind == Kind::Purge {
-        // The same counters under a purge's words; a dry run deleted
-        // nothing, and says what it would have.
-        let dry = row.spec["dry_run"].as_bool().unwrap_or(false);
-        let (files, bytes) = if dry {
-            ("files_to_delete", "bytes_to_free")
-        } else {
-            ("files_deleted", "bytes_freed")
-        };
-        v["files_scanned"] = json!(row.objects_listed);
-        v[files] = json!(row.objects_copied);
-        v[bytes] = json!(row.bytes_copied);
-        v["files_kept"] = json!(row.objects_skipped);
-    }
-    v["live"] = serde_json::to_value(live).unwrap_or_default();
+    let names = CounterNames::of(row.kind, row.spec["dry_run"].as_bool().unwrap_or(false));
+    let mut v = json!({
+        "id": row.id,
+        "kind": row.kind,
+        "status": row.status,
+        "spec": row.spec,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "attempts": row.attempts,
+        "checkpoint_key": row.checkpoint_key,
+        "error": row.error,
+        "live": state.tasks.live(&row.id),
+    });
+    v[names.done] = json!(row.items_done);
+    v[names.bytes] = json!(row.bytes_done);
+    v[names.listed] = json!(row.items_listed);
+    v[names.skipped] = json!(row.items_skipped);
+    v[names.failed] = json!(row.items_failed);
+    v[names.attempt_done] = json!(row.attempt_items_done);
+    v[names.attempt_bytes] = json!(row.attempt_bytes_done);
     v
 }
 
 async fn create_task(
     State(state): State<Shared>,
-    body: Result<Json<TaskSpec>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Json(spec) = body.map_err(|e| bad(e.body_text()))?;
+    let Json(body) = body.map_err(|e| bad(e.body_text()))?;
+    let spec = TaskSpec::parse(body).map_err(bad)?;
     let v = validate(spec, &state.access.paths).map_err(bad)?;
     let id = new_id();
     let spec = serde_json::to_string(&v.spec).map_err(|e| bad(e.to_string()))?;
-    let row = state.db.insert(&id, v.kind, &spec).await?;
+    let row = state.db.insert(&id, v.spec.kind(), &spec).await?;
     state.tasks.wake();
     Ok((StatusCode::CREATED, Json(view(&state, row))))
 }
@@ -315,7 +322,7 @@ async fn create_task(
 fn new_id() -> String {
     format!(
         "t{:x}{:06x}",
-        super::db::now_ms(),
+        crate::telemetry::now_ms() as i64,
         fastrand::u32(..) & 0xff_ffff
     )
 }
@@ -476,7 +483,8 @@ async fn readyz(State(state): State<Shared>) -> Response {
 /// Sets the gauges from the database, the governor and the probe, then
 /// renders them (metrics-exporter-prometheus).
 async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
-    let (by_status, objects, bytes) = state.db.stats().await?;
+    let (by_status, objects, bytes) = state.db.stats(Kind::Copy).await?;
+    let (_, files_deleted, bytes_freed) = state.db.stats(Kind::Purge).await?;
     let stats = state.gov.stats();
     let sample = state.probe.sample();
     for s in Status::ALL {
@@ -488,6 +496,8 @@ async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
     }
     metrics::gauge!("headroom_objects_copied").set(objects as f64);
     metrics::gauge!("headroom_bytes_copied").set(bytes as f64);
+    metrics::gauge!("headroom_files_deleted").set(files_deleted as f64);
+    metrics::gauge!("headroom_bytes_freed").set(bytes_freed as f64);
     metrics::gauge!("headroom_memory_budget_bytes").set(stats.budget as f64);
     metrics::gauge!("headroom_memory_reserved_bytes").set(stats.reserved as f64);
     metrics::gauge!("headroom_memory_peak_reserved_bytes").set(stats.peak_reserved as f64);
@@ -511,11 +521,19 @@ pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::Promethe
         ("headroom_tasks", "Tasks by status, from the database."),
         (
             "headroom_objects_copied",
-            "Objects copied (files deleted by purges) by all tasks in the database.",
+            "Objects copied by all copy tasks in the database.",
         ),
         (
             "headroom_bytes_copied",
-            "Bytes copied (freed by purges) by all tasks in the database.",
+            "Bytes copied by all copy tasks in the database.",
+        ),
+        (
+            "headroom_files_deleted",
+            "Files deleted by all purge tasks in the database.",
+        ),
+        (
+            "headroom_bytes_freed",
+            "Bytes freed by all purge tasks in the database.",
         ),
         (
             "headroom_memory_budget_bytes",

@@ -6,6 +6,7 @@
 //! every change of status is a conditional `UPDATE … WHERE status = …`, so
 //! a deleted task is never written back and a cancelled one never runs.
 
+use crate::telemetry::now_ms;
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -103,7 +104,7 @@ impl std::str::FromStr for Kind {
 }
 
 /// One row of `tasks`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct TaskRow {
     pub id: String,
     pub kind: Kind,
@@ -114,13 +115,16 @@ pub struct TaskRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub attempts: i64,
-    pub objects_copied: i64,
-    pub bytes_copied: i64,
-    pub objects_listed: i64,
-    pub objects_skipped: i64,
-    pub objects_failed: i64,
-    pub attempt_objects_copied: i64,
-    pub attempt_bytes_copied: i64,
+    /// The counters, for any kind (see `tasks::CounterNames` for what
+    /// each means to a copy and to a purge). Totals over every attempt:
+    pub items_done: i64,
+    pub bytes_done: i64,
+    /// The current (or last) attempt:
+    pub items_listed: i64,
+    pub items_skipped: i64,
+    pub items_failed: i64,
+    pub attempt_items_done: i64,
+    pub attempt_bytes_done: i64,
     pub checkpoint_key: Option<String>,
     pub error: Option<String>,
 }
@@ -141,13 +145,13 @@ fn row(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
         started_at: r.try_get("started_at")?,
         finished_at: r.try_get("finished_at")?,
         attempts: r.try_get("attempts")?,
-        objects_copied: r.try_get("objects_copied")?,
-        bytes_copied: r.try_get("bytes_copied")?,
-        objects_listed: r.try_get("objects_listed")?,
-        objects_skipped: r.try_get("objects_skipped")?,
-        objects_failed: r.try_get("objects_failed")?,
-        attempt_objects_copied: r.try_get("attempt_objects_copied")?,
-        attempt_bytes_copied: r.try_get("attempt_bytes_copied")?,
+        items_done: r.try_get("items_done")?,
+        bytes_done: r.try_get("bytes_done")?,
+        items_listed: r.try_get("items_listed")?,
+        items_skipped: r.try_get("items_skipped")?,
+        items_failed: r.try_get("items_failed")?,
+        attempt_items_done: r.try_get("attempt_items_done")?,
+        attempt_bytes_done: r.try_get("attempt_bytes_done")?,
         checkpoint_key: r.try_get("checkpoint_key")?,
         error: r.try_get("error")?,
     })
@@ -156,17 +160,13 @@ fn row(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
 /// Progress of a running attempt, written every second.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
-    pub objects_listed: i64,
-    pub objects_skipped: i64,
-    pub objects_failed: i64,
+    pub items_listed: i64,
+    pub items_skipped: i64,
+    pub items_failed: i64,
     /// This attempt's copies; the totals add them to earlier attempts'.
-    pub attempt_objects_copied: i64,
-    pub attempt_bytes_copied: i64,
+    pub attempt_items_done: i64,
+    pub attempt_bytes_done: i64,
     pub checkpoint_key: Option<String>,
-}
-
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Connections to the database at most.
@@ -232,7 +232,7 @@ impl Db {
     /// database, a full disk or a lost primary is not ready).
     pub async fn ping(&self) -> bool {
         sqlx::query("UPDATE readiness SET checked_at = $1 WHERE id = 1")
-            .bind(now_ms())
+            .bind(now_ms() as i64)
             .execute(&self.pool)
             .await
             .is_ok_and(|r| r.rows_affected() == 1)
@@ -245,7 +245,7 @@ impl Db {
         let r = sqlx::query(
             "UPDATE tasks SET cancel_requested = 1, updated_at = $1 WHERE id = $2 AND status = 'running'",
         )
-        .bind(now_ms())
+        .bind(now_ms() as i64)
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -253,7 +253,7 @@ impl Db {
     }
 
     pub async fn insert(&self, id: &str, kind: Kind, spec: &str) -> sqlx::Result<TaskRow> {
-        let now = now_ms();
+        let now = now_ms() as i64;
         sqlx::query(
             "INSERT INTO tasks (id, kind, status, spec, created_at, updated_at) VALUES ($1, $2, 'queued', $3, $4, $5)",
         )
@@ -317,8 +317,9 @@ impl Db {
         Ok((rows.iter().map(row).collect::<Result<_, _>>()?, total))
     }
 
-    /// Tasks per status, and the totals moved.
-    pub async fn stats(&self) -> sqlx::Result<(Vec<(String, i64)>, i64, i64)> {
+    /// Tasks per status, and the totals of tasks of `kind` (items done and
+    /// their bytes: copied, or deleted and freed).
+    pub async fn stats(&self, kind: Kind) -> sqlx::Result<(Vec<(String, i64)>, i64, i64)> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
             .fetch_all(&self.pool)
             .await?;
@@ -327,8 +328,9 @@ impl Db {
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect::<sqlx::Result<Vec<(String, i64)>>>()?;
         let totals = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(objects_copied), 0) AS BIGINT) AS o, CAST(COALESCE(SUM(bytes_copied), 0) AS BIGINT) AS b FROM tasks",
+            "SELECT CAST(COALESCE(SUM(items_done), 0) AS BIGINT) AS o, CAST(COALESCE(SUM(bytes_done), 0) AS BIGINT) AS b FROM tasks WHERE kind = $1",
         )
+        .bind(kind.as_str())
         .fetch_one(&self.pool)
         .await?;
         Ok((by_status, totals.try_get("o")?, totals.try_get("b")?))
@@ -340,7 +342,7 @@ impl Db {
             "UPDATE tasks SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
         )
         .bind(to.as_str())
-        .bind(now_ms())
+        .bind(now_ms() as i64)
         .bind(id)
         .bind(from.as_str())
         .execute(&self.pool)
@@ -351,7 +353,7 @@ impl Db {
     /// Marks every `running` task (the service died under them) as `to`,
     /// but those whose cancel was recorded as `cancelled`.
     pub async fn recover_running(&self, to: Status) -> sqlx::Result<u64> {
-        let now = now_ms();
+        let now = now_ms() as i64;
         sqlx::query(
             "UPDATE tasks SET status = 'cancelled', updated_at = $1, finished_at = COALESCE(finished_at, $2) \
              WHERE status = 'running' AND cancel_requested = 1",
@@ -363,7 +365,7 @@ impl Db {
         let r =
             sqlx::query("UPDATE tasks SET status = $1, updated_at = $2 WHERE status = 'running'")
                 .bind(to.as_str())
-                .bind(now_ms())
+                .bind(now_ms() as i64)
                 .execute(&self.pool)
                 .await?;
         Ok(r.rows_affected())
@@ -381,11 +383,11 @@ impl Db {
                 return Ok(None);
             };
             let id: String = next.try_get("id")?;
-            let now = now_ms();
+            let now = now_ms() as i64;
             let claimed = sqlx::query(
                 "UPDATE tasks SET status = 'running', started_at = COALESCE(started_at, $1), updated_at = $2, \
-                 attempts = attempts + 1, attempt_objects_copied = 0, attempt_bytes_copied = 0, \
-                 objects_listed = 0, objects_skipped = 0, objects_failed = 0, error = NULL \
+                 attempts = attempts + 1, attempt_items_done = 0, attempt_bytes_done = 0, \
+                 items_listed = 0, items_skipped = 0, items_failed = 0, error = NULL \
                  WHERE id = $3 AND status = 'queued'",
             )
             .bind(now)
@@ -405,18 +407,18 @@ impl Db {
     /// so: `false` when the row is gone or not `running`.
     pub async fn progress(&self, id: &str, base: (i64, i64), p: &Progress) -> sqlx::Result<bool> {
         let r = sqlx::query(
-            "UPDATE tasks SET updated_at = $1, objects_listed = $2, objects_skipped = $3, objects_failed = $4, \
-             attempt_objects_copied = $5, attempt_bytes_copied = $6, objects_copied = $7, bytes_copied = $8, \
+            "UPDATE tasks SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, \
+             attempt_items_done = $5, attempt_bytes_done = $6, items_done = $7, bytes_done = $8, \
              checkpoint_key = COALESCE($9, checkpoint_key) WHERE id = $10 AND status = 'running'",
         )
-        .bind(now_ms())
-        .bind(p.objects_listed)
-        .bind(p.objects_skipped)
-        .bind(p.objects_failed)
-        .bind(p.attempt_objects_copied)
-        .bind(p.attempt_bytes_copied)
-        .bind(base.0 + p.attempt_objects_copied)
-        .bind(base.1 + p.attempt_bytes_copied)
+        .bind(now_ms() as i64)
+        .bind(p.items_listed)
+        .bind(p.items_skipped)
+        .bind(p.items_failed)
+        .bind(p.attempt_items_done)
+        .bind(p.attempt_bytes_done)
+        .bind(base.0 + p.attempt_items_done)
+        .bind(base.1 + p.attempt_bytes_done)
         .bind(p.checkpoint_key.as_deref())
         .bind(id)
         .execute(&self.pool)
@@ -434,7 +436,7 @@ impl Db {
         error: Option<&str>,
     ) -> sqlx::Result<()> {
         self.progress(id, base, p).await?;
-        let now = now_ms();
+        let now = now_ms() as i64;
         sqlx::query(
             "UPDATE tasks SET status = $1, error = $2, finished_at = $3, updated_at = $4 WHERE id = $5 AND status = 'running'",
         )

@@ -20,7 +20,46 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use crate::cli::{GlobalArgs, ServeArgs};
+/// How the service runs: what `headroom serve`'s flags turn into. The
+/// defaults are the flags' defaults.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The task database: a SQLite file path, `sqlite:PATH`, or
+    /// `postgres://USER:PASSWORD@HOST/DB`.
+    pub db: String,
+    /// A file holding the API token (else HEADROOM_TOKEN, else one
+    /// generated beside the database).
+    pub token_file: Option<std::path::PathBuf>,
+    /// Directories local task paths may be in (none: S3 only).
+    pub allow_path: Vec<std::path::PathBuf>,
+    /// Host names requests may be addressed to, besides IP addresses and
+    /// localhost.
+    pub allow_host: Vec<String>,
+    /// Connections open at once at most.
+    pub max_connections: usize,
+    /// Tasks running at once.
+    pub max_running: usize,
+    /// Whether tasks left `running` by the previous process resume at
+    /// start (else they become `interrupted`).
+    pub resume: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            db: "headroom.db".into(),
+            token_file: None,
+            allow_path: Vec::new(),
+            allow_host: Vec::new(),
+            max_connections: 512,
+            max_running: 4,
+            resume: true,
+        }
+    }
+}
 
 /// How long running tasks get to stop at SIGTERM (Kubernetes gives 30 s).
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
@@ -62,7 +101,7 @@ fn generated_token_path(db: &str) -> std::path::PathBuf {
 /// The API token: `--token-file`, else `HEADROOM_TOKEN`, else the one
 /// generated at the first start (32 random bytes from the kernel, kept
 /// with mode 0600). Whether it was generated just now.
-fn token(args: &ServeArgs) -> anyhow::Result<(String, Option<std::path::PathBuf>)> {
+fn token(args: &ServeOptions) -> anyhow::Result<(String, Option<std::path::PathBuf>)> {
     let given = match &args.token_file {
         Some(path) => Some(read_token_file(path)?),
         None => std::env::var("HEADROOM_TOKEN")
@@ -104,19 +143,23 @@ fn generate_token(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Runs the service until SIGINT or SIGTERM.
-pub async fn run(args: &ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+/// Runs the service until SIGINT or SIGTERM, with the budget of
+/// `memory` (`None`: derived from the container's limit).
+pub async fn run(
+    args: &ServeOptions,
+    memory: Option<headroom_governor::ByteSize>,
+) -> anyhow::Result<()> {
     let (token, generated) = token(args)?;
     let access = Arc::new(api::Access::new(token, &args.allow_host, &args.allow_path)?);
     if args.max_connections == 0 {
         bail!("--max-connections must be at least 1");
     }
-    let memory = crate::memory::MemoryPlan::start(global.memory);
+    let memory = crate::memory::MemoryPlan::start(memory);
     let db = db::Db::open(&args.db).await?;
-    let to = if args.no_resume {
-        db::Status::Interrupted
-    } else {
+    let to = if args.resume {
         db::Status::Queued
+    } else {
+        db::Status::Interrupted
     };
     let recovered = db.recover_running(to).await?;
     if recovered > 0 {

@@ -1,14 +1,19 @@
 //! Running tasks: what a task asks for (its spec: a copy or a purge), and
 //! the scheduler that claims queued tasks from the database and runs them.
-//! A purge task's counters use the copy columns: objects listed = files
-//! scanned, copied = deleted, bytes = bytes freed, skipped = kept.
+//! The database keeps every kind's counters in the same columns (items
+//! listed, done, skipped, failed, bytes done); [`CounterNames`] says what
+//! each is called for a copy and for a purge in the API.
 //!
 //! Memory: the service has one governor. A task first reserves its share
-//! of it ("serve.task", FIFO like every reservation) and then runs its copy
+//! of it ("serve.task", FIFO like every reservation) and then runs its job
 //! inside a governor of exactly that share, so tasks cannot together hold
 //! more than the budget and one huge task cannot starve the others beyond
 //! its share. Only running tasks are in memory (at most `--max-running`);
 //! everything else is read from the database on demand.
+//!
+//! A new kind of task is a variant of [`TaskSpec`] (with its spec struct),
+//! of [`Job`] and of `db::Kind`; the compiler then names every place that
+//! must handle it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -17,35 +22,58 @@ use std::time::Duration;
 
 use headroom_governor::{ByteSize, Governor, MemoryProbe};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use super::db::{Db, Kind, Progress, Status, TaskRow};
-use crate::cli::{CopyArgs, PurgeArgs, S3Args};
-use crate::jobs::copy::{self, CopyEnv, Watermark};
-use crate::jobs::purge::{self, PurgeEnv};
+use crate::jobs::copy::{self, CopyCounters, CopyEnv, CopyOptions, Watermark};
+use crate::jobs::purge::{self, PurgeCounters, PurgeEnv, PurgeOptions};
 use crate::store::Location;
-use crate::telemetry::Counters;
+use crate::telemetry::Outcome;
 
-/// What `POST /api/tasks` accepts: a copy (`source`, `destination`) or a
-/// purge (`target`, `older_than`), with the options both share.
+/// What `POST /api/tasks` accepts, tagged by `kind`: a copy or a purge.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TaskSpec {
+    /// `{"kind": "copy", "source": ..., "destination": ...}`
+    Copy(CopySpec),
+    /// `{"kind": "purge", "target": ..., "older_than": ...}`
+    Purge(PurgeSpec),
+}
+
+/// A copy task.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct TaskSpec {
-    /// `copy` or `purge`.
-    pub kind: String,
-    /// Copy: a path, file://PATH or s3://BUCKET/PREFIX.
+pub struct CopySpec {
+    /// A path, file://PATH or s3://BUCKET/PREFIX.
+    pub source: String,
+    /// Same forms as `source`.
+    pub destination: String,
+    /// This task's share of the service's memory, e.g. "64MiB".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Copy: same forms as `source`.
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Compare content (MD5) instead of size and mtime.
+    #[serde(default)]
+    pub checksum: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destination: Option<String>,
-    /// Purge: a directory or s3://BUCKET/PREFIX.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// Purge: delete what was last modified longer ago, e.g. "30d".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub older_than: Option<String>,
-    /// Purge: remove directories left empty.
+    pub concurrency: Option<usize>,
+}
+
+/// A purge task.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeSpec {
+    /// A directory or s3://BUCKET/PREFIX.
+    pub target: String,
+    /// Delete what was last modified longer ago, e.g. "30d".
+    pub older_than: String,
+    /// Remove directories left empty.
     #[serde(default)]
     pub remove_empty_dirs: bool,
     /// This task's share of the service's memory, e.g. "64MiB".
@@ -57,38 +85,77 @@ pub struct TaskSpec {
     pub exclude: Vec<String>,
     #[serde(default)]
     pub dry_run: bool,
-    /// Copy: compare content (MD5) instead of size and mtime.
-    #[serde(default)]
-    pub checksum: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
 }
 
-/// The job a task runs, with its arguments.
-pub enum JobArgs {
-    Copy(Box<CopyArgs>),
-    Purge(Box<PurgeArgs>),
+impl TaskSpec {
+    /// Which kind of task this is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            TaskSpec::Copy(_) => Kind::Copy,
+            TaskSpec::Purge(_) => Kind::Purge,
+        }
+    }
+
+    /// Whether it writes (or deletes) nothing.
+    pub fn dry_run(&self) -> bool {
+        match self {
+            TaskSpec::Copy(c) => c.dry_run,
+            TaskSpec::Purge(p) => p.dry_run,
+        }
+    }
+
+    /// A spec as the API received it; the error names the bad field.
+    pub fn parse(body: serde_json::Value) -> Result<Self, String> {
+        serde_json::from_value(body).map_err(|e| {
+            let e = e.to_string();
+            if e.starts_with("unknown variant") {
+                format!("kind: {e}")
+            } else {
+                e
+            }
+        })
+    }
+
+    /// A spec as the database holds it. Rows written before specs were
+    /// tagged carry every kind's flags (`checksum` on a purge,
+    /// `remove_empty_dirs` on a copy) at their defaults: those are
+    /// dropped, anything else foreign to the kind is an error.
+    pub fn from_stored(mut stored: serde_json::Value) -> Result<Self, String> {
+        let foreign = match stored["kind"].as_str() {
+            Some("copy") => "remove_empty_dirs",
+            Some("purge") => "checksum",
+            _ => "",
+        };
+        if let Some(map) = stored.as_object_mut()
+            && map.get(foreign) == Some(&serde_json::Value::Bool(false))
+        {
+            map.remove(foreign);
+        }
+        Self::parse(stored)
+    }
+}
+
+/// The job a task runs, with its options.
+pub enum Job {
+    Copy {
+        src: Location,
+        dst: Location,
+        options: CopyOptions,
+    },
+    Purge {
+        target: Location,
+        older_than: Duration,
+        options: PurgeOptions,
+    },
 }
 
 /// A validated spec, ready to run.
 pub struct Validated {
     pub spec: TaskSpec,
-    pub kind: Kind,
-    pub job: JobArgs,
+    pub job: Job,
     pub share: Option<u64>,
-}
-
-fn required<'a>(field: &str, value: &'a Option<String>, kind: &str) -> Result<&'a str, String> {
-    value
-        .as_deref()
-        .ok_or_else(|| format!("{field}: required for a {kind} task"))
-}
-
-fn absent(field: &str, value: &Option<String>, kind: &str) -> Result<(), String> {
-    match value {
-        Some(_) => Err(format!("{field}: not an option of a {kind} task")),
-        None => Ok(()),
-    }
 }
 
 /// Refuses a local `loc` outside every root (none: no local paths). The
@@ -121,111 +188,203 @@ fn confined(field: &str, loc: &Location, roots: &[std::path::PathBuf]) -> Result
     }
 }
 
-/// Checks a spec against the local roots it may use; the error names the
-/// bad field.
-pub fn validate(spec: TaskSpec, roots: &[std::path::PathBuf]) -> Result<Validated, String> {
-    let share = match &spec.memory {
-        None => None,
-        Some(m) => {
-            let b: ByteSize = m.parse().map_err(|e| format!("memory: {e}"))?;
-            if b.0 < 1 << 20 {
-                return Err(format!("memory: {m} is below the 1 MiB a task needs"));
-            }
-            Some(b.0)
-        }
-    };
-    crate::jobs::filter::Filter::new(&spec.include, &spec.exclude)
+/// Location fields of a spec, each parsed (every one of them first, so a
+/// malformed one is named before a misplaced one) and then confined to
+/// `roots`.
+fn locations<const N: usize>(
+    fields: [(&str, &str); N],
+    roots: &[std::path::PathBuf],
+) -> Result<[Location; N], String> {
+    let mut parsed = Vec::with_capacity(N);
+    for (field, value) in fields {
+        parsed.push(
+            value
+                .parse::<Location>()
+                .map_err(|e| format!("{field}: {e}"))?,
+        );
+    }
+    for ((field, _), loc) in fields.iter().zip(&parsed) {
+        confined(field, loc, roots)?;
+    }
+    Ok(parsed.try_into().expect("one location per field"))
+}
+
+/// The options every kind shares, checked.
+fn check_common(
+    memory: &Option<String>,
+    include: &[String],
+    exclude: &[String],
+    concurrency: Option<usize>,
+) -> Result<Option<u64>, String> {
+    crate::jobs::filter::Filter::new(include, exclude)
         .map_err(|e| format!("include/exclude: {e:#}"))?;
-    if spec.concurrency == Some(0) {
+    if concurrency == Some(0) {
         return Err("concurrency: must be at least 1".into());
     }
-    let s3 = S3Args {
-        s3_timeout: Duration::from_secs(300),
-        ..S3Args::default()
+    let Some(m) = memory else {
+        return Ok(None);
     };
-    let kind: Kind = spec.kind.parse().map_err(|e| format!("kind: {e}"))?;
-    let job = match kind {
-        Kind::Copy => {
-            absent("target", &spec.target, "copy")?;
-            absent("older_than", &spec.older_than, "copy")?;
-            let src: Location = required("source", &spec.source, "copy")?
-                .parse()
-                .map_err(|e| format!("source: {e}"))?;
-            let dst: Location = required("destination", &spec.destination, "copy")?
-                .parse()
-                .map_err(|e| format!("destination: {e}"))?;
-            confined("source", &src, roots)?;
-            confined("destination", &dst, roots)?;
-            JobArgs::Copy(Box::new(CopyArgs {
+    let b: ByteSize = m.parse().map_err(|e| format!("memory: {e}"))?;
+    if b.0 < 1 << 20 {
+        return Err(format!("memory: {m} is below the 1 MiB a task needs"));
+    }
+    Ok(Some(b.0))
+}
+
+/// Checks a spec against the local roots it may use and builds its job;
+/// the error names the bad field. Every option a spec does not set is the
+/// job's own default.
+pub fn validate(spec: TaskSpec, roots: &[std::path::PathBuf]) -> Result<Validated, String> {
+    let (job, share) = match &spec {
+        TaskSpec::Copy(c) => {
+            let share = check_common(&c.memory, &c.include, &c.exclude, c.concurrency)?;
+            let [src, dst] = locations(
+                [("source", &c.source), ("destination", &c.destination)],
+                roots,
+            )?;
+            let job = Job::Copy {
                 src,
                 dst,
-                dry_run: spec.dry_run,
-                checksum: spec.checksum,
-                include: spec.include.clone(),
-                exclude: spec.exclude.clone(),
-                concurrency: spec.concurrency,
-                part_size: None,
-                retries: 5,
-                progress_interval: Duration::from_secs(5),
-                s3,
-            }))
+                options: CopyOptions {
+                    dry_run: c.dry_run,
+                    checksum: c.checksum,
+                    include: c.include.clone(),
+                    exclude: c.exclude.clone(),
+                    concurrency: c.concurrency,
+                    ..CopyOptions::default()
+                },
+            };
+            (job, share)
         }
-        Kind::Purge => {
-            absent("source", &spec.source, "purge")?;
-            absent("destination", &spec.destination, "purge")?;
-            if spec.checksum {
-                return Err("checksum: not an option of a purge task".into());
-            }
-            let target: Location = required("target", &spec.target, "purge")?
-                .parse()
-                .map_err(|e| format!("target: {e}"))?;
-            confined("target", &target, roots)?;
-            let older_than =
-                crate::cli::parse_age(required("older_than", &spec.older_than, "purge")?)
-                    .map_err(|e| format!("older_than: {e}"))?;
-            JobArgs::Purge(Box::new(PurgeArgs {
+        TaskSpec::Purge(p) => {
+            let share = check_common(&p.memory, &p.include, &p.exclude, p.concurrency)?;
+            let [target] = locations([("target", &p.target)], roots)?;
+            let job = Job::Purge {
                 target,
-                older_than,
-                dry_run: spec.dry_run,
-                include: spec.include.clone(),
-                exclude: spec.exclude.clone(),
-                remove_empty_dirs: spec.remove_empty_dirs,
-                concurrency: spec.concurrency,
-                cross_filesystems: false,
-                force: false,
-                simulate_latency: None,
-                progress_interval: Duration::from_secs(5),
-                s3,
-            }))
+                older_than: purge::parse_age(&p.older_than)
+                    .map_err(|e| format!("older_than: {e}"))?,
+                options: PurgeOptions {
+                    dry_run: p.dry_run,
+                    include: p.include.clone(),
+                    exclude: p.exclude.clone(),
+                    remove_empty_dirs: p.remove_empty_dirs,
+                    concurrency: p.concurrency,
+                    ..PurgeOptions::default()
+                },
+            };
+            (job, share)
         }
     };
-    Ok(Validated {
-        spec,
-        kind,
-        job,
-        share,
-    })
+    Ok(Validated { spec, job, share })
+}
+
+/// What a task's counters are called in the API, by kind: the database
+/// holds them in the same columns for every kind.
+pub struct CounterNames {
+    /// Listed and selected (objects, or files scanned).
+    pub listed: &'static str,
+    /// Done (copied, or deleted; in a dry run, to be).
+    pub done: &'static str,
+    /// Passed by (up to date, or kept).
+    pub skipped: &'static str,
+    /// Failed.
+    pub failed: &'static str,
+    /// Bytes of those done.
+    pub bytes: &'static str,
+    /// `done` and `bytes` of the current attempt alone.
+    pub attempt_done: &'static str,
+    /// See `attempt_done`.
+    pub attempt_bytes: &'static str,
+}
+
+impl CounterNames {
+    /// The names for a task of `kind`.
+    pub fn of(kind: Kind, dry_run: bool) -> &'static CounterNames {
+        match (kind, dry_run) {
+            (Kind::Copy, _) => &CounterNames {
+                listed: "objects_listed",
+                done: "objects_copied",
+                skipped: "objects_skipped",
+                failed: "objects_failed",
+                bytes: "bytes_copied",
+                attempt_done: "attempt_objects_copied",
+                attempt_bytes: "attempt_bytes_copied",
+            },
+            // A dry run deleted nothing, and says what it would have.
+            (Kind::Purge, true) => &CounterNames {
+                listed: "files_scanned",
+                done: "files_to_delete",
+                skipped: "files_kept",
+                failed: "files_failed",
+                bytes: "bytes_to_free",
+                attempt_done: "attempt_files_to_delete",
+                attempt_bytes: "attempt_bytes_to_free",
+            },
+            (Kind::Purge, false) => &CounterNames {
+                listed: "files_scanned",
+                done: "files_deleted",
+                skipped: "files_kept",
+                failed: "files_failed",
+                bytes: "bytes_freed",
+                attempt_done: "attempt_files_deleted",
+                attempt_bytes: "attempt_bytes_freed",
+            },
+        }
+    }
+}
+
+/// The live counters of a running task, of its job's own type.
+pub enum TaskCounters {
+    Copy(Arc<CopyCounters>),
+    Purge(Arc<PurgeCounters>),
+}
+
+impl TaskCounters {
+    fn for_job(job: Option<&Job>) -> Self {
+        match job {
+            Some(Job::Purge { .. }) => TaskCounters::Purge(Arc::default()),
+            _ => TaskCounters::Copy(Arc::default()),
+        }
+    }
+
+    /// The counters as the database keeps them, for any kind.
+    fn progress(&self, checkpoint_key: Option<String>) -> Progress {
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
+        match self {
+            TaskCounters::Copy(c) => Progress {
+                items_listed: n(&c.listed),
+                items_skipped: n(&c.skipped),
+                items_failed: c.failures.count() as i64,
+                attempt_items_done: n(&c.copied),
+                attempt_bytes_done: n(&c.bytes),
+                checkpoint_key,
+            },
+            TaskCounters::Purge(c) => Progress {
+                items_listed: n(&c.scanned),
+                items_skipped: n(&c.kept),
+                items_failed: c.failures.count() as i64,
+                attempt_items_done: n(&c.deleted),
+                attempt_bytes_done: n(&c.bytes_freed),
+                checkpoint_key,
+            },
+        }
+    }
+
+    fn in_flight(&self) -> u64 {
+        match self {
+            TaskCounters::Copy(c) => c.in_flight.load(Ordering::Relaxed),
+            TaskCounters::Purge(c) => c.in_flight.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A task being run: what the API shows live, and how to cancel it.
 pub struct Running {
-    pub counters: Arc<Counters>,
+    pub counters: TaskCounters,
     pub gov: Governor,
+    /// The names its counters have in the API.
+    names: &'static CounterNames,
     cancel: watch::Sender<bool>,
-}
-
-/// Live numbers of a running task.
-#[derive(Debug, Serialize)]
-pub struct Live {
-    pub objects_listed: u64,
-    pub objects_copied: u64,
-    pub objects_skipped: u64,
-    pub objects_failed: u64,
-    pub bytes_copied: u64,
-    pub in_flight: u64,
-    pub memory_share: u64,
-    pub memory_reserved: u64,
-    pub memory_peak_reserved: u64,
 }
 
 /// The scheduler and the running tasks.
@@ -272,22 +431,26 @@ impl Tasks {
         self.wake.notify_one();
     }
 
-    /// The live state of a running task.
-    pub fn live(&self, id: &str) -> Option<Live> {
+    /// The live state of a running task: its counters under its kind's
+    /// names, transfers in flight, and its memory share, reserved and peak
+    /// reserved bytes.
+    pub fn live(&self, id: &str) -> Option<serde_json::Value> {
         let r = self.lock().get(id)?.clone();
         let stats = r.gov.stats();
-        let c = &r.counters;
-        Some(Live {
-            objects_listed: c.listed.load(Ordering::Relaxed),
-            objects_copied: c.copied.load(Ordering::Relaxed),
-            objects_skipped: c.skipped.load(Ordering::Relaxed),
-            objects_failed: c.failed.load(Ordering::Relaxed),
-            bytes_copied: c.bytes.load(Ordering::Relaxed),
-            in_flight: c.in_flight.load(Ordering::Relaxed),
-            memory_share: stats.budget,
-            memory_reserved: stats.reserved,
-            memory_peak_reserved: stats.peak_reserved,
-        })
+        let p = r.counters.progress(None);
+        let names = r.names;
+        let mut v = json!({
+            "in_flight": r.counters.in_flight(),
+            "memory_share": stats.budget,
+            "memory_reserved": stats.reserved,
+            "memory_peak_reserved": stats.peak_reserved,
+        });
+        v[names.listed] = json!(p.items_listed);
+        v[names.done] = json!(p.attempt_items_done);
+        v[names.skipped] = json!(p.items_skipped);
+        v[names.failed] = json!(p.items_failed);
+        v[names.bytes] = json!(p.attempt_bytes_done);
+        Some(v)
     }
 
     /// Whether task `id` runs in this process.
@@ -356,9 +519,8 @@ impl Tasks {
 
     fn start(self: Arc<Self>, task: TaskRow) {
         let (cancel, cancelled) = watch::channel(false);
-        let spec: Result<TaskSpec, _> = serde_json::from_value(task.spec.clone());
-        let validated = spec
-            .map_err(|e| e.to_string())
+        let validated = TaskSpec::from_stored(task.spec.clone())
+            .map_err(|e| format!("the stored spec cannot be read: {e}"))
             .and_then(|spec| validate(spec, &self.roots));
         let share = validated
             .as_ref()
@@ -368,8 +530,12 @@ impl Tasks {
             .min(self.gov.budget());
         let task_gov = Governor::new(share);
         let running = Arc::new(Running {
-            counters: Arc::new(Counters::default()),
+            counters: TaskCounters::for_job(validated.as_ref().ok().map(|v| &v.job)),
             gov: task_gov.clone(),
+            names: CounterNames::of(
+                task.kind,
+                validated.as_ref().is_ok_and(|v| v.spec.dry_run()),
+            ),
             cancel,
         });
         self.lock().insert(task.id.clone(), running.clone());
@@ -391,8 +557,8 @@ impl Tasks {
     ) {
         let id = task.id.clone();
         let base = (
-            task.objects_copied - task.attempt_objects_copied,
-            task.bytes_copied - task.attempt_bytes_copied,
+            task.items_done - task.attempt_items_done,
+            task.bytes_done - task.attempt_bytes_done,
         );
         let v = match validated {
             Ok(v) => v,
@@ -405,11 +571,12 @@ impl Tasks {
             }
         };
         let what = match &v.job {
-            JobArgs::Copy(a) => format!("copy {} -> {}", a.src, a.dst),
-            JobArgs::Purge(a) => format!(
-                "purge {} older than {}",
-                a.target,
-                humantime::format_duration(a.older_than)
+            Job::Copy { src, dst, .. } => format!("copy {src} -> {dst}"),
+            Job::Purge {
+                target, older_than, ..
+            } => format!(
+                "purge {target} older than {}",
+                humantime::format_duration(*older_than)
             ),
         };
         tracing::info!(
@@ -429,18 +596,10 @@ impl Tasks {
             }
         };
         let watermark = Arc::new(Watermark::new(task.checkpoint_key.clone()));
-        let counters = running.counters.clone();
-        let progress = |w: &Watermark| Progress {
-            objects_listed: counters.listed.load(Ordering::Relaxed) as i64,
-            objects_skipped: counters.skipped.load(Ordering::Relaxed) as i64,
-            objects_failed: counters.failed.load(Ordering::Relaxed) as i64,
-            attempt_objects_copied: counters.copied.load(Ordering::Relaxed) as i64,
-            attempt_bytes_copied: counters.bytes.load(Ordering::Relaxed) as i64,
-            checkpoint_key: w.key(),
-        };
+        let progress = |w: &Watermark| running.counters.progress(w.key());
         let job = async {
-            match &v.job {
-                JobArgs::Copy(args) => {
+            match (&v.job, &running.counters) {
+                (Job::Copy { src, dst, options }, TaskCounters::Copy(counters)) => {
                     let env = CopyEnv {
                         gov: running.gov.clone(),
                         probe: MemoryProbe::detect(),
@@ -449,17 +608,32 @@ impl Tasks {
                         start_after: task.checkpoint_key.clone(),
                         watermark: Some(watermark.clone()),
                     };
-                    copy::execute(args, env).await
+                    copy::execute(src, dst, options, env)
+                        .await
+                        .map(|s| s.outcome)
                 }
-                JobArgs::Purge(args) => {
+                (
+                    Job::Purge {
+                        target,
+                        older_than,
+                        options,
+                    },
+                    TaskCounters::Purge(counters),
+                ) => {
                     let env = PurgeEnv {
                         gov: running.gov.clone(),
                         probe: MemoryProbe::detect(),
                         counters: counters.clone(),
                         cancel: cancelled.clone(),
+                        simulated_latency: None,
                     };
-                    purge::execute(args, env).await
+                    purge::execute(target, *older_than, options, env)
+                        .await
+                        .map(|s| s.outcome)
                 }
+                _ => Err::<Outcome, _>(anyhow::anyhow!(
+                    "internal error: the task's counters are not its job's"
+                )),
             }
         };
         tokio::pin!(job);
@@ -498,8 +672,12 @@ impl Tasks {
             Ok(s) if s.failed > 0 => (
                 Status::Failed,
                 Some(format!(
-                    "{} objects failed; first: {}",
+                    "{} {} failed; first: {}",
                     s.failed,
+                    match task.kind {
+                        Kind::Copy => "objects",
+                        Kind::Purge => "files",
+                    },
                     s.failures
                         .first()
                         .map_or_else(String::new, |(w, r)| format!("{w}: {r}"))
@@ -516,5 +694,69 @@ impl Tasks {
         {
             tracing::error!("task {id}: cannot save its end ({status}): {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_tagged_by_kind_and_name_the_bad_field() {
+        let copy = TaskSpec::parse(json!({"kind": "copy", "source": "/a", "destination": "/b"}));
+        assert!(matches!(copy, Ok(TaskSpec::Copy(_))), "{copy:?}");
+        for (body, field) in [
+            (json!({"kind": "mirror", "source": "/a"}), "kind"),
+            (json!({"source": "/a", "destination": "/b"}), "kind"),
+            (json!({"kind": "copy", "source": "/a"}), "destination"),
+            (json!({"kind": "purge", "target": "/a"}), "older_than"),
+            (
+                json!({"kind": "purge", "target": "/a", "older_than": "1d", "checksum": true}),
+                "checksum",
+            ),
+        ] {
+            let e = TaskSpec::parse(body.clone()).unwrap_err();
+            assert!(e.contains(field), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn rows_written_before_specs_were_tagged_still_run() {
+        // What the untagged spec serialised: every kind's flags.
+        let old_copy = json!({"kind": "copy", "source": "/a", "destination": "/b",
+            "remove_empty_dirs": false, "include": [], "exclude": [], "dry_run": false, "checksum": true});
+        let Ok(TaskSpec::Copy(c)) = TaskSpec::from_stored(old_copy) else {
+            panic!("an old copy row must parse");
+        };
+        assert!(c.checksum);
+        let old_purge = json!({"kind": "purge", "target": "/a", "older_than": "30d",
+            "remove_empty_dirs": true, "include": [], "exclude": [], "dry_run": false, "checksum": false});
+        assert!(matches!(
+            TaskSpec::from_stored(old_purge),
+            Ok(TaskSpec::Purge(PurgeSpec {
+                remove_empty_dirs: true,
+                ..
+            }))
+        ));
+        // A flag that was set is not silently dropped.
+        let odd =
+            json!({"kind": "copy", "source": "/a", "destination": "/b", "remove_empty_dirs": true});
+        assert!(TaskSpec::from_stored(odd).is_err());
+    }
+
+    #[test]
+    fn a_task_runs_with_the_jobs_own_defaults() {
+        let spec = TaskSpec::parse(
+            json!({"kind": "copy", "source": "s3://bucket/x", "destination": "s3://bucket/y"}),
+        )
+        .unwrap();
+        let v = validate(spec, &[]).unwrap();
+        let Job::Copy { options, .. } = v.job else {
+            panic!("a copy")
+        };
+        let defaults = CopyOptions::default();
+        assert_eq!(options.retries, defaults.retries);
+        assert_eq!(options.s3.request_timeout, defaults.s3.request_timeout);
+        assert_eq!(options.part_size, None);
     }
 }

@@ -33,7 +33,7 @@ pub const MTIME_METADATA: &str = "mtime";
 pub const MODE_METADATA: &str = "mode";
 
 /// Connection and retry settings, from flags and the AWS environment.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct S3Config {
     /// `--s3-endpoint`, else `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`.
     pub endpoint: Option<String>,
@@ -42,14 +42,39 @@ pub struct S3Config {
     /// Virtual-hosted-style addressing (`bucket.host`) instead of path style.
     pub virtual_hosted: bool,
     /// Per-request timeout.
-    pub request_timeout: Option<Duration>,
+    pub request_timeout: Duration,
     /// Retries inside one request (object_store's own, for transient errors).
     pub request_retries: usize,
     /// Idle connections kept per host; bounds the memory of the pool.
     pub max_idle_connections: usize,
 }
 
+/// The timeout of one S3 request unless told otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            region: None,
+            virtual_hosted: false,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            request_retries: 2,
+            max_idle_connections: 64,
+        }
+    }
+}
+
 impl S3Config {
+    /// These settings with a connection pool sized for `concurrency`
+    /// requests at once (at most 64 idle connections are kept).
+    pub fn for_concurrency(&self, concurrency: usize) -> Self {
+        S3Config {
+            max_idle_connections: concurrency.clamp(1, 64),
+            ..self.clone()
+        }
+    }
+
     fn endpoint(&self) -> Option<String> {
         self.endpoint
             .clone()
@@ -62,7 +87,7 @@ impl S3Config {
     pub fn client(&self, bucket: &str) -> Result<AmazonS3, StoreError> {
         let ctx = || format!("configure S3 client for bucket {bucket}");
         let mut options = ClientOptions::new()
-            .with_timeout(self.request_timeout.unwrap_or(Duration::from_secs(300)))
+            .with_timeout(self.request_timeout)
             .with_connect_timeout(Duration::from_secs(10))
             .with_pool_max_idle_per_host(self.max_idle_connections.max(1))
             .with_pool_idle_timeout(Duration::from_secs(30));

@@ -38,8 +38,61 @@ use serde_json::json;
 pub use redis_stream::{StreamId, Target};
 pub use source::{Source, sequence_of};
 
-use crate::cli::{GlobalArgs, IngestArgs, LogFormat};
-use crate::telemetry::{RateWindow, Record, Reporter, mb};
+use crate::telemetry::{LogFormat, RateWindow, Record, Reporter, mb};
+
+/// How an ingest runs, besides its source and target: what `headroom
+/// ingest`'s flags turn into. The defaults are the flags' defaults.
+#[derive(Clone, Debug)]
+pub struct IngestOptions {
+    /// A file holding the Redis password (else HEADROOM_REDIS_PASSWORD).
+    pub redis_password_file: Option<std::path::PathBuf>,
+    /// Events per XADD batch (one MULTI/EXEC round trip).
+    pub batch_size: usize,
+    /// Bytes per batch at most (a single larger event goes alone).
+    pub batch_bytes: ByteSize,
+    /// Send a batch that is not full after this long.
+    pub flush_interval: Duration,
+    /// Trim the stream to about this many entries on every XADD.
+    pub maxlen: Option<u64>,
+    /// Pause writing (and so reading) while the stream holds this many
+    /// entries or more.
+    pub high_water: Option<u64>,
+    /// Events read but not yet acknowledged by Redis, at most.
+    pub max_in_flight: usize,
+    /// The largest event accepted; a larger one is an error.
+    pub max_event_size: ByteSize,
+    /// The stream entry's field that holds the event.
+    pub field: String,
+    /// WebSocket only: the query parameter that carries the last
+    /// acknowledged sequence number on reconnect.
+    pub cursor_param: Option<String>,
+    /// The numeric top-level JSON field holding an event's sequence number.
+    pub sequence_field: String,
+    /// Give up when Redis has refused every write for this long.
+    pub redis_retry_for: Duration,
+    /// Give up when the WebSocket cannot be reconnected for this long.
+    pub reconnect_for: Duration,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            redis_password_file: None,
+            batch_size: 500,
+            batch_bytes: ByteSize(1 << 20),
+            flush_interval: Duration::from_millis(20),
+            maxlen: None,
+            high_water: None,
+            max_in_flight: 10_000,
+            max_event_size: ByteSize(1 << 20),
+            field: "data".into(),
+            cursor_param: None,
+            sequence_field: "seq".into(),
+            redis_retry_for: Duration::from_secs(300),
+            reconnect_for: Duration::from_secs(300),
+        }
+    }
+}
 
 /// What one queued event costs besides its bytes: the `Event` itself, the
 /// `Bytes` header and the allocator's rounding.
@@ -327,7 +380,7 @@ fn progress(
 
 /// Checks the flags against each other and the budget; returns the
 /// writer's and the reader's fixed reservations.
-fn plan(args: &IngestArgs, budget: u64) -> anyhow::Result<(u64, u64)> {
+fn plan(from: &Source, args: &IngestOptions, budget: u64) -> anyhow::Result<(u64, u64)> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -351,7 +404,7 @@ fn plan(args: &IngestArgs, budget: u64) -> anyhow::Result<(u64, u64)> {
     let writer = args.batch_bytes.0.max(max_event)
         + args.batch_size as u64 * COMMAND_OVERHEAD
         + CONNECTION_FOOTPRINT;
-    let reader = args.from.reader_footprint(max_event);
+    let reader = from.reader_footprint(max_event);
     let least = writer + reader + max_event + EVENT_OVERHEAD;
     if budget < least {
         bail!(
@@ -367,7 +420,7 @@ fn plan(args: &IngestArgs, budget: u64) -> anyhow::Result<(u64, u64)> {
 
 /// The target with its password from --redis-password-file or
 /// HEADROOM_REDIS_PASSWORD, where one is given.
-fn target_with_password(args: &IngestArgs) -> anyhow::Result<Target> {
+fn target_with_password(to: &str, args: &IngestOptions) -> anyhow::Result<Target> {
     let password = match &args.redis_password_file {
         Some(path) => {
             use std::io::Read;
@@ -379,8 +432,7 @@ fn target_with_password(args: &IngestArgs) -> anyhow::Result<Target> {
         }
         None => std::env::var("HEADROOM_REDIS_PASSWORD").ok(),
     };
-    let target: Target = args
-        .to
+    let target: Target = to
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--to: {e}"))?;
     match password.filter(|p| !p.is_empty()) {
@@ -391,13 +443,20 @@ fn target_with_password(args: &IngestArgs) -> anyhow::Result<Target> {
 
 /// Runs `headroom ingest` until the source ends, a signal stops it, or
 /// something fails; the summary says which.
-pub async fn run(args: &IngestArgs, global: &GlobalArgs) -> anyhow::Result<IngestSummary> {
-    let memory = crate::memory::MemoryPlan::start(global.memory);
+/// `to` is `redis://[USER@]HOST[:PORT][/DB]/STREAM`, parsed here so that
+/// an error never repeats a password it may hold.
+pub async fn run(
+    from: &Source,
+    to: &str,
+    args: &IngestOptions,
+    foreground: &super::ForegroundOptions,
+) -> anyhow::Result<IngestSummary> {
+    let memory = crate::memory::MemoryPlan::start(foreground.memory);
     let gov = memory.governor.clone();
-    let (writer_bytes, reader_bytes) = plan(args, gov.budget())?;
+    let (writer_bytes, reader_bytes) = plan(from, args, gov.budget())?;
     let counters = Arc::new(IngestCounters::new());
     let mut writer = redis_stream::StreamWriter::connect(
-        target_with_password(args)?,
+        target_with_password(to, args)?,
         redis_stream::WriterOptions {
             field: args.field.clone(),
             maxlen: args.maxlen,
@@ -409,7 +468,7 @@ pub async fn run(args: &IngestArgs, global: &GlobalArgs) -> anyhow::Result<Inges
     .await?;
     tracing::info!(
         "ingesting from {} into {} (stream length {})",
-        args.from,
+        from,
         writer.target(),
         counters.stream_length.load(Ordering::Relaxed)
     );
@@ -433,13 +492,15 @@ pub async fn run(args: &IngestArgs, global: &GlobalArgs) -> anyhow::Result<Inges
     let reporter = {
         let (c, g, p) = (counters.clone(), gov.clone(), memory.probe.clone());
         let mut last = RateWindow::default();
-        Reporter::every(args.progress_interval, global.log_format, move || {
-            progress(&c, &g, &p, &mut last)
-        })
+        Reporter::every(
+            foreground.progress_interval,
+            foreground.log_format,
+            move || progress(&c, &g, &p, &mut last),
+        )
     };
     let reader = {
         let cx = source::ReaderContext::new(gov.clone(), tx, counters.clone(), args, stop_rx);
-        let from = args.from.clone();
+        let from = from.clone();
         tokio::spawn(async move { source::read(&from, cx).await })
     };
     let written = write_loop(rx, &mut writer, args, &counters).await;
@@ -457,7 +518,7 @@ pub async fn run(args: &IngestArgs, global: &GlobalArgs) -> anyhow::Result<Inges
     };
     let stats = gov.stats();
     Ok(IngestSummary {
-        source: args.from.to_string(),
+        source: from.to_string(),
         target: writer.target().to_string(),
         events_read: counters.events_read.load(Ordering::Relaxed),
         events_written: counters.events_written.load(Ordering::Relaxed),
@@ -483,7 +544,7 @@ pub async fn run(args: &IngestArgs, global: &GlobalArgs) -> anyhow::Result<Inges
 async fn write_loop(
     mut rx: channel::Receiver<Event>,
     writer: &mut redis_stream::StreamWriter,
-    args: &IngestArgs,
+    args: &IngestOptions,
     counters: &IngestCounters,
 ) -> anyhow::Result<()> {
     let mut batch: Vec<Event> = Vec::with_capacity(args.batch_size);

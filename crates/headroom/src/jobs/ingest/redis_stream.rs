@@ -217,12 +217,6 @@ impl StreamId {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// What a failed write means for the batch.
 #[derive(Debug, PartialEq, Eq)]
 enum Failure {
@@ -454,7 +448,7 @@ impl StreamWriter {
         // on (`end` is short of the batch only after an ID conflict).
         let mut done = 0;
         let mut end = batch.len();
-        let mut first = self.last_id.next(now_ms());
+        let mut first = self.last_id.next(crate::telemetry::now_ms());
         let mut maybe_applied = false;
         let mut failing_since: Option<Instant> = None;
         let mut pause = Duration::from_millis(50);
@@ -530,7 +524,10 @@ impl StreamWriter {
                             }
                             end = done + refused;
                             let (top, _) = self.stream_state().await.unwrap_or_default();
-                            first = top.unwrap_or_default().max(self.last_id).next(now_ms());
+                            first = top
+                                .unwrap_or_default()
+                                .max(self.last_id)
+                                .next(crate::telemetry::now_ms());
                             tracing::warn!(
                                 "stream {} has entries from another client above headroom's IDs; {refused} events go after them ({e:?})",
                                 self.target,

@@ -132,7 +132,7 @@ impl ReaderContext {
         gov: Governor,
         tx: channel::Sender<Event>,
         counters: Arc<IngestCounters>,
-        args: &crate::cli::IngestArgs,
+        args: &super::IngestOptions,
         stop: watch::Receiver<bool>,
     ) -> Self {
         ReaderContext {

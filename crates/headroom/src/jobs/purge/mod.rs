@@ -52,13 +52,49 @@ use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use tokio::sync::watch;
 
-use crate::cli::{GlobalArgs, PurgeArgs};
-use crate::jobs::copy::s3_config;
 use crate::jobs::filter::Filter;
 use crate::store::retry::Retry;
-use crate::store::s3::S3Store;
+use crate::store::s3::{S3Config, S3Store};
 use crate::store::{Listed, Location};
-use crate::telemetry::{Counters, Job, Summary};
+use crate::telemetry::Outcome;
+
+pub mod report;
+
+pub use report::{PurgeCounters, PurgeSummary};
+
+/// How a purge runs, besides its target and age: what `headroom purge`'s
+/// flags and a `serve` purge task's spec both turn into.
+#[derive(Clone, Debug, Default)]
+pub struct PurgeOptions {
+    /// Delete nothing; report what would go and how long it would take.
+    pub dry_run: bool,
+    /// Consider only paths matching one of these globs (none: every path).
+    pub include: Vec<String>,
+    /// Never delete paths matching one of these globs; wins over `include`.
+    pub exclude: Vec<String>,
+    /// Remove directories the purge left empty (never the target).
+    pub remove_empty_dirs: bool,
+    /// Metadata calls in flight at most (default [`DEFAULT_CONCURRENCY`]).
+    pub concurrency: Option<usize>,
+    /// Descend into directories on other filesystems (mount points) too.
+    pub cross_filesystems: bool,
+    /// Allow purging `/`, a home directory, a system tree or a whole bucket.
+    pub force: bool,
+    /// How S3 targets are reached.
+    pub s3: S3Config,
+}
+
+/// Parses an age such as `30d`, `12h`, `90m`, `1w`, `2d12h`: more than
+/// zero.
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration {s:?} ({e}): use a number and a unit, e.g. 30d, 12h, 90m")
+    })?;
+    if d.is_zero() {
+        return Err(format!("invalid duration {s:?}: it must be more than zero"));
+    }
+    Ok(d)
+}
 
 /// Metadata calls in flight by default.
 pub const DEFAULT_CONCURRENCY: usize = 32;
@@ -162,48 +198,68 @@ enum Target<'a> {
 pub struct PurgeEnv {
     pub gov: Governor,
     pub probe: MemoryProbe,
-    pub counters: Arc<Counters>,
+    pub counters: Arc<PurgeCounters>,
     /// Becomes `true` to stop: no further directory is read and no further
     /// file deleted.
     pub cancel: watch::Receiver<bool>,
+    /// For benchmarks only (`scripts/bench-purge.sh`): a sleep before every
+    /// local metadata call, to stand in for a high-latency filesystem.
+    /// Never an option of a real purge.
+    pub simulated_latency: Option<Duration>,
 }
 
-/// Runs `headroom purge` and returns its summary.
-pub async fn run(args: &PurgeArgs, global: &GlobalArgs) -> anyhow::Result<Summary> {
-    let job = super::Standalone::start(global, args.progress_interval, Job::Purge);
+/// Runs `headroom purge` in the foreground: deletes what below `target`
+/// was last modified longer than `older_than` ago; returns its summary.
+pub async fn run(
+    target: &Location,
+    older_than: Duration,
+    options: &PurgeOptions,
+    foreground: &super::ForegroundOptions,
+    simulated_latency: Option<Duration>,
+) -> anyhow::Result<PurgeSummary> {
+    let job = super::Foreground::<PurgeCounters>::start(foreground);
     let summary = execute(
-        args,
+        target,
+        older_than,
+        options,
         PurgeEnv {
             gov: job.plan.governor.clone(),
             probe: job.plan.probe.clone(),
             counters: job.counters.clone(),
             cancel: job.cancel.clone(),
+            simulated_latency,
         },
     )
     .await;
     let interrupted = job.stop();
     summary.map(|mut s| {
-        s.interrupted = interrupted;
+        s.outcome.interrupted = interrupted;
         s
     })
 }
 
-/// Runs one purge in `env`.
-pub async fn execute(args: &PurgeArgs, env: PurgeEnv) -> anyhow::Result<Summary> {
+/// Runs one purge of `target` in `env`.
+pub async fn execute(
+    target: &Location,
+    older_than: Duration,
+    args: &PurgeOptions,
+    env: PurgeEnv,
+) -> anyhow::Result<PurgeSummary> {
     let PurgeEnv {
         gov,
         probe,
         counters,
         cancel,
+        simulated_latency,
     } = env;
     let filter = Filter::new(&args.include, &args.exclude)?;
     let cutoff = SystemTime::now()
-        .checked_sub(args.older_than)
+        .checked_sub(older_than)
         .filter(|t| *t > UNIX_EPOCH)
         .with_context(|| {
             format!(
                 "--older-than {} reaches before 1970",
-                humantime::format_duration(args.older_than)
+                humantime::format_duration(older_than)
             )
         })?;
     if args.concurrency == Some(0) {
@@ -216,7 +272,7 @@ pub async fn execute(args: &PurgeArgs, env: PurgeEnv) -> anyhow::Result<Summary>
     }
     let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
     // Checked before anything starts: a bad target costs nothing.
-    let target = match &args.target {
+    let target = match target {
         Location::Local(path) => Target::Local(check_local_target(path, args.force)?),
         Location::S3 { bucket, prefix, .. } => {
             if prefix.is_empty() && !args.force {
@@ -237,7 +293,7 @@ pub async fn execute(args: &PurgeArgs, env: PurgeEnv) -> anyhow::Result<Summary>
                 dry_run: args.dry_run,
                 remove_empty_dirs: args.remove_empty_dirs && !args.dry_run,
                 cross_filesystems: args.cross_filesystems,
-                latency: args.simulate_latency,
+                latency: simulated_latency,
                 root_dev: std::sync::OnceLock::new(),
                 counters: counters.clone(),
                 stop: cancel.clone(),
@@ -260,14 +316,8 @@ pub async fn execute(args: &PurgeArgs, env: PurgeEnv) -> anyhow::Result<Summary>
         }
     };
     outcome?;
-    let mut summary = Summary::collect(
-        Job::Purge,
-        &counters,
-        &gov,
-        &probe,
-        started.elapsed(),
-        args.dry_run,
-    );
+    let outcome = Outcome::collect(&counters.failures, &gov, &probe, started.elapsed());
+    let mut summary = PurgeSummary::collect(&counters, args.dry_run, outcome);
     if args.dry_run {
         summary.estimate = Some(estimate(&counters, started.elapsed(), concurrency));
     }
@@ -277,10 +327,10 @@ pub async fn execute(args: &PurgeArgs, env: PurgeEnv) -> anyhow::Result<Summary>
 /// How long the real run is likely to take: the scan just measured, plus
 /// one more metadata call (the unlink) per matched file at the measured
 /// mean latency, `concurrency` at a time.
-fn estimate(c: &Counters, scan: Duration, concurrency: usize) -> Duration {
+fn estimate(c: &PurgeCounters, scan: Duration, concurrency: usize) -> Duration {
     let calls = c.metadata_calls.load(Ordering::Relaxed).max(1);
     let mean = c.metadata_nanos.load(Ordering::Relaxed) as f64 / calls as f64;
-    let deletes = c.copied.load(Ordering::Relaxed) as f64;
+    let deletes = c.deleted.load(Ordering::Relaxed) as f64;
     scan + Duration::from_nanos((deletes * mean / concurrency as f64) as u64)
 }
 
@@ -420,7 +470,7 @@ struct Ctx {
     /// The target's device and mount (`None` where statx cannot tell),
     /// set when it is opened.
     root_dev: std::sync::OnceLock<(u64, Option<u64>)>,
-    counters: Arc<Counters>,
+    counters: Arc<PurgeCounters>,
     stop: watch::Receiver<bool>,
 }
 
@@ -654,7 +704,9 @@ fn open_dir(ctx: &Arc<Ctx>, job: DirJob) -> Option<(Arc<DirNode>, Dir)> {
         let root = *ctx.root_dev.get_or_init(|| (dev, mount));
         if dev != root.0 || (mount.is_some() && root.1.is_some() && mount != root.1) {
             tracing::info!("not entering {}: another filesystem or mount", shown());
-            ctx.counters.skipped_mounts.fetch_add(1, Ordering::Relaxed);
+            ctx.counters
+                .mounts_not_entered
+                .fetch_add(1, Ordering::Relaxed);
             return None;
         }
     }
@@ -791,12 +843,12 @@ fn purge_file(ctx: &Ctx, dir: &DirNode, name: &CStr) {
     if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
         return; // replaced by a directory since the walk saw it
     }
-    c.listed.fetch_add(1, Ordering::Relaxed);
+    c.scanned.fetch_add(1, Ordering::Relaxed);
     let mtime = (st.st_mtime as i64, st.st_mtime_nsec as i64);
     let selected = mtime < ctx.cutoff
         && (ctx.filter.selects_everything() || ctx.filter.selects(&dir.path_of(name)));
     if !selected {
-        c.skipped.fetch_add(1, Ordering::Relaxed);
+        c.kept.fetch_add(1, Ordering::Relaxed);
         return;
     }
     if !ctx.dry_run {
@@ -811,10 +863,7 @@ fn purge_file(ctx: &Ctx, dir: &DirNode, name: &CStr) {
         }
         dir.emptied.store(true, Ordering::Release);
     }
-    c.copied.fetch_add(1, Ordering::Relaxed);
-    c.bytes.fetch_add(st.st_size as u64, Ordering::Relaxed);
-    c.oldest.fetch_min(mtime.0, Ordering::Relaxed);
-    c.newest.fetch_max(mtime.0, Ordering::Relaxed);
+    c.deleted(st.st_size as u64, mtime.0);
 }
 
 /// A purge opens a directory per level per walker plus the parents of
@@ -833,17 +882,17 @@ fn raise_fd_limit() {
 
 #[allow(clippy::too_many_arguments)]
 async fn purge_s3(
-    args: &PurgeArgs,
+    args: &PurgeOptions,
     bucket: &str,
     prefix: &str,
     cutoff: SystemTime,
     filter: Filter,
     concurrency: usize,
-    counters: &Arc<Counters>,
+    counters: &Arc<PurgeCounters>,
     gov: &Governor,
     cancel: &watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let s3 = s3_config(&args.s3, concurrency);
+    let s3 = args.s3.for_concurrency(concurrency);
     let client = Arc::new(s3.client(bucket)?);
     let store = S3Store::new(client.clone(), bucket.to_string(), prefix.to_string());
     let retry = Retry::default();
@@ -887,10 +936,10 @@ async fn purge_s3(
                 continue;
             }
         };
-        counters.listed.fetch_add(1, Ordering::Relaxed);
+        counters.scanned.fetch_add(1, Ordering::Relaxed);
         let old = entry.mtime.is_some_and(|t| t < cutoff);
         if !(old && filter.selects(&entry.key)) {
-            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            counters.kept.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let path = store.path_of(&entry.key)?;
@@ -921,16 +970,11 @@ async fn delete_batch(
     client: &Arc<object_store::aws::AmazonS3>,
     store: &S3Store,
     batch: Vec<(object_store::path::Path, u64, i64)>,
-    counters: &Counters,
+    counters: &PurgeCounters,
     dry_run: bool,
 ) {
     counters.in_flight.fetch_add(1, Ordering::Relaxed);
-    let done = |size: u64, secs: i64| {
-        counters.copied.fetch_add(1, Ordering::Relaxed);
-        counters.bytes.fetch_add(size, Ordering::Relaxed);
-        counters.oldest.fetch_min(secs, Ordering::Relaxed);
-        counters.newest.fetch_max(secs, Ordering::Relaxed);
-    };
+    let done = |size: u64, secs: i64| counters.deleted(size, secs);
     if dry_run {
         for (_, size, secs) in &batch {
             done(*size, *secs);

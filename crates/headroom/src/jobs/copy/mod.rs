@@ -27,14 +27,17 @@ use headroom_governor::{ByteSize, Governor, MemoryProbe, channel};
 use md5::{Digest, Md5};
 use tokio::sync::{Semaphore, watch};
 
-use crate::cli::{CopyArgs, GlobalArgs, S3Args};
 use crate::jobs::filter::Filter;
 use crate::store::local::LocalStore;
 use crate::store::retry::{Retry, with_retries};
 use crate::store::s3::{S3Config, S3Store};
 use crate::store::{Entry, Listed, Location, Store, StoreError};
-use crate::telemetry::{Counters, Job, Summary};
+use crate::telemetry::Outcome;
 use crate::transfer::{self, Kind, TransferConfig};
+
+pub mod report;
+
+pub use report::{CopyCounters, CopySummary};
 
 /// Default ceiling on transfers in flight when `--concurrency` is not given.
 pub const DEFAULT_CONCURRENCY: usize = 128;
@@ -42,15 +45,46 @@ pub const DEFAULT_CONCURRENCY: usize = 128;
 /// Entries the listing may run ahead of the transfers.
 const LISTING_QUEUE_ITEMS: usize = 4096;
 
-/// Builds the S3 settings from flags.
-pub fn s3_config(args: &S3Args, concurrency: usize) -> S3Config {
-    S3Config {
-        endpoint: args.s3_endpoint.clone(),
-        region: args.s3_region.clone(),
-        virtual_hosted: args.s3_virtual_hosted,
-        request_timeout: Some(args.s3_timeout),
-        request_retries: 2,
-        max_idle_connections: concurrency.min(64),
+/// Attempts after the first for each read, part or upload, unless told
+/// otherwise.
+pub const DEFAULT_RETRIES: u32 = 5;
+
+/// How a copy runs, besides its source and destination: what `headroom
+/// copy`'s flags and a `serve` copy task's spec both turn into.
+#[derive(Clone, Debug)]
+pub struct CopyOptions {
+    /// Report what would be copied; write nothing.
+    pub dry_run: bool,
+    /// Decide what is up to date by content (MD5) instead of size and
+    /// modification time, where both sides can tell.
+    pub checksum: bool,
+    /// Copy only keys matching one of these globs (none: every key).
+    pub include: Vec<String>,
+    /// Skip keys matching one of these globs; wins over `include`.
+    pub exclude: Vec<String>,
+    /// A ceiling on transfers in flight (default [`DEFAULT_CONCURRENCY`]);
+    /// the budget and the adaptive controller pick the number below it.
+    pub concurrency: Option<usize>,
+    /// A fixed multipart part size; `None` picks one per object.
+    pub part_size: Option<u64>,
+    /// Attempts after the first for each read, part or upload.
+    pub retries: u32,
+    /// How S3 locations are reached.
+    pub s3: S3Config,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            dry_run: false,
+            checksum: false,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            concurrency: None,
+            part_size: None,
+            retries: DEFAULT_RETRIES,
+            s3: S3Config::default(),
+        }
     }
 }
 
@@ -234,7 +268,7 @@ impl AdaptiveLimit {
     /// Adjusts the limit every `window` from `counters`' throughput.
     fn drive(
         self: Arc<Self>,
-        counters: Arc<Counters>,
+        counters: Arc<CopyCounters>,
         window: Duration,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
@@ -247,7 +281,7 @@ impl AdaptiveLimit {
                 // Small files count as 64 KiB of work each, so a stream of
                 // tiny objects is judged by files per second.
                 let (files, bytes) = (
-                    counters.files_processed(),
+                    counters.objects_processed(),
                     counters.bytes.load(Ordering::Relaxed),
                 );
                 let work = (bytes - last.1) as f64 + (files - last.0) as f64 * 65536.0;
@@ -274,7 +308,7 @@ pub struct CopyEnv {
     /// The probe for the summary's peak RSS.
     pub probe: MemoryProbe,
     /// Where progress is counted.
-    pub counters: Arc<Counters>,
+    pub counters: Arc<CopyCounters>,
     /// Becomes `true` to stop: no new object starts, running ones finish.
     pub cancel: watch::Receiver<bool>,
     /// Resume an S3 listing after this key (a checkpoint's watermark).
@@ -283,12 +317,19 @@ pub struct CopyEnv {
     pub watermark: Option<Arc<Watermark>>,
 }
 
-/// Runs `headroom copy`; returns the summary (failures included), or an
-/// error when the job could not run at all.
-pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary> {
-    let job = super::Standalone::start(global, args.progress_interval, Job::Copy);
+/// Runs `headroom copy` in the foreground; returns the summary (failures
+/// included), or an error when the job could not run at all.
+pub async fn run(
+    src: &Location,
+    dst: &Location,
+    options: &CopyOptions,
+    foreground: &super::ForegroundOptions,
+) -> anyhow::Result<CopySummary> {
+    let job = super::Foreground::<CopyCounters>::start(foreground);
     let summary = execute(
-        args,
+        src,
+        dst,
+        options,
         CopyEnv {
             gov: job.plan.governor.clone(),
             probe: job.plan.probe.clone(),
@@ -301,13 +342,18 @@ pub async fn run(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<Summary
     .await;
     let interrupted = job.stop();
     summary.map(|mut s| {
-        s.interrupted = interrupted;
+        s.outcome.interrupted = interrupted;
         s
     })
 }
 
-/// Runs one copy in `env`.
-pub async fn execute(args: &CopyArgs, env: CopyEnv) -> anyhow::Result<Summary> {
+/// Runs one copy from `src` to `dst` in `env`.
+pub async fn execute(
+    src: &Location,
+    dst: &Location,
+    args: &CopyOptions,
+    env: CopyEnv,
+) -> anyhow::Result<CopySummary> {
     let CopyEnv {
         gov,
         probe,
@@ -319,18 +365,21 @@ pub async fn execute(args: &CopyArgs, env: CopyEnv) -> anyhow::Result<Summary> {
     let ceiling = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1);
     let filter = Filter::new(&args.include, &args.exclude)?;
     if let Some(p) = args.part_size
-        && !(transfer::MIN_PART..=transfer::MAX_PART).contains(&p.0)
+        && !(transfer::MIN_PART..=transfer::MAX_PART).contains(&p)
     {
-        bail!("--part-size {p} is outside S3's limits of 5 MiB to 5 GiB");
+        bail!(
+            "--part-size {} is outside S3's limits of 5 MiB to 5 GiB",
+            ByteSize(p)
+        );
     }
-    if let Some(why) = crate::store::location::overlap(&args.src, &args.dst) {
-        bail!("refusing to copy {} to {}: {why}", args.src, args.dst);
+    if let Some(why) = crate::store::location::overlap(src, dst) {
+        bail!("refusing to copy {src} to {dst}: {why}");
     }
-    let s3 = s3_config(&args.s3, ceiling);
-    let src = open_source(&args.src, &s3).await?;
-    let dst = open_destination(&args.dst, &s3).await?;
+    let s3 = args.s3.for_concurrency(ceiling);
+    let src = open_source(src, &s3).await?;
+    let dst = open_destination(dst, &s3).await?;
     let cfg = TransferConfig {
-        part_size: args.part_size.map(|p| p.0),
+        part_size: args.part_size,
         retry: Retry {
             retries: args.retries,
             ..Retry::default()
@@ -448,14 +497,8 @@ pub async fn execute(args: &CopyArgs, env: CopyEnv) -> anyhow::Result<Summary> {
     controller.abort();
     let all = limit.limit.load(Ordering::Relaxed).max(1) as u32;
     let _ = limit.slots.acquire_many(all).await;
-    let summary = Summary::collect(
-        Job::Copy,
-        &counters,
-        &gov,
-        &probe,
-        started.elapsed(),
-        args.dry_run,
-    );
+    let outcome = Outcome::collect(&counters.failures, &gov, &probe, started.elapsed());
+    let summary = CopySummary::collect(&counters, args.dry_run, outcome);
     if let Err(e) = listed {
         bail!("cannot list the source: {e}");
     }
@@ -546,7 +589,7 @@ struct TaskContext {
     dst: Store,
     gov: Governor,
     cfg: TransferConfig,
-    counters: Arc<Counters>,
+    counters: Arc<CopyCounters>,
     checksum: bool,
     dry_run: bool,
     cancel: watch::Receiver<bool>,
