@@ -23,25 +23,17 @@ use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use headroom_governor::{Governor, Permit};
 use md5::{Digest, Md5};
-use object_store::multipart::PartId;
 use tokio::sync::watch;
 
 use crate::store::retry::{Backoff, Retry, with_retries};
-use crate::store::s3::S3Store;
-use crate::store::{Entry, RangeReader, Store, StoreError, is_md5_hex};
+pub use crate::store::s3::HTTP_READ_BUFFER;
+use crate::store::{Entry, PartId, RangeReader, Store, StoreError, WriteMode, hex, is_md5_hex};
 
 /// Heap an object's transfer (or one part of it) holds besides its data
 /// buffers: the task, keys and paths, a file handle, request headers and
 /// signing state, the MD5 state, and response parsing. Measured at about
 /// 50 KiB a PUT or part by `tests/reservations.rs`; twice that is charged.
 pub const OBJECT_OVERHEAD: u64 = 128 << 10;
-
-/// What a response body in flight holds in the HTTP client: hyper's read
-/// buffer grows to about 408 KiB on a fast download, and a chunk not yet
-/// consumed keeps an earlier buffer alive while hyper fills a new one.
-/// `tests/reservations.rs` measured up to 1.1 MiB on a loaded machine.
-/// Charged to every transfer that reads from S3.
-pub const HTTP_READ_BUFFER: u64 = 3 << 19;
 
 /// S3's limits on multipart uploads.
 pub const MIN_PART: u64 = 5 << 20;
@@ -108,26 +100,28 @@ pub fn part_size_for(size: u64, budget: u64, fixed: Option<u64>) -> u64 {
 /// that cannot pay for it is too small to copy anything.
 pub const MIN_CHUNK: u64 = 64 << 10;
 
-/// Chooses the kind of transfer for an object of `size` going to `dst`,
-/// with buffers sized so that its [`footprint`] fits in `working` (the
-/// most one request can be granted) where that is possible at all; where
-/// it is not (an object that needs parts larger than the budget), the
-/// footprint says so and the caller fails that object.
+/// Chooses the kind of transfer for an object of `size` going to `dst`
+/// (by its [`WriteMode`]) from a source whose reads cost `read_overhead`
+/// ([`Store::read_overhead`]), with buffers sized so that its [`footprint`]
+/// fits in `working` (the most one request can be granted) where that is
+/// possible at all; where it is not (an object that needs parts larger
+/// than the budget), the footprint says so and the caller fails that
+/// object.
 pub fn kind_for(
     dst: &Store,
-    src_is_s3: bool,
+    read_overhead: u64,
     size: u64,
     working: u64,
     cfg: &TransferConfig,
 ) -> Kind {
-    match dst {
-        Store::Local(_) => {
-            let room = working.saturating_sub(OBJECT_OVERHEAD + source_overhead(src_is_s3));
+    match dst.write_mode() {
+        WriteMode::Positional => {
+            let room = working.saturating_sub(OBJECT_OVERHEAD + read_overhead);
             Kind::ToLocal {
                 chunk: cfg.chunk_size.min(room).max(MIN_CHUNK),
             }
         }
-        Store::S3(_) => {
+        WriteMode::Upload => {
             let part = part_size_for(size, working, cfg.part_size);
             if size <= part {
                 Kind::SinglePut
@@ -139,44 +133,40 @@ pub fn kind_for(
 }
 
 /// The least working budget with which every object can be copied to
-/// `dst`: one minimal chunk into a local file, or one minimal part (or
-/// the fixed `--part-size`) to S3, whose single PUTs hold up to a part.
-pub fn least_footprint(dst: &Store, src_is_s3: bool, cfg: &TransferConfig) -> u64 {
-    match dst {
-        Store::Local(_) => to_local_footprint(MIN_CHUNK, MIN_CHUNK, src_is_s3),
-        Store::S3(_) => part_footprint(
+/// `dst`: one minimal chunk into a file, or one minimal part (or the fixed
+/// `--part-size`) to an upload, whose single PUTs hold up to a part.
+pub fn least_footprint(dst: &Store, read_overhead: u64, cfg: &TransferConfig) -> u64 {
+    match dst.write_mode() {
+        WriteMode::Positional => to_local_footprint(MIN_CHUNK, MIN_CHUNK, read_overhead),
+        WriteMode::Upload => part_footprint(
             cfg.part_size.unwrap_or(MIN_PART).clamp(MIN_PART, MAX_PART),
-            src_is_s3,
+            read_overhead,
         ),
     }
 }
 
-/// Extra heap of reading from `src`.
-fn source_overhead(src_is_s3: bool) -> u64 {
-    if src_is_s3 { HTTP_READ_BUFFER } else { 0 }
-}
-
-/// Footprint of streaming an object of `size` into a local file.
-pub fn to_local_footprint(size: u64, chunk: u64, src_is_s3: bool) -> u64 {
-    size.min(chunk) + OBJECT_OVERHEAD + source_overhead(src_is_s3)
+/// Footprint of streaming an object of `size` into a file.
+pub fn to_local_footprint(size: u64, chunk: u64, read_overhead: u64) -> u64 {
+    size.min(chunk) + OBJECT_OVERHEAD + read_overhead
 }
 
 /// Footprint of uploading an object of `size` in one PUT.
-pub fn single_put_footprint(size: u64, src_is_s3: bool) -> u64 {
-    size + OBJECT_OVERHEAD + source_overhead(src_is_s3)
+pub fn single_put_footprint(size: u64, read_overhead: u64) -> u64 {
+    size + OBJECT_OVERHEAD + read_overhead
 }
 
 /// Footprint of one part in flight.
-pub fn part_footprint(part: u64, src_is_s3: bool) -> u64 {
-    part + OBJECT_OVERHEAD + source_overhead(src_is_s3)
+pub fn part_footprint(part: u64, read_overhead: u64) -> u64 {
+    part + OBJECT_OVERHEAD + read_overhead
 }
 
-/// What must be reserved before an object's transfer may start.
-pub fn footprint(kind: Kind, size: u64, src_is_s3: bool) -> u64 {
+/// What must be reserved before an object's transfer may start, from a
+/// source whose reads cost `read_overhead`.
+pub fn footprint(kind: Kind, size: u64, read_overhead: u64) -> u64 {
     match kind {
-        Kind::ToLocal { chunk } => to_local_footprint(size, chunk, src_is_s3),
-        Kind::SinglePut => single_put_footprint(size, src_is_s3),
-        Kind::Multipart { part } => part_footprint(part, src_is_s3),
+        Kind::ToLocal { chunk } => to_local_footprint(size, chunk, read_overhead),
+        Kind::SinglePut => single_put_footprint(size, read_overhead),
+        Kind::Multipart { part } => part_footprint(part, read_overhead),
     }
 }
 
@@ -220,22 +210,16 @@ impl Transfers<'_> {
         // itself, to abort the upload.
         let mut cancel = self.cancel.clone();
         let stopped = crate::jobs::until_set(&mut cancel);
-        match (kind, dst) {
-            (Kind::ToLocal { chunk }, Store::Local(d)) => tokio::select! {
-                r = self.to_local(d, entry, chunk, permit) => r,
+        match kind {
+            Kind::ToLocal { chunk } => tokio::select! {
+                r = self.to_local(entry, chunk, permit) => r,
                 _ = stopped => Err(interrupted(src, entry)),
             },
-            (Kind::SinglePut, Store::S3(d)) => tokio::select! {
-                r = single_put(src, d, entry, permit, cfg, self.bytes_done) => r,
+            Kind::SinglePut => tokio::select! {
+                r = single_put(src, dst, entry, permit, cfg, self.bytes_done) => r,
                 _ = stopped => Err(interrupted(src, entry)),
             },
-            (Kind::Multipart { part }, Store::S3(d)) => {
-                self.multipart(d, entry, part, permit).await
-            }
-            _ => Err(StoreError::permanent(
-                dst.display_key(&entry.key),
-                "transfer kind does not match the destination",
-            )),
+            Kind::Multipart { part } => self.multipart(entry, part, permit).await,
         }
     }
 }
@@ -271,16 +255,10 @@ fn changed_size(src: &Store, entry: &Entry, got: u64) -> StoreError {
 impl Transfers<'_> {
     /// Streams the object into a local file through one chunk buffer. A broken
     /// read resumes from the last byte written.
-    async fn to_local(
-        &self,
-        dst: &crate::store::local::LocalStore,
-        entry: &Entry,
-        chunk: u64,
-        _permit: Permit,
-    ) -> Result<(), StoreError> {
+    async fn to_local(&self, entry: &Entry, chunk: u64, _permit: Permit) -> Result<(), StoreError> {
         let (src, cfg, bytes_done) = (self.src, self.cfg, self.bytes_done);
         let size = entry.size;
-        let mut writer = dst.create(&entry.key).await?;
+        let mut writer = self.dst.create(&entry.key).await?;
         let mut buf = vec![0u8; size.min(chunk) as usize];
         let mut hasher = entry.md5_etag().map(|_| Md5::new());
         let mut offset = 0u64;
@@ -325,24 +303,19 @@ impl Transfers<'_> {
     }
 }
 
-/// The modification time to record at the destination: what a GET of the
-/// source already returned, else (an empty or not yet read S3 object) its
-/// stored mtime from a HEAD, since a listing only knows LastModified, the
-/// upload time; a local source's listing has the file's own mtime.
+/// The modification time to record at the destination: what a read of
+/// the source already returned, else what the source store knows of it
+/// ([`Store::source_mtime`]).
 async fn source_mtime(
     src: &Store,
     entry: &Entry,
     read: Option<SystemTime>,
     cfg: &TransferConfig,
 ) -> Result<Option<SystemTime>, StoreError> {
-    Ok(match (read, src) {
-        (Some(t), _) => Some(t),
-        (None, Store::S3(s)) => with_retries(&cfg.retry, || s.stat(&entry.key))
-            .await?
-            .and_then(|e| e.mtime)
-            .or(entry.mtime),
-        (None, Store::Local(_)) => entry.mtime,
-    })
+    match read {
+        Some(t) => Ok(Some(t)),
+        None => src.source_mtime(entry, &cfg.retry).await,
+    }
 }
 
 /// Reads `range` of the source into `buf` (its length is the range's),
@@ -388,7 +361,7 @@ fn check_etag(what: &str, etag: Option<&str>, data: &[u8]) -> Result<(), StoreEr
 
 async fn single_put(
     src: &Store,
-    dst: &S3Store,
+    dst: &Store,
     entry: &Entry,
     _permit: Permit,
     cfg: &TransferConfig,
@@ -406,7 +379,7 @@ async fn single_put(
     let data = Bytes::from(buf);
     with_retries(&cfg.retry, || async {
         let etag = dst.put(&entry.key, data.clone(), mtime, entry.mode).await?;
-        check_etag(&dst.url_of(&entry.key), etag.as_deref(), &data)
+        check_etag(&dst.display_key(&entry.key), etag.as_deref(), &data)
     })
     .await?;
     bytes_done.fetch_add(entry.size, Ordering::Relaxed);
@@ -415,7 +388,7 @@ async fn single_put(
 
 /// One part of a multipart upload.
 struct Part<'a> {
-    dst: &'a S3Store,
+    dst: &'a Store,
     entry: &'a Entry,
     upload_id: &'a str,
     index: usize,
@@ -449,7 +422,11 @@ async fn upload_part(
             let etag = part.content_id.trim_matches('"');
             if is_md5_hex(etag) && !etag.eq_ignore_ascii_case(&md5) {
                 Err(StoreError {
-                    context: format!("upload part {} of {}", index + 1, dst.url_of(&entry.key)),
+                    context: format!(
+                        "upload part {} of {}",
+                        index + 1,
+                        dst.display_key(&entry.key)
+                    ),
                     message: format!("integrity check failed: server ETag {etag}, part MD5 {md5}"),
                     retryable: true,
                 })
@@ -466,28 +443,22 @@ async fn upload_part(
 }
 
 impl Transfers<'_> {
-    async fn multipart(
-        &self,
-        dst: &S3Store,
-        entry: &Entry,
-        part: u64,
-        first: Permit,
-    ) -> Result<(), StoreError> {
-        let (src, cfg) = (self.src, self.cfg);
+    async fn multipart(&self, entry: &Entry, part: u64, first: Permit) -> Result<(), StoreError> {
+        let (src, dst, cfg) = (self.src, self.dst, self.cfg);
         let size = entry.size;
         let count = size.div_ceil(part) as usize;
         let mtime = source_mtime(src, entry, None, cfg).await?;
         let upload_id = with_retries(&cfg.retry, || {
-            dst.create_multipart(&entry.key, mtime, entry.mode)
+            dst.create_upload(&entry.key, mtime, entry.mode)
         })
         .await?;
         let result = self
-            .upload_parts(dst, entry, &upload_id, part, count, first)
+            .upload_parts(entry, &upload_id, part, count, first)
             .await;
         let outcome = match result {
             Ok(parts) => {
                 let completed = with_retries(&cfg.retry, || {
-                    dst.complete_multipart(&entry.key, &upload_id, parts.clone())
+                    dst.complete_upload(&entry.key, &upload_id, parts.clone())
                 })
                 .await;
                 match completed {
@@ -503,12 +474,12 @@ impl Transfers<'_> {
         if let Err(e) = &outcome {
             // Never leave an incomplete upload (and its stored parts) behind.
             let aborted =
-                with_retries(&cfg.retry, || dst.abort_multipart(&entry.key, &upload_id)).await;
+                with_retries(&cfg.retry, || dst.abort_upload(&entry.key, &upload_id)).await;
             if let Err(abort) = aborted {
                 tracing::error!(
                     upload_id = %upload_id,
                     "could not abort the multipart upload of {} after: {e}: {abort}",
-                    dst.url_of(&entry.key)
+                    dst.display_key(&entry.key)
                 );
             }
         }
@@ -517,14 +488,14 @@ impl Transfers<'_> {
 
     async fn upload_parts(
         &self,
-        dst: &S3Store,
         entry: &Entry,
         upload_id: &str,
         part: u64,
         count: usize,
         first: Permit,
     ) -> Result<Vec<PartId>, StoreError> {
-        let (src, gov, cfg, bytes_done) = (self.src, self.gov, self.cfg, self.bytes_done);
+        let (src, dst, gov, cfg, bytes_done) =
+            (self.src, self.dst, self.gov, self.cfg, self.bytes_done);
         let mut cancel = self.cancel.clone();
         let size = entry.size;
         let mut done: Vec<Option<PartId>> = vec![None; count];
@@ -612,7 +583,7 @@ fn multipart_etag(parts: &[PartId]) -> Option<String> {
 /// by the server. It is accepted only once the destination holds exactly
 /// the object these parts make; the wait for that follows the retry policy.
 async fn completed_anyway(
-    dst: &S3Store,
+    dst: &Store,
     entry: &Entry,
     parts: &[PartId],
     cfg: &TransferConfig,
@@ -632,23 +603,13 @@ async fn completed_anyway(
                 Ok(())
             }
             _ => Err(StoreError {
-                context: dst.url_of(&entry.key),
+                context: dst.display_key(&entry.key),
                 message: format!("no object with ETag {want} (yet)"),
                 retryable: true,
             }),
         }
     };
     with_retries(&cfg.retry, check).await.is_ok()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]
@@ -697,14 +658,14 @@ mod tests {
 
     #[test]
     fn footprints_name_their_buffers() {
-        assert_eq!(to_local_footprint(10, 1 << 20, false), 10 + OBJECT_OVERHEAD);
+        assert_eq!(to_local_footprint(10, 1 << 20, 0), 10 + OBJECT_OVERHEAD);
         assert_eq!(
-            to_local_footprint(5 << 20, 1 << 20, true),
+            to_local_footprint(5 << 20, 1 << 20, HTTP_READ_BUFFER),
             (1 << 20) + OBJECT_OVERHEAD + HTTP_READ_BUFFER
         );
-        assert_eq!(single_put_footprint(1000, false), 1000 + OBJECT_OVERHEAD);
+        assert_eq!(single_put_footprint(1000, 0), 1000 + OBJECT_OVERHEAD);
         assert_eq!(
-            part_footprint(8 << 20, true),
+            part_footprint(8 << 20, HTTP_READ_BUFFER),
             (8 << 20) + OBJECT_OVERHEAD + HTTP_READ_BUFFER
         );
     }

@@ -15,9 +15,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use common::*;
-use headroom::store::Store;
-use headroom::store::local::LocalStore;
-use headroom::store::s3::{S3Config, S3Store};
+use headroom::store::s3::S3Config;
+use headroom::store::{Location, Store};
 use headroom::transfer::{Kind, TransferConfig, Transfers, footprint, kind_for};
 use headroom_governor::{CountingAlloc, Governor};
 
@@ -35,12 +34,16 @@ struct Case {
 }
 
 fn store(s3: bool, cfg: &S3Config, bucket: &str, local_root: &std::path::Path) -> Store {
-    if s3 {
-        let client = Arc::new(cfg.client(bucket).expect("client"));
-        Store::S3(S3Store::new(client, bucket.to_string(), String::new()))
+    let location = if s3 {
+        Location::S3 {
+            bucket: bucket.to_string(),
+            prefix: String::new(),
+            dir: true,
+        }
     } else {
-        Store::Local(LocalStore::dir(local_root.to_path_buf()))
-    }
+        Location::Local(local_root.to_path_buf())
+    };
+    Store::open_prefix(&location, cfg).expect("store")
 }
 
 #[test]
@@ -141,7 +144,13 @@ fn every_transfer_kind_stays_within_its_reservation() {
             let entry = src.stat(&key).await.unwrap().expect("source object");
             // Budget room for every part the transfer may add.
             let gov = Governor::new(256 * MIB);
-            let kind = kind_for(&dst, case.src_s3, entry.size, gov.working_budget(), &cfg);
+            let kind = kind_for(
+                &dst,
+                src.read_overhead(),
+                entry.size,
+                gov.working_budget(),
+                &cfg,
+            );
             assert!(
                 (case.expect)(kind),
                 "{}: unexpected kind {kind:?}",
@@ -159,7 +168,10 @@ fn every_transfer_kind_stays_within_its_reservation() {
             };
             let (result, peak_heap) = headroom_governor::alloc::measure_peak_async(async {
                 let permit = gov
-                    .acquire(footprint(kind, entry.size, case.src_s3), "copy.object")
+                    .acquire(
+                        footprint(kind, entry.size, src.read_overhead()),
+                        "copy.object",
+                    )
                     .await;
                 transfers.copy_object(&entry, kind, permit).await
             })

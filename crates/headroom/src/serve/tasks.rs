@@ -163,7 +163,7 @@ pub struct Validated {
 /// exist yet through its nearest existing ancestor), so a link or a `..`
 /// cannot lead out of a root.
 fn confined(field: &str, loc: &Location, roots: &[std::path::PathBuf]) -> Result<(), String> {
-    let Location::Local(path) = loc else {
+    let Some(path) = loc.local_path() else {
         return Ok(());
     };
     if roots.is_empty() {

@@ -136,6 +136,29 @@ impl LocalStore {
         })
     }
 
+    /// Deletes the files at `keys` (never a directory, never through a
+    /// symlink: a symlink is removed itself). A key already gone is
+    /// [`Deleted::Vanished`](super::Deleted::Vanished).
+    pub async fn delete(&self, keys: &[String]) -> Vec<super::Deleted> {
+        let paths: Vec<PathBuf> = keys.iter().map(|k| self.path_of(k)).collect();
+        let done = blocking(move || {
+            Ok(paths
+                .iter()
+                .map(|p| match fs::remove_file(p) {
+                    Ok(()) => super::Deleted::Deleted,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => super::Deleted::Vanished,
+                    Err(e) => super::Deleted::Failed(e.to_string()),
+                })
+                .collect())
+        })
+        .await;
+        done.unwrap_or_else(|e| {
+            keys.iter()
+                .map(|_| super::Deleted::Failed(e.to_string()))
+                .collect()
+        })
+    }
+
     /// Starts writing `key`; see [`LocalWriter`]. A key that would leave
     /// the destination directory or name no file (`..`, `.`, empty
     /// segments, NUL, a leading `/`) is refused: keys come from a remote

@@ -91,6 +91,24 @@ impl fmt::Display for Location {
     }
 }
 
+impl Location {
+    /// The path of a local location.
+    pub fn local_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Location::Local(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The bucket, when the location is all of one (no prefix).
+    pub fn whole_bucket(&self) -> Option<&str> {
+        match self {
+            Location::S3 { bucket, prefix, .. } if prefix.is_empty() => Some(bucket),
+            _ => None,
+        }
+    }
+}
+
 /// Why copying `src` into `dst` would read what it writes (or write over
 /// its source): one lies within the other. Local paths are compared
 /// resolved (symlinks, `..`), a destination that does not exist yet by its

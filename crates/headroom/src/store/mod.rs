@@ -11,8 +11,21 @@
 //! * [`stat`](Store::stat) one key,
 //! * [`open_range`](Store::open_range) a key's byte range for sequential
 //!   reads into caller-owned buffers (so a retry can re-read any range),
-//! * and write through a store's own writer (a [`local::LocalWriter`], or
-//!   S3 PUTs and multipart uploads) chosen by the transfer.
+//! * take new objects the way its [`WriteMode`] says: positional writes
+//!   into a file that appears whole at the end ([`create`](Store::create)),
+//!   or whole-object PUTs and multipart uploads ([`put`](Store::put),
+//!   [`create_upload`](Store::create_upload), ...),
+//! * [`delete`](Store::delete) a batch of keys,
+//! * and say what differs between backends when asked: how it is written,
+//!   what a read costs besides its buffer ([`read_overhead`](Store::read_overhead)),
+//!   whether a listing knows the MD5 or the source's mtime
+//!   ([`content_md5`](Store::content_md5), [`source_mtime`](Store::source_mtime)).
+//!
+//! This file is the only place that knows which backend a store is: jobs
+//! and transfers use the methods above and never match on the variant. A
+//! new backend is a new file here (its client, listing, reads and writes),
+//! a variant of [`Store`] and of [`Location`], and its arms in the methods
+//! below.
 
 pub mod local;
 pub mod location;
@@ -25,7 +38,11 @@ use std::time::SystemTime;
 
 use headroom_governor::channel;
 
+/// The writer of stores that write positionally ([`WriteMode::Positional`]).
+pub use local::LocalWriter as FileWriter;
 pub use location::Location;
+/// A part of a multipart upload, as its store acknowledged it.
+pub use object_store::multipart::PartId;
 
 /// One object found by a listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +82,17 @@ impl Entry {
     pub fn md5_etag(&self) -> Option<&str> {
         self.etag.as_deref().filter(|e| is_md5_hex(e))
     }
+}
+
+/// Lowercase hexadecimal of `bytes` (digests, in messages and ETags).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Whether `s` is 32 hexadecimal digits.
@@ -129,6 +157,29 @@ impl StoreError {
     }
 }
 
+/// How a store takes new objects; the transfer picks its buffers by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Positional writes into a hidden partial file that is renamed into
+    /// place when complete (a local tree): any chunk size, one chunk
+    /// buffer at a time.
+    Positional,
+    /// Whole-object PUTs, or multipart uploads in parts of S3's sizes (5
+    /// MiB to 5 GiB, at most 10,000 of them): a part is the buffer.
+    Upload,
+}
+
+/// What a batch delete did to one key.
+#[derive(Debug)]
+pub enum Deleted {
+    /// It is gone.
+    Deleted,
+    /// It was gone already.
+    Vanished,
+    /// It could not be deleted: why.
+    Failed(String),
+}
+
 /// A store rooted at a [`Location`].
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -139,6 +190,96 @@ pub enum Store {
 }
 
 impl Store {
+    /// Opens a copy's source: a directory or prefix, or a single file or
+    /// object (copied into the destination as a directory would be).
+    pub async fn open_source(loc: &Location, s3: &s3::S3Config) -> anyhow::Result<Store> {
+        use anyhow::{Context, bail};
+        match loc {
+            Location::Local(path) => match std::fs::metadata(path) {
+                Ok(m) if m.is_dir() => Ok(Store::Local(local::LocalStore::dir(path.clone()))),
+                Ok(m) if m.is_file() => Ok(Store::Local(local::LocalStore::single_file(path)?)),
+                Ok(_) => bail!(
+                    "source {} is neither a file nor a directory",
+                    path.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    bail!("source {} does not exist", path.display())
+                }
+                Err(e) => Err(e).with_context(|| format!("cannot read source {}", path.display())),
+            },
+            Location::S3 {
+                bucket,
+                prefix,
+                dir,
+            } => {
+                let client = std::sync::Arc::new(s3.client(bucket)?);
+                Ok(Store::S3(
+                    s3::S3Store::source(client, bucket.clone(), prefix.clone(), *dir).await?,
+                ))
+            }
+        }
+    }
+
+    /// Opens a directory or prefix to write into, or to purge. A local one
+    /// must not be a file; an S3 bucket must answer one listing request, so
+    /// a missing or forbidden bucket fails here, before thousands of
+    /// requests each fail on their own.
+    pub async fn open_destination(loc: &Location, s3: &s3::S3Config) -> anyhow::Result<Store> {
+        if let Location::Local(path) = loc
+            && path.is_file()
+        {
+            anyhow::bail!(
+                "destination {} is a file; it must be a directory",
+                path.display()
+            );
+        }
+        let store = Store::open_prefix(loc, s3)?;
+        if let Store::S3(s) = &store {
+            retry::with_retries(&retry::Retry::default(), || s.check_access())
+                .await
+                .map_err(|e| anyhow::anyhow!("destination {loc}: {}", e.message))?;
+        }
+        Ok(store)
+    }
+
+    /// A directory or prefix as it is named, unchecked: whether it exists
+    /// shows when it is first listed or written.
+    pub fn open_prefix(loc: &Location, s3: &s3::S3Config) -> Result<Store, StoreError> {
+        Ok(match loc {
+            Location::Local(path) => Store::Local(local::LocalStore::dir(path.clone())),
+            Location::S3 { bucket, prefix, .. } => {
+                let client = std::sync::Arc::new(s3.client(bucket)?);
+                Store::S3(s3::S3Store::new(client, bucket.clone(), prefix.clone()))
+            }
+        })
+    }
+
+    /// How this store takes new objects.
+    pub fn write_mode(&self) -> WriteMode {
+        match self {
+            Store::Local(_) => WriteMode::Positional,
+            Store::S3(_) => WriteMode::Upload,
+        }
+    }
+
+    /// Heap a read from this store holds besides the caller's buffer: for
+    /// S3 the HTTP client's read buffers ([`s3::HTTP_READ_BUFFER`]); none
+    /// for a local file.
+    pub fn read_overhead(&self) -> u64 {
+        match self {
+            Store::Local(_) => 0,
+            Store::S3(_) => s3::HTTP_READ_BUFFER,
+        }
+    }
+
+    /// Keys one [`delete`](Store::delete) call takes at most.
+    pub fn delete_batch_keys(&self) -> usize {
+        match self {
+            Store::Local(_) => 1,
+            Store::S3(_) => s3::DELETE_BATCH_KEYS,
+        }
+    }
+
     /// Human name of `key` in this store (`/data/a.txt`, `s3://b/p/a.txt`).
     pub fn display_key(&self, key: &str) -> String {
         match self {
@@ -194,6 +335,146 @@ impl Store {
                 range,
             ))),
         }
+    }
+
+    /// The lowercase hex MD5 of `entry`'s content where it is cheap and
+    /// honest to know: the ETag of a single-part S3 object (a listing has
+    /// it; `None` for multipart or KMS objects), or a local file read
+    /// through `buf`.
+    pub async fn content_md5(
+        &self,
+        entry: &Entry,
+        buf: Vec<u8>,
+    ) -> Result<Option<String>, StoreError> {
+        use md5::{Digest, Md5};
+        match self {
+            Store::S3(_) => Ok(entry.md5_etag().map(str::to_ascii_lowercase)),
+            Store::Local(_) => {
+                let mut hasher = Md5::new();
+                let mut reader = self.open_range(entry, 0..entry.size).await?;
+                let mut buf = buf;
+                loop {
+                    let (b, r) = reader.read(buf, 0).await;
+                    buf = b;
+                    match r? {
+                        0 => break,
+                        n => hasher.update(&buf[..n]),
+                    }
+                }
+                Ok(Some(hex(&hasher.finalize())))
+            }
+        }
+    }
+
+    /// The modification time of the source `entry` stands for, to record
+    /// at a destination or to compare with one. A local listing has the
+    /// file's own; an S3 listing knows only LastModified (the upload time),
+    /// so the mtime headroom stored in the object's metadata takes a HEAD,
+    /// retried under `retry` (LastModified where there is none).
+    pub async fn source_mtime(
+        &self,
+        entry: &Entry,
+        retry: &retry::Retry,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        match self {
+            Store::Local(_) => Ok(entry.mtime),
+            Store::S3(s) => Ok(retry::with_retries(retry, || s.stat(&entry.key))
+                .await?
+                .and_then(|e| e.mtime)
+                .or(entry.mtime)),
+        }
+    }
+
+    /// A store that writes positionally ([`WriteMode::Positional`]): a
+    /// hidden partial file for `key`, renamed into place by
+    /// [`FileWriter::finish`] and removed if dropped before.
+    pub async fn create(&self, key: &str) -> Result<FileWriter, StoreError> {
+        match self {
+            Store::Local(s) => s.create(key).await,
+            Store::S3(_) => Err(self.not_written_so(key, "positional writes")),
+        }
+    }
+
+    /// A store that takes uploads ([`WriteMode::Upload`]): `data` as the
+    /// whole object at `key`, with its source's `mtime` and `mode`. Returns
+    /// the ETag the server computed, to check against what was sent.
+    pub async fn put(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        mtime: Option<SystemTime>,
+        mode: Option<u32>,
+    ) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::S3(s) => s.put(key, data, mtime, mode).await,
+            Store::Local(_) => Err(self.not_written_so(key, "uploads")),
+        }
+    }
+
+    /// Starts a multipart upload of `key`; returns its id.
+    pub async fn create_upload(
+        &self,
+        key: &str,
+        mtime: Option<SystemTime>,
+        mode: Option<u32>,
+    ) -> Result<String, StoreError> {
+        match self {
+            Store::S3(s) => s.create_multipart(key, mtime, mode).await,
+            Store::Local(_) => Err(self.not_written_so(key, "uploads")),
+        }
+    }
+
+    /// Uploads part `index` (0-based) of upload `id`.
+    pub async fn put_part(
+        &self,
+        key: &str,
+        id: &str,
+        index: usize,
+        data: bytes::Bytes,
+    ) -> Result<PartId, StoreError> {
+        match self {
+            Store::S3(s) => s.put_part(key, id, index, data).await,
+            Store::Local(_) => Err(self.not_written_so(key, "uploads")),
+        }
+    }
+
+    /// Completes upload `id` from its parts in order.
+    pub async fn complete_upload(
+        &self,
+        key: &str,
+        id: &str,
+        parts: Vec<PartId>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::S3(s) => s.complete_multipart(key, id, parts).await,
+            Store::Local(_) => Err(self.not_written_so(key, "uploads")),
+        }
+    }
+
+    /// Aborts upload `id`, so no incomplete upload (and its stored parts)
+    /// is left behind.
+    pub async fn abort_upload(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::S3(s) => s.abort_multipart(key, id).await,
+            Store::Local(_) => Err(self.not_written_so(key, "uploads")),
+        }
+    }
+
+    /// Deletes `keys` (at most [`delete_batch_keys`](Store::delete_batch_keys)),
+    /// in one request where the backend has one; what happened to each, in
+    /// order.
+    pub async fn delete(&self, keys: &[String]) -> Result<Vec<Deleted>, StoreError> {
+        match self {
+            Store::S3(s) => s.delete(keys).await,
+            Store::Local(s) => Ok(s.delete(keys).await),
+        }
+    }
+
+    fn not_written_so(&self, key: &str, how: &str) -> StoreError {
+        StoreError::permanent(
+            self.display_key(key),
+            format!("this store does not take {how} (see Store::write_mode)"),
+        )
     }
 }
 

@@ -24,13 +24,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use headroom_governor::{ByteSize, Governor, MemoryProbe, channel};
-use md5::{Digest, Md5};
 use tokio::sync::{Semaphore, watch};
 
 use crate::jobs::filter::Filter;
-use crate::store::local::LocalStore;
 use crate::store::retry::{Retry, with_retries};
-use crate::store::s3::{S3Config, S3Store};
+use crate::store::s3::S3Config;
 use crate::store::{Entry, Listed, Location, Store, StoreError};
 use crate::telemetry::Outcome;
 use crate::transfer::{self, Kind, TransferConfig};
@@ -88,59 +86,6 @@ impl Default for CopyOptions {
     }
 }
 
-/// Opens the source: a directory or prefix, or a single file or object.
-pub async fn open_source(loc: &Location, s3: &S3Config) -> anyhow::Result<Store> {
-    match loc {
-        Location::Local(path) => match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => Ok(Store::Local(LocalStore::dir(path.clone()))),
-            Ok(m) if m.is_file() => Ok(Store::Local(LocalStore::single_file(path)?)),
-            Ok(_) => bail!(
-                "source {} is neither a file nor a directory",
-                path.display()
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("source {} does not exist", path.display())
-            }
-            Err(e) => Err(e).with_context(|| format!("cannot read source {}", path.display())),
-        },
-        Location::S3 {
-            bucket,
-            prefix,
-            dir,
-        } => {
-            let client = Arc::new(s3.client(bucket)?);
-            Ok(Store::S3(
-                S3Store::source(client, bucket.clone(), prefix.clone(), *dir).await?,
-            ))
-        }
-    }
-}
-
-/// Opens the destination directory or prefix.
-pub async fn open_destination(loc: &Location, s3: &S3Config) -> anyhow::Result<Store> {
-    match loc {
-        Location::Local(path) => {
-            if path.is_file() {
-                bail!(
-                    "destination {} is a file; it must be a directory",
-                    path.display()
-                );
-            }
-            Ok(Store::Local(LocalStore::dir(path.clone())))
-        }
-        Location::S3 { bucket, prefix, .. } => {
-            let client = Arc::new(s3.client(bucket)?);
-            let store = S3Store::new(client, bucket.clone(), prefix.clone());
-            // One listing request proves the bucket exists and is ours to
-            // use before thousands of uploads each fail on their own.
-            with_retries(&Retry::default(), || store.check_access())
-                .await
-                .map_err(|e| anyhow::anyhow!("destination {loc}: {}", e.message))?;
-            Ok(Store::S3(store))
-        }
-    }
-}
-
 /// Whether two modification times are the same to the precision both
 /// sides keep (a whole second when either has no sub-second part).
 fn same_mtime(a: SystemTime, b: SystemTime) -> bool {
@@ -157,38 +102,6 @@ fn same_mtime(a: SystemTime, b: SystemTime) -> bool {
     diff < window
 }
 
-/// MD5 of an object where it is cheap and honest to know: the ETag of a
-/// single-part S3 object, or a local file read through `buf`.
-async fn content_md5(
-    store: &Store,
-    entry: &Entry,
-    buf: Vec<u8>,
-) -> Result<Option<String>, StoreError> {
-    match store {
-        Store::S3(_) => Ok(entry.md5_etag().map(str::to_ascii_lowercase)),
-        Store::Local(_) => {
-            let mut hasher = Md5::new();
-            let mut reader = store.open_range(entry, 0..entry.size).await?;
-            let mut buf = buf;
-            loop {
-                let (b, r) = reader.read(buf, 0).await;
-                buf = b;
-                match r? {
-                    0 => break,
-                    n => hasher.update(&buf[..n]),
-                }
-            }
-            Ok(Some(
-                hasher
-                    .finalize()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
-            ))
-        }
-    }
-}
-
 /// Whether `dst` already holds `src`'s content.
 async fn up_to_date(
     src_store: &Store,
@@ -203,19 +116,21 @@ async fn up_to_date(
     }
     if checksum {
         let buf = || vec![0u8; buf_len.max(1)];
-        let a = content_md5(src_store, src, buf()).await?;
+        let a = src_store.content_md5(src, buf()).await?;
         if let Some(a) = a
-            && let Some(b) = content_md5(dst_store, dst, buf()).await?
+            && let Some(b) = dst_store.content_md5(dst, buf()).await?
         {
             return Ok(a == b);
         }
         // Neither side can tell the content's hash: fall back to mtime.
     }
-    // An S3 listing knows LastModified; the stored source mtime needs a HEAD.
-    let src_mtime = match src_store {
-        Store::S3(s) => s.stat(&src.key).await?.and_then(|e| e.mtime),
-        Store::Local(_) => src.mtime,
+    // The caller retries this whole check: the mtime's own request is not
+    // retried again inside it.
+    let once = Retry {
+        retries: 0,
+        ..Retry::default()
     };
+    let src_mtime = src_store.source_mtime(src, &once).await?;
     Ok(matches!((src_mtime, dst.mtime), (Some(a), Some(b)) if same_mtime(a, b)))
 }
 
@@ -376,8 +291,8 @@ pub async fn execute(
         bail!("refusing to copy {src} to {dst}: {why}");
     }
     let s3 = args.s3.for_concurrency(ceiling);
-    let src = open_source(src, &s3).await?;
-    let dst = open_destination(dst, &s3).await?;
+    let src = Store::open_source(src, &s3).await?;
+    let dst = Store::open_destination(dst, &s3).await?;
     let cfg = TransferConfig {
         part_size: args.part_size,
         retry: Retry {
@@ -391,9 +306,9 @@ pub async fn execute(
     // The listing queue is paid for up front, out of the working budget,
     // and only if what is left can still carry the largest buffer one
     // object needs: otherwise the copy could never make progress.
-    let src_is_s3 = matches!(src, Store::S3(_));
+    let read_overhead = src.read_overhead();
     let queue_bytes = super::listing_queue_bytes(gov.budget());
-    let least = transfer::least_footprint(&dst, src_is_s3, &cfg);
+    let least = transfer::least_footprint(&dst, read_overhead, &cfg);
     let _queue = gov
         .reserve_fixed(queue_bytes, "copy.listing", least)
         .map_err(|e| super::budget_too_small("copy", &e))?;
@@ -451,8 +366,8 @@ pub async fn execute(
         counters
             .listed_bytes
             .fetch_add(entry.size, Ordering::Relaxed);
-        let kind = transfer::kind_for(&ctx.dst, src_is_s3, entry.size, working, &ctx.cfg);
-        let footprint = transfer::footprint(kind, entry.size, src_is_s3);
+        let kind = transfer::kind_for(&ctx.dst, read_overhead, entry.size, working, &ctx.cfg);
+        let footprint = transfer::footprint(kind, entry.size, read_overhead);
         if footprint > working {
             // Only a part size forced by S3's 10,000-part limit gets here.
             counters.fail(

@@ -54,8 +54,8 @@ use tokio::sync::watch;
 
 use crate::jobs::filter::Filter;
 use crate::store::retry::Retry;
-use crate::store::s3::{S3Config, S3Store};
-use crate::store::{Listed, Location};
+use crate::store::s3::S3Config;
+use crate::store::{Deleted, Listed, Location, Store};
 use crate::telemetry::Outcome;
 
 pub mod report;
@@ -110,11 +110,9 @@ const DIR_LEVEL_BYTES: u64 = 40 << 10;
 /// Levels of depth reserved per walker up front; deeper trees are rare and
 /// the reservation is for the governor's picture, not a hard limit.
 const RESERVED_DEPTH: u64 = 32;
-/// Keys per DeleteObjects request (S3's maximum).
-pub const S3_BATCH_KEYS: usize = 1000;
-/// Heap of one DeleteObjects batch: its keys (paths), their clones for the
-/// request, the XML body and the per-key results.
-const S3_BATCH_BYTES: u64 = S3_BATCH_KEYS as u64 * 1100;
+/// Heap of one key of a delete batch: the key, its copies for the
+/// request, its part of the XML body and its result.
+const DELETE_KEY_BYTES: u64 = 1100;
 /// Stack size of every walker and worker thread.
 const THREAD_STACK: usize = 256 << 10;
 /// Resident memory charged per thread: the part of its stack a walk or a
@@ -180,16 +178,6 @@ impl LocalPlan {
             }
         }
     }
-}
-
-/// What is purged, once checked.
-enum Target<'a> {
-    /// A canonical directory path.
-    Local(PathBuf),
-    S3 {
-        bucket: &'a str,
-        prefix: &'a str,
-    },
 }
 
 /// What a purge runs with when something else owns the memory plan and
@@ -271,22 +259,27 @@ pub async fn execute(
         );
     }
     let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-    // Checked before anything starts: a bad target costs nothing.
-    let target = match target {
-        Location::Local(path) => Target::Local(check_local_target(path, args.force)?),
-        Location::S3 { bucket, prefix, .. } => {
-            if prefix.is_empty() && !args.force {
+    // Checked before anything starts: a bad target costs nothing. A local
+    // tree is purged by its own walker (openat/unlinkat below an open
+    // directory, mount and system-tree guards); any other store by its
+    // listing and batch deletes.
+    let local_root = match target.local_path() {
+        Some(path) => Some(check_local_target(path, args.force)?),
+        None => {
+            if let Some(bucket) = target.whole_bucket()
+                && !args.force
+            {
                 bail!(
-                    "refusing to purge the whole bucket s3://{bucket} without --force: name a prefix (s3://{bucket}/PREFIX)"
+                    "refusing to purge the whole bucket {target} without --force: name a prefix (s3://{bucket}/PREFIX)"
                 );
             }
-            Target::S3 { bucket, prefix }
+            None
         }
     };
 
     let started = Instant::now();
-    let outcome = match target {
-        Target::Local(root) => {
+    let outcome = match local_root {
+        Some(root) => {
             let ctx = Arc::new(Ctx {
                 cutoff: unix(cutoff),
                 filter,
@@ -300,19 +293,17 @@ pub async fn execute(
             });
             purge_local(ctx, root, args.concurrency, &gov).await
         }
-        Target::S3 { bucket, prefix } => {
-            purge_s3(
-                args,
-                bucket,
-                prefix,
+        None => {
+            let store = Store::open_prefix(target, &args.s3.for_concurrency(concurrency))?;
+            let listed = ListedPurge {
+                store,
                 cutoff,
                 filter,
+                dry_run: args.dry_run,
                 concurrency,
-                &counters,
-                &gov,
-                &cancel,
-            )
-            .await
+                counters: counters.clone(),
+            };
+            listed.run(&gov, &cancel).await
         }
     };
     outcome?;
@@ -880,128 +871,115 @@ fn raise_fd_limit() {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn purge_s3(
-    args: &PurgeOptions,
-    bucket: &str,
-    prefix: &str,
+/// A purge of a store through its listing and batch deletes (an S3
+/// prefix).
+struct ListedPurge {
+    store: Store,
     cutoff: SystemTime,
     filter: Filter,
+    dry_run: bool,
     concurrency: usize,
-    counters: &Arc<PurgeCounters>,
-    gov: &Governor,
-    cancel: &watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let s3 = args.s3.for_concurrency(concurrency);
-    let client = Arc::new(s3.client(bucket)?);
-    let store = S3Store::new(client.clone(), bucket.to_string(), prefix.to_string());
-    let retry = Retry::default();
-    // The listing queue and the batches (one being filled, the rest in
-    // flight), paid for up front: as many in flight as fit, at least one.
-    let queue_bytes = super::listing_queue_bytes(gov.budget());
-    let _queue = gov
-        .reserve_fixed(queue_bytes, "purge.listing", 2 * S3_BATCH_BYTES)
-        .map_err(|e| super::budget_too_small("purge", &e))?;
-    let fit = (gov.working_budget() / S3_BATCH_BYTES).saturating_sub(1) as usize;
-    let in_flight = concurrency.clamp(1, 8).min(fit).max(1);
-    let _batches = gov
-        .reserve_fixed((in_flight as u64 + 1) * S3_BATCH_BYTES, "purge.batches", 0)
-        .map_err(|e| super::budget_too_small("purge", &e))?;
-    let (tx, mut rx) = channel::bounded::<Listed>(queue_bytes, 4096);
-    let lister = {
-        let store = store.clone();
-        tokio::spawn(async move { store.list(tx, &retry, None).await })
-    };
-    let mut batch: Vec<(object_store::path::Path, u64, i64)> = Vec::with_capacity(S3_BATCH_KEYS);
-    let mut running = FuturesUnordered::new();
-    let delete = |batch: Vec<(object_store::path::Path, u64, i64)>| {
-        let (client, counters, store, dry_run) = (
-            client.clone(),
-            counters.clone(),
-            store.clone(),
-            args.dry_run,
-        );
-        async move { delete_batch(&client, &store, batch, &counters, dry_run).await }
-    };
-    while let Some(listed) = rx.recv().await {
-        if *cancel.borrow() {
-            // The listing stops when its queue is dropped below.
-            batch.clear();
-            break;
-        }
-        let entry = match listed {
-            Ok(e) => e,
-            Err(e) => {
-                counters.fail(e.path.clone(), e.message.clone());
-                continue;
-            }
-        };
-        counters.scanned.fetch_add(1, Ordering::Relaxed);
-        let old = entry.mtime.is_some_and(|t| t < cutoff);
-        if !(old && filter.selects(&entry.key)) {
-            counters.kept.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let path = store.path_of(&entry.key)?;
-        let secs = unix(entry.mtime.unwrap_or(UNIX_EPOCH)).0;
-        batch.push((path, entry.size, secs));
-        if batch.len() >= S3_BATCH_KEYS {
-            if running.len() >= in_flight {
-                running.next().await;
-            }
-            running.push(delete(std::mem::take(&mut batch)));
-        }
-    }
-    if !batch.is_empty() {
-        running.push(delete(batch));
-    }
-    while running.next().await.is_some() {}
-    drop(rx);
-    lister
-        .await
-        .context("listing task")?
-        .map_err(|e| anyhow::anyhow!("cannot list the target: {e}"))?;
-    Ok(())
+    counters: Arc<PurgeCounters>,
 }
 
-/// Deletes up to 1,000 keys with one DeleteObjects request (object_store
-/// sends them in one), recording each key's outcome.
-async fn delete_batch(
-    client: &Arc<object_store::aws::AmazonS3>,
-    store: &S3Store,
-    batch: Vec<(object_store::path::Path, u64, i64)>,
-    counters: &PurgeCounters,
-    dry_run: bool,
-) {
-    counters.in_flight.fetch_add(1, Ordering::Relaxed);
-    let done = |size: u64, secs: i64| counters.deleted(size, secs);
-    if dry_run {
-        for (_, size, secs) in &batch {
-            done(*size, *secs);
-        }
-    } else {
-        // object_store wants an owned stream: one clone of each path, at
-        // most S3_BATCH_KEYS, paid for by the "purge.batches" permit like
-        // the results that pair up with `batch`.
-        let paths: Vec<_> = batch.iter().map(|(p, _, _)| Ok(p.clone())).collect();
-        let results: Vec<_> = object_store::ObjectStore::delete_stream(
-            client.as_ref(),
-            futures::stream::iter(paths).boxed(),
-        )
-        .collect()
-        .await;
-        for (result, (path, size, secs)) in results.into_iter().zip(&batch) {
-            match result {
-                Ok(_) => done(*size, *secs),
-                Err(object_store::Error::NotFound { .. }) => {
-                    counters.vanished.fetch_add(1, Ordering::Relaxed);
+/// A matched key, its size and mtime (Unix seconds).
+type Doomed = (String, u64, i64);
+
+impl ListedPurge {
+    async fn run(self, gov: &Governor, cancel: &watch::Receiver<bool>) -> anyhow::Result<()> {
+        let keys_per_batch = self.store.delete_batch_keys();
+        let batch_bytes = keys_per_batch as u64 * DELETE_KEY_BYTES;
+        // The listing queue and the batches (one being filled, the rest in
+        // flight), paid for up front: as many in flight as fit, at least one.
+        let queue_bytes = super::listing_queue_bytes(gov.budget());
+        let _queue = gov
+            .reserve_fixed(queue_bytes, "purge.listing", 2 * batch_bytes)
+            .map_err(|e| super::budget_too_small("purge", &e))?;
+        let fit = (gov.working_budget() / batch_bytes).saturating_sub(1) as usize;
+        let in_flight = self.concurrency.clamp(1, 8).min(fit).max(1);
+        let _batches = gov
+            .reserve_fixed((in_flight as u64 + 1) * batch_bytes, "purge.batches", 0)
+            .map_err(|e| super::budget_too_small("purge", &e))?;
+        let (tx, mut rx) = channel::bounded::<Listed>(queue_bytes, 4096);
+        let lister = {
+            let store = self.store.clone();
+            tokio::spawn(async move { store.list(tx, &Retry::default(), None).await })
+        };
+        let this = &self;
+        let mut batch: Vec<Doomed> = Vec::with_capacity(keys_per_batch);
+        let mut running = FuturesUnordered::new();
+        while let Some(listed) = rx.recv().await {
+            if *cancel.borrow() {
+                // The listing stops when its queue is dropped below.
+                batch.clear();
+                break;
+            }
+            let entry = match listed {
+                Ok(e) => e,
+                Err(e) => {
+                    self.counters.fail(e.path.clone(), e.message.clone());
+                    continue;
                 }
-                Err(e) => counters.fail(
-                    format!("s3://{}/{path}", store.bucket()),
-                    format!("delete: {e}"),
-                ),
+            };
+            self.counters.scanned.fetch_add(1, Ordering::Relaxed);
+            let old = entry.mtime.is_some_and(|t| t < self.cutoff);
+            if !(old && self.filter.selects(&entry.key)) {
+                self.counters.kept.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let secs = unix(entry.mtime.unwrap_or(UNIX_EPOCH)).0;
+            batch.push((entry.key, entry.size, secs));
+            if batch.len() >= keys_per_batch {
+                if running.len() >= in_flight {
+                    running.next().await;
+                }
+                running.push(this.delete_batch(std::mem::take(&mut batch)));
             }
         }
+        if !batch.is_empty() {
+            running.push(this.delete_batch(batch));
+        }
+        while running.next().await.is_some() {}
+        drop(rx);
+        lister
+            .await
+            .context("listing task")?
+            .map_err(|e| anyhow::anyhow!("cannot list the target: {e}"))?;
+        Ok(())
     }
-    counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+
+    /// Deletes one batch (one request), recording each key's outcome.
+    async fn delete_batch(&self, batch: Vec<Doomed>) {
+        let counters = &self.counters;
+        counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.dry_run {
+            for (_, size, secs) in &batch {
+                counters.deleted(*size, *secs);
+            }
+        } else {
+            // The keys are handed over as they are; the store's request
+            // copies them once more, paid for by the "purge.batches"
+            // reservation like the results that pair up with `batch`.
+            let keys: Vec<String> = batch.iter().map(|(k, _, _)| k.clone()).collect();
+            match self.store.delete(&keys).await {
+                Ok(results) => {
+                    for (result, (key, size, secs)) in results.into_iter().zip(&batch) {
+                        match result {
+                            Deleted::Deleted => counters.deleted(*size, *secs),
+                            Deleted::Vanished => {
+                                counters.vanished.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Deleted::Failed(why) => counters.fail(self.store.display_key(key), why),
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (key, _, _) in &batch {
+                        counters.fail(self.store.display_key(key), e.to_string());
+                    }
+                }
+            }
+        }
+        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
