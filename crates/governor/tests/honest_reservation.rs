@@ -13,8 +13,12 @@
 //!    would keep each finished task's memory alive, unpaid, until the end).
 //! 4. The test asserts `measured peak heap <= peak reserved`, and a
 //!    deliberately dishonest variant proves the same check fails when a path
-//!    allocates more than it reserves (incident 04: a transport copy the
-//!    footprint forgot).
+//!    allocates more than it reserves (the failure this guards against: an
+//!    encrypting proxy reserved one 8 MiB part per request while three
+//!    buffers, plaintext, ciphertext and the transport's copy, were live at
+//!    once, so its governor admitted about three times too much, and unit
+//!    tests that asserted the reservation equal to the part size had
+//!    encoded the under-count as correct).
 
 use std::io;
 use std::pin::Pin;

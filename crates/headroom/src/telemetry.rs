@@ -444,7 +444,8 @@ mod tests {
         for v in [5.0, 2.5, 1.7, 1.2, 1.0] {
             assert!(!d.observe(v));
         }
-        // The incident-03 pattern: 5.0, 7.5, 10.0, ...
+        // Per-file state kept for the whole run: memory per 1,000 files
+        // rises window after window instead of falling.
         assert!(!d.observe(1.5));
         assert!(!d.observe(2.0));
         assert!(d.observe(2.6), "third rise in a row");

@@ -209,7 +209,7 @@ impl Transfers<'_> {
         // completed leaves nothing. A multipart upload watches the cancel
         // itself, to abort the upload.
         let mut cancel = self.cancel.clone();
-        let stopped = crate::jobs::until_set(&mut cancel);
+        let stopped = crate::cancel::until_set(&mut cancel);
         match kind {
             Kind::ToLocal { chunk } => tokio::select! {
                 r = self.to_local(entry, chunk, permit) => r,
@@ -535,7 +535,7 @@ impl Transfers<'_> {
                 f = in_flight.next() => f,
                 // Dropping the parts in flight cancels their requests; the
                 // caller aborts the upload.
-                _ = crate::jobs::until_set(&mut cancel) => return Err(interrupted(src, entry)),
+                _ = crate::cancel::until_set(&mut cancel) => return Err(interrupted(src, entry)),
             };
             match finished {
                 Some(Ok((index, id, permit))) => {

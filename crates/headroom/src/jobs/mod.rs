@@ -5,15 +5,6 @@ pub mod filter;
 pub mod ingest;
 pub mod purge;
 
-/// Resolves once `flag` is `true` (or its sender is gone without setting
-/// it: then never). The guard `wait_for` returns is dropped here, so the
-/// future stays `Send` inside `select!`.
-pub(crate) async fn until_set(flag: &mut tokio::sync::watch::Receiver<bool>) {
-    if flag.wait_for(|set| *set).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 /// Bytes a listing may run ahead of the work on it: a sixteenth of the
 /// budget, between 64 KiB (a few hundred entries) and 1 MiB.
 pub(crate) fn listing_queue_bytes(budget: u64) -> u64 {
@@ -78,33 +69,16 @@ pub(crate) struct Foreground<C> {
     signals: tokio::task::JoinHandle<()>,
 }
 
-/// Resolves at the next SIGINT or SIGTERM.
-pub(crate) async fn signalled() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// Sets `cancel` at the first SIGINT/SIGTERM, so the job stops cleanly
 /// (partial files removed, multipart uploads aborted); exits at once at
 /// the second.
 async fn cancel_on_signals(cancel: tokio::sync::watch::Sender<bool>, job: &'static str) {
-    signalled().await;
+    crate::cancel::signalled().await;
     tracing::warn!(
         "interrupted: stopping the {job}, removing partial files and aborting incomplete uploads (signal again to exit at once)"
     );
     let _ = cancel.send(true);
-    signalled().await;
+    crate::cancel::signalled().await;
     eprintln!("error: interrupted twice; exiting without cleaning up");
     std::process::exit(130);
 }

@@ -197,7 +197,7 @@ pub async fn run(
     println!("listening on http://{addr}");
     tracing::info!("serving on http://{addr} with tasks in {}", db.display);
     api::serve(listener, api::router(state), args.max_connections, async {
-        crate::jobs::signalled().await;
+        crate::cancel::signalled().await;
         tracing::info!("stopping; running tasks resume at the next start");
     })
     .await;

@@ -570,15 +570,7 @@ impl Tasks {
                 return;
             }
         };
-        let what = match &v.job {
-            Job::Copy { src, dst, .. } => format!("copy {src} -> {dst}"),
-            Job::Purge {
-                target, older_than, ..
-            } => format!(
-                "purge {target} older than {}",
-                humantime::format_duration(*older_than)
-            ),
-        };
+        let what = v.job.describe();
         tracing::info!(
             "task {id}: {what} (attempt {}, {} of memory{})",
             task.attempts,
@@ -590,52 +582,14 @@ impl Tasks {
         // The task's share of the service's memory, waited for in turn.
         let _share = tokio::select! {
             p = self.gov.acquire(share, "serve.task") => p,
-            _ = crate::jobs::until_set(&mut cancelled) => {
+            _ = crate::cancel::until_set(&mut cancelled) => {
                 let _ = self.db.finish(&id, base, &Progress::default(), Status::Cancelled, None).await;
                 return;
             }
         };
         let watermark = Arc::new(Watermark::new(task.checkpoint_key.clone()));
         let progress = |w: &Watermark| running.counters.progress(w.key());
-        let job = async {
-            match (&v.job, &running.counters) {
-                (Job::Copy { src, dst, options }, TaskCounters::Copy(counters)) => {
-                    let env = CopyEnv {
-                        gov: running.gov.clone(),
-                        probe: MemoryProbe::detect(),
-                        counters: counters.clone(),
-                        cancel: cancelled.clone(),
-                        start_after: task.checkpoint_key.clone(),
-                        watermark: Some(watermark.clone()),
-                    };
-                    copy::execute(src, dst, options, env)
-                        .await
-                        .map(|s| s.outcome)
-                }
-                (
-                    Job::Purge {
-                        target,
-                        older_than,
-                        options,
-                    },
-                    TaskCounters::Purge(counters),
-                ) => {
-                    let env = PurgeEnv {
-                        gov: running.gov.clone(),
-                        probe: MemoryProbe::detect(),
-                        counters: counters.clone(),
-                        cancel: cancelled.clone(),
-                        simulated_latency: None,
-                    };
-                    purge::execute(target, *older_than, options, env)
-                        .await
-                        .map(|s| s.outcome)
-                }
-                _ => Err::<Outcome, _>(anyhow::anyhow!(
-                    "internal error: the task's counters are not its job's"
-                )),
-            }
-        };
+        let job = run_job(&v.job, &running, &cancelled, &task, &watermark);
         tokio::pin!(job);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -667,25 +621,7 @@ impl Tasks {
             tracing::info!("task {id}: stopped for shutdown; it resumes at the next start");
             return;
         }
-        let (status, error) = match result {
-            _ if *cancelled.borrow() => (Status::Cancelled, None),
-            Ok(s) if s.failed > 0 => (
-                Status::Failed,
-                Some(format!(
-                    "{} {} failed; first: {}",
-                    s.failed,
-                    match task.kind {
-                        Kind::Copy => "objects",
-                        Kind::Purge => "files",
-                    },
-                    s.failures
-                        .first()
-                        .map_or_else(String::new, |(w, r)| format!("{w}: {r}"))
-                )),
-            ),
-            Ok(_) => (Status::Succeeded, None),
-            Err(e) => (Status::Failed, Some(format!("{e:#}"))),
-        };
+        let (status, error) = ending(task.kind, result, *cancelled.borrow());
         tracing::info!("task {id}: {status}");
         if let Err(e) = self
             .db
@@ -694,6 +630,95 @@ impl Tasks {
         {
             tracing::error!("task {id}: cannot save its end ({status}): {e}");
         }
+    }
+}
+
+impl Job {
+    /// One line for the log: what the job does.
+    fn describe(&self) -> String {
+        match self {
+            Job::Copy { src, dst, .. } => format!("copy {src} -> {dst}"),
+            Job::Purge {
+                target, older_than, ..
+            } => format!(
+                "purge {target} older than {}",
+                humantime::format_duration(*older_than)
+            ),
+        }
+    }
+}
+
+/// Runs a task's job inside its own governor, counting into its counters;
+/// a copy resumes after the task's checkpoint and moves `watermark`.
+async fn run_job(
+    job: &Job,
+    running: &Running,
+    cancelled: &watch::Receiver<bool>,
+    task: &TaskRow,
+    watermark: &Arc<Watermark>,
+) -> anyhow::Result<Outcome> {
+    match (job, &running.counters) {
+        (Job::Copy { src, dst, options }, TaskCounters::Copy(counters)) => {
+            let env = CopyEnv {
+                gov: running.gov.clone(),
+                probe: MemoryProbe::detect(),
+                counters: counters.clone(),
+                cancel: cancelled.clone(),
+                start_after: task.checkpoint_key.clone(),
+                watermark: Some(watermark.clone()),
+            };
+            Ok(copy::execute(src, dst, options, env).await?.outcome)
+        }
+        (
+            Job::Purge {
+                target,
+                older_than,
+                options,
+            },
+            TaskCounters::Purge(counters),
+        ) => {
+            let env = PurgeEnv {
+                gov: running.gov.clone(),
+                probe: MemoryProbe::detect(),
+                counters: counters.clone(),
+                cancel: cancelled.clone(),
+                simulated_latency: None,
+            };
+            Ok(purge::execute(target, *older_than, options, env)
+                .await?
+                .outcome)
+        }
+        // TaskCounters::for_job makes the counters of the job's kind.
+        _ => anyhow::bail!("internal error: the task's counters are not its job's"),
+    }
+}
+
+/// The status a task ends in, and its error: cancelled whatever the job
+/// said, failed when the job could not run or an item failed (the first
+/// one named), else succeeded.
+fn ending(
+    kind: Kind,
+    result: anyhow::Result<Outcome>,
+    cancelled: bool,
+) -> (Status, Option<String>) {
+    match result {
+        _ if cancelled => (Status::Cancelled, None),
+        Ok(s) if s.failed > 0 => (
+            Status::Failed,
+            Some(format!(
+                "{} {} failed; first: {}",
+                s.failed,
+                match kind {
+                    Kind::Copy => "objects",
+                    Kind::Purge => "files",
+                },
+                s.failures
+                    .first()
+                    .map_or_else(String::new, |(w, r)| format!("{w}: {r}"))
+            )),
+        ),
+        Ok(_) => (Status::Succeeded, None),
+        Err(e) => (Status::Failed, Some(format!("{e:#}"))),
     }
 }
 

@@ -278,18 +278,7 @@ pub async fn execute(
         watermark,
     } = env;
     let ceiling = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1);
-    let filter = Filter::new(&args.include, &args.exclude)?;
-    if let Some(p) = args.part_size
-        && !(transfer::MIN_PART..=transfer::MAX_PART).contains(&p)
-    {
-        bail!(
-            "--part-size {} is outside S3's limits of 5 MiB to 5 GiB",
-            ByteSize(p)
-        );
-    }
-    if let Some(why) = crate::store::location::overlap(src, dst) {
-        bail!("refusing to copy {src} to {dst}: {why}");
-    }
+    let filter = check_options(src, dst, args)?;
     let s3 = args.s3.for_concurrency(ceiling);
     let src = Store::open_source(src, &s3).await?;
     let dst = Store::open_destination(dst, &s3).await?;
@@ -337,50 +326,18 @@ pub async fn execute(
     loop {
         let listed = tokio::select! {
             biased;
-            _ = super::until_set(&mut cancel) => break,
+            _ = crate::cancel::until_set(&mut cancel) => break,
             l = rx.recv() => match l {
                 Some(l) => l,
                 None => break,
             },
         };
-        let entry = match listed {
-            Ok(e) => e,
-            Err(e) if e.passed_over => {
-                counters.not_regular.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    "passing over {}: {}",
-                    crate::telemetry::escape(&e.path),
-                    e.message
-                );
-                continue;
-            }
-            Err(e) => {
-                counters.fail(e.path, format!("cannot list: {}", e.message));
-                continue;
-            }
+        let Some(entry) = ctx.selected(listed, &filter) else {
+            continue;
         };
-        if !filter.selects(&entry.key) {
+        let Some((kind, footprint)) = ctx.plan(&entry, read_overhead, working) else {
             continue;
-        }
-        counters.listed.fetch_add(1, Ordering::Relaxed);
-        counters
-            .listed_bytes
-            .fetch_add(entry.size, Ordering::Relaxed);
-        let kind = transfer::kind_for(&ctx.dst, read_overhead, entry.size, working, &ctx.cfg);
-        let footprint = transfer::footprint(kind, entry.size, read_overhead);
-        if footprint > working {
-            // Only a part size forced by S3's 10,000-part limit gets here.
-            counters.fail(
-                ctx.src.display_key(&entry.key),
-                format!(
-                    "an object of {} needs {} for one part in flight, more than the {} the memory budget allows",
-                    ByteSize(entry.size),
-                    ByteSize(footprint),
-                    ByteSize(working)
-                ),
-            );
-            continue;
-        }
+        };
         let admitted = async {
             let slot = limit.slots.clone().acquire_owned().await;
             let permit = gov.acquire(footprint, "copy.object").await;
@@ -388,21 +345,11 @@ pub async fn execute(
         };
         let (slot, permit) = tokio::select! {
             biased;
-            _ = super::until_set(&mut stop) => break,
+            _ = crate::cancel::until_set(&mut stop) => break,
             a = admitted => a,
         };
         let slot = slot.expect("never closed");
-        let seq = watermark.as_ref().and_then(|w| w.admit(&entry.key));
-        let (ctx, watermark) = (ctx.clone(), watermark.clone());
-        counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        drop(tokio::spawn(async move {
-            let done = ctx.copy_one(entry, kind, permit).await;
-            if let (Some(w), Some(seq)) = (watermark, seq) {
-                w.finish(seq, done);
-            }
-            ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-            drop(slot);
-        }));
+        ctx.spawn_copy(entry, kind, permit, slot, watermark.clone());
     }
     drop(rx);
     let cancelled = *cancel.borrow();
@@ -418,6 +365,24 @@ pub async fn execute(
         bail!("cannot list the source: {e}");
     }
     Ok(summary)
+}
+
+/// Checks what a copy is asked before anything starts; the filter of its
+/// keys.
+fn check_options(src: &Location, dst: &Location, args: &CopyOptions) -> anyhow::Result<Filter> {
+    let filter = Filter::new(&args.include, &args.exclude)?;
+    if let Some(p) = args.part_size
+        && !(transfer::MIN_PART..=transfer::MAX_PART).contains(&p)
+    {
+        bail!(
+            "--part-size {} is outside S3's limits of 5 MiB to 5 GiB",
+            ByteSize(p)
+        );
+    }
+    if let Some(why) = crate::store::location::overlap(src, dst) {
+        bail!("refusing to copy {src} to {dst}: {why}");
+    }
+    Ok(filter)
 }
 
 /// The completed prefix of a listing: the last key before which every
@@ -511,6 +476,82 @@ struct TaskContext {
 }
 
 impl TaskContext {
+    /// The listed object if it is one to copy: a listing error is counted
+    /// as a failure, a symlink or special file as passed over, and a key
+    /// the filter does not select is left alone.
+    fn selected(&self, listed: Listed, filter: &Filter) -> Option<Entry> {
+        let counters = &self.counters;
+        let entry = match listed {
+            Ok(e) => e,
+            Err(e) if e.passed_over => {
+                counters.not_regular.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "passing over {}: {}",
+                    crate::telemetry::escape(&e.path),
+                    e.message
+                );
+                return None;
+            }
+            Err(e) => {
+                counters.fail(e.path, format!("cannot list: {}", e.message));
+                return None;
+            }
+        };
+        if !filter.selects(&entry.key) {
+            return None;
+        }
+        counters.listed.fetch_add(1, Ordering::Relaxed);
+        counters
+            .listed_bytes
+            .fetch_add(entry.size, Ordering::Relaxed);
+        Some(entry)
+    }
+
+    /// How `entry` is moved and what must be reserved for it, within the
+    /// `working` budget; `None` (the object failed, with the numbers) when
+    /// even its least footprint is larger.
+    fn plan(&self, entry: &Entry, read_overhead: u64, working: u64) -> Option<(Kind, u64)> {
+        let kind = transfer::kind_for(&self.dst, read_overhead, entry.size, working, &self.cfg);
+        let footprint = transfer::footprint(kind, entry.size, read_overhead);
+        if footprint > working {
+            // Only a part size forced by S3's 10,000-part limit gets here.
+            self.counters.fail(
+                self.src.display_key(&entry.key),
+                format!(
+                    "an object of {} needs {} for one part in flight, more than the {} the memory budget allows",
+                    ByteSize(entry.size),
+                    ByteSize(footprint),
+                    ByteSize(working)
+                ),
+            );
+            return None;
+        }
+        Some((kind, footprint))
+    }
+
+    /// Starts the detached task that copies one admitted object with its
+    /// `permit` and concurrency `slot`, both released when it ends.
+    fn spawn_copy(
+        self: &Arc<Self>,
+        entry: Entry,
+        kind: Kind,
+        permit: headroom_governor::Permit,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        watermark: Option<Arc<Watermark>>,
+    ) {
+        let seq = watermark.as_ref().and_then(|w| w.admit(&entry.key));
+        let ctx = self.clone();
+        ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        drop(tokio::spawn(async move {
+            let done = ctx.copy_one(entry, kind, permit).await;
+            if let (Some(w), Some(seq)) = (watermark, seq) {
+                w.finish(seq, done);
+            }
+            ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        }));
+    }
+
     /// Copies one object; `true` when the destination now holds it.
     async fn copy_one(&self, entry: Entry, kind: Kind, permit: headroom_governor::Permit) -> bool {
         let what = format!(

@@ -211,7 +211,7 @@ async fn read_stdin(cx: &mut ReaderContext) -> anyhow::Result<()> {
     loop {
         let buf = tokio::select! {
             biased;
-            _ = crate::jobs::until_set(&mut stop) => return Ok(()),
+            _ = crate::cancel::until_set(&mut stop) => return Ok(()),
             r = input.fill_buf() => r.context("reading standard input")?,
         };
         if buf.is_empty() {
@@ -313,7 +313,7 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
             tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
         let connected = tokio::select! {
             biased;
-            _ = crate::jobs::until_set(&mut stop) => return Ok(()),
+            _ = crate::cancel::until_set(&mut stop) => return Ok(()),
             r = connect => r,
         };
         let mut ws = match connected {
@@ -342,7 +342,7 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
         let why = loop {
             let next = tokio::select! {
                 biased;
-                _ = crate::jobs::until_set(&mut stop) => {
+                _ = crate::cancel::until_set(&mut stop) => {
                     let _ = ws.close(None).await;
                     return Ok(());
                 }
@@ -437,7 +437,7 @@ impl Reconnect {
         }
         tracing::warn!("{why}; reconnecting in {:?}", self.pause);
         tokio::select! {
-            _ = crate::jobs::until_set(stop) => return Ok(false),
+            _ = crate::cancel::until_set(stop) => return Ok(false),
             _ = tokio::time::sleep(self.pause) => {}
         }
         self.pause = (self.pause * 2).min(Duration::from_secs(5));
