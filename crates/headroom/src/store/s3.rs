@@ -334,44 +334,8 @@ impl S3Store {
             };
             listed_any = true;
             for item in page.items {
-                let listed = match item {
-                    super::s3_list::Listed::Object {
-                        key,
-                        size,
-                        last_modified,
-                        etag,
-                    } => {
-                        let Some(rel) = key.strip_prefix(strip.as_str()) else {
-                            continue;
-                        };
-                        // A folder marker (`dir/`, what consoles create for
-                        // an empty folder) holds no data: directories are
-                        // implied by keys.
-                        if rel.is_empty() || rel.ends_with('/') {
-                            continue;
-                        }
-                        match Path::parse(&key) {
-                            Ok(_) => Ok(Entry {
-                                key: rel.to_string(),
-                                size,
-                                mtime: last_modified,
-                                etag,
-                                mode: None,
-                            }),
-                            // `..`, `.`, empty segments, control characters:
-                            // reported, and the listing goes on.
-                            Err(_) => Err(ListError {
-                                path: format!("s3://{}/{key}", self.bucket),
-                                message: "a key with a `.`, `..` or empty segment or a control character, which this client cannot read or write: skipped".into(),
-                                passed_over: false,
-                            }),
-                        }
-                    }
-                    super::s3_list::Listed::Unreadable { shown, why } => Err(ListError {
-                        path: format!("s3://{}/{shown}", self.bucket),
-                        message: format!("an unreadable key ({why}): skipped"),
-                        passed_over: false,
-                    }),
+                let Some(listed) = self.entry_of(item, &strip) else {
+                    continue;
                 };
                 if tx.send(listed).await.is_err() {
                     return Ok(());
@@ -381,6 +345,46 @@ impl S3Store {
                 Some(next) if page.truncated => token = Some(next),
                 _ => return Ok(()),
             }
+        }
+    }
+
+    /// What one listed key is to a copy: an entry relative to the prefix,
+    /// an error for a key this client cannot name (the listing goes on),
+    /// or nothing for a folder marker (`dir/`, what consoles create for an
+    /// empty folder: directories are implied by keys).
+    fn entry_of(&self, item: super::s3_list::Listed, strip: &str) -> Option<Listed> {
+        match item {
+            super::s3_list::Listed::Object {
+                key,
+                size,
+                last_modified,
+                etag,
+            } => {
+                let rel = key.strip_prefix(strip)?;
+                if rel.is_empty() || rel.ends_with('/') {
+                    return None;
+                }
+                Some(match Path::parse(&key) {
+                    Ok(_) => Ok(Entry {
+                        key: rel.to_string(),
+                        size,
+                        mtime: last_modified,
+                        etag,
+                        mode: None,
+                    }),
+                    // `..`, `.`, empty segments, control characters.
+                    Err(_) => Err(ListError {
+                        path: format!("s3://{}/{key}", self.bucket),
+                        message: "a key with a `.`, `..` or empty segment or a control character, which this client cannot read or write: skipped".into(),
+                        passed_over: false,
+                    }),
+                })
+            }
+            super::s3_list::Listed::Unreadable { shown, why } => Some(Err(ListError {
+                path: format!("s3://{}/{shown}", self.bucket),
+                message: format!("an unreadable key ({why}): skipped"),
+                passed_over: false,
+            })),
         }
     }
 

@@ -217,6 +217,26 @@ impl StreamId {
     }
 }
 
+/// Reads the replies of one transaction of `n` XADDs and an XLEN: the
+/// stream's length, how many were added, and the first refusal. Within one
+/// EXEC nobody else writes, so only an ID at or below the top (another
+/// writer's entries) fails, and such failures come first.
+fn tally(results: Vec<Value>, n: usize) -> (Option<u64>, usize, Option<redis::ServerError>) {
+    let mut length = None;
+    let mut added = 0;
+    let mut refused = None;
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Value::Int(len) if i == n => length = Some(len as u64),
+            Value::ServerError(e) => {
+                refused.get_or_insert(e);
+            }
+            _ => added += 1,
+        }
+    }
+    (length, added, refused)
+}
+
 /// What a failed write means for the batch.
 #[derive(Debug, PartialEq, Eq)]
 enum Failure {
@@ -484,22 +504,7 @@ impl StreamWriter {
                 .await;
             match reply {
                 Ok(results) => {
-                    // Per-command results in order, then XLEN. Within one
-                    // EXEC nobody else writes, so only an ID at or below
-                    // the top (another writer's entries) fails, and such
-                    // failures come first.
-                    let mut length = None;
-                    let mut added = 0;
-                    let mut refused = None;
-                    for (i, r) in results.into_iter().enumerate() {
-                        match r {
-                            Value::Int(n) if i == rest.len() => length = Some(n as u64),
-                            Value::ServerError(e) => {
-                                refused.get_or_insert(e);
-                            }
-                            _ => added += 1,
-                        }
-                    }
+                    let (length, added, refused) = tally(results, rest.len());
                     if let Some(length) = length {
                         self.set_length(length);
                     }
