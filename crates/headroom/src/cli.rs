@@ -133,6 +133,87 @@ pub enum Command {
     /// Show the memory plan: the detected limit, the budget headroom would
     /// use, the circuit breaker's thresholds and current usage.
     Memory(MemoryArgs),
+    /// An S3 endpoint that encrypts objects client-side on their way to an
+    /// upstream bucket and decrypts them on the way back, in bounded
+    /// memory.
+    ///
+    /// Clients sign requests with a credential from the key file (SigV4,
+    /// presigned URLs, aws-chunked bodies). The upstream's credentials come
+    /// from the AWS environment, as for `copy`. `headroom proxy keygen`
+    /// writes a key file.
+    Proxy(Box<ProxyArgs>),
+}
+
+/// Arguments of `headroom proxy`.
+#[derive(Debug, Args)]
+#[command(subcommand_negates_reqs = true)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    pub action: Option<ProxyAction>,
+
+    /// Address clients connect to.
+    #[arg(long, default_value_t = crate::proxy::ProxyOptions::default().listen, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+
+    /// The upstream S3 endpoint, e.g. `http://127.0.0.1:9000` or
+    /// `https://s3.eu-west-1.amazonaws.com`.
+    #[arg(long, required = true, value_name = "URL")]
+    pub upstream: Option<String>,
+
+    /// The key file (see `headroom proxy keygen`); it must be readable by
+    /// its owner only.
+    #[arg(long, required = true, value_name = "FILE")]
+    pub keys: Option<std::path::PathBuf>,
+
+    /// Connections open at once at most; more wait to be accepted.
+    #[arg(long, default_value_t = crate::proxy::ProxyOptions::default().max_connections, value_name = "N")]
+    pub max_connections: usize,
+
+    /// Upstream region (default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    pub upstream_region: Option<String>,
+
+    /// Virtual-hosted-style addressing upstream (bucket.host) instead of
+    /// path style.
+    #[arg(long)]
+    pub upstream_virtual_hosted: bool,
+
+    /// Timeout of one upstream request, e.g. 60s, 5m.
+    #[arg(long, default_value_t = crate::store::s3::DEFAULT_REQUEST_TIMEOUT.into(), value_name = "DURATION")]
+    pub upstream_timeout: humantime::Duration,
+}
+
+/// `headroom proxy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ProxyAction {
+    /// Print a new key file to standard output: one client credential and
+    /// a fresh key-encryption key. Redirect it to a file and chmod 600.
+    Keygen {
+        /// The access key id clients will sign with.
+        #[arg(long, value_name = "ID")]
+        access_key: String,
+        /// Its secret (16 characters or more).
+        #[arg(long, value_name = "SECRET")]
+        secret_key: String,
+    },
+}
+
+impl ProxyArgs {
+    /// The proxy's options (when no subcommand was given).
+    pub fn options(&self) -> crate::proxy::ProxyOptions {
+        crate::proxy::ProxyOptions {
+            listen: self.listen,
+            upstream: S3Config {
+                endpoint: self.upstream.clone(),
+                region: self.upstream_region.clone(),
+                virtual_hosted: self.upstream_virtual_hosted,
+                request_timeout: self.upstream_timeout.into(),
+                ..S3Config::default()
+            },
+            keys: self.keys.clone().unwrap_or_default(),
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 /// Arguments of `headroom copy`.

@@ -18,12 +18,14 @@
 //!   circuit breaker, and reports the plan (`headroom memory`).
 //! * [`telemetry`]: logging, the progress reporter and leak detector, the
 //!   memory picture and the failures every summary shows.
+//! * [`proxy`]: `headroom proxy`, the encrypting S3 proxy.
 //! * [`cancel`]: the cancel flag and the signals that set it.
 
 pub mod cancel;
 pub mod cli;
 pub mod jobs;
 pub mod memory;
+pub mod proxy;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

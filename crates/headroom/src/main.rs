@@ -85,6 +85,21 @@ fn main() -> ExitCode {
                     None => Ok(ExitCode::SUCCESS),
                 }
             }
+            Command::Proxy(args) => match &args.action {
+                Some(headroom::cli::ProxyAction::Keygen {
+                    access_key,
+                    secret_key,
+                }) => {
+                    let file = headroom::proxy::keys::KeyFile::generate(access_key, secret_key)?;
+                    use std::io::Write;
+                    out().write_all(file.to_json().as_bytes())?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    headroom::proxy::run(&args.options(), global.memory).await?;
+                    Ok(ExitCode::SUCCESS)
+                }
+            },
             Command::Copy(args) => {
                 let summary = headroom::jobs::copy::run(
                     &args.src,

@@ -85,12 +85,24 @@ impl S3Config {
         }
     }
 
-    fn endpoint(&self) -> Option<String> {
+    /// The endpoint URL: the setting, else `AWS_ENDPOINT_URL_S3` /
+    /// `AWS_ENDPOINT_URL`; `None` for AWS itself.
+    pub fn endpoint(&self) -> Option<String> {
         self.endpoint
             .clone()
             .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
             .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
             .filter(|e| !e.is_empty())
+    }
+
+    /// The region: the setting, else `AWS_REGION` / `AWS_DEFAULT_REGION`,
+    /// else us-east-1.
+    pub fn region_name(&self) -> String {
+        self.region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".to_string())
     }
 
     /// Builds a client for `bucket`.
@@ -129,12 +141,7 @@ impl S3Config {
                 options = options.with_root_certificate(cert);
             }
         }
-        let region = self
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .unwrap_or_else(|| "us-east-1".to_string());
+        let region = self.region_name();
         let retry = RetryConfig {
             max_retries: self.request_retries,
             retry_timeout: Duration::from_secs(120),

@@ -1,0 +1,241 @@
+//! `headroom proxy`: an S3 endpoint that encrypts objects on their way to
+//! an upstream S3-compatible bucket and decrypts them on the way back.
+//!
+//! * [`keys`]: the key file (client credentials, key-encryption keys).
+//! * [`envelope`]: the encrypted format (data keys wrapped with AES-KWP,
+//!   AES-256-GCM frames bound to object, part, index and end).
+//! * [`service`]: the S3 operations, each admitted by the governor.
+//! * [`upstream`]: signed, streaming requests to the upstream.
+//! * [`metrics`]: what `/metrics` shows.
+//!
+//! `GET /healthz` and `GET /metrics` without a signature are the proxy's
+//! own; a signed request to those paths is S3's (a bucket may be called
+//! `metrics`).
+
+pub mod envelope;
+pub mod keys;
+pub mod metrics;
+pub mod service;
+pub mod upstream;
+mod xml;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use axum::response::IntoResponse;
+use headroom_governor::Governor;
+
+use crate::store::s3::S3Config;
+
+/// How the proxy runs: what `headroom proxy`'s flags turn into.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// The upstream's endpoint and settings (credentials from the AWS
+    /// environment, as `copy` takes them).
+    pub upstream: S3Config,
+    /// The key file.
+    pub keys: std::path::PathBuf,
+    /// Connections open at once at most; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            upstream: S3Config::default(),
+            keys: "headroom-keys.json".into(),
+            max_connections: 512,
+        }
+    }
+}
+
+struct State {
+    s3: s3s::service::S3Service,
+    stats: Arc<metrics::Stats>,
+    gov: Governor,
+    probe: headroom_governor::MemoryProbe,
+    /// Requests by operation and status: a few dozen series at most.
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+}
+
+/// The operation a request is, for metrics, from its method and shape.
+fn operation(method: &http::Method, path: &str, query: &str) -> &'static str {
+    let has_key = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .is_some_and(|(_, k)| !k.is_empty());
+    let q = |name: &str| {
+        query
+            .split('&')
+            .any(|p| p == name || p.starts_with(&format!("{name}=")))
+    };
+    match (method.as_str(), path == "/", has_key) {
+        ("GET", true, _) => "ListBuckets",
+        ("GET", false, false) => "ListObjects",
+        ("PUT", false, false) => "CreateBucket",
+        ("HEAD", false, false) => "HeadBucket",
+        ("DELETE", false, false) => "DeleteBucket",
+        ("POST", false, false) if q("delete") => "DeleteObjects",
+        ("GET", _, true) => "GetObject",
+        ("HEAD", _, true) => "HeadObject",
+        ("PUT", _, true) if q("partNumber") => "UploadPart",
+        ("PUT", _, true) => "PutObject",
+        ("DELETE", _, true) => "DeleteObject",
+        ("POST", _, true) => "MultipartUpload",
+        _ => "Other",
+    }
+}
+
+async fn handle(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let unsigned = !req.headers().contains_key(http::header::AUTHORIZATION)
+        && req.uri().query().is_none()
+        && req.method() == http::Method::GET;
+    match req.uri().path() {
+        "/healthz" if unsigned => return (http::StatusCode::OK, "ok\n").into_response(),
+        "/metrics" if unsigned => return render_metrics(&state).into_response(),
+        _ => {}
+    }
+    let op = operation(
+        req.method(),
+        req.uri().path(),
+        req.uri().query().unwrap_or(""),
+    );
+    let req = req.map(s3s::Body::http_body_unsync);
+    let response = match state.s3.call(req).await {
+        Ok(r) => r.map(axum::body::Body::new),
+        Err(e) => {
+            tracing::error!("proxy: {e:?}");
+            (http::StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        }
+    };
+    let status = response.status().as_u16();
+    *state
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((op, status))
+        .or_default() += 1;
+    response
+}
+
+fn render_metrics(state: &State) -> ([(http::HeaderName, &'static str); 1], String) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    let g = state.gov.stats();
+    let s = &state.stats;
+    let _ = writeln!(out, "# TYPE headroom_proxy_requests_total counter");
+    for ((op, status), n) in state
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "headroom_proxy_requests_total{{operation=\"{op}\",status=\"{status}\"}} {n}"
+        );
+    }
+    for (name, kind, value) in [
+        (
+            "headroom_proxy_bytes_in_total",
+            "counter",
+            s.bytes_in.load(Relaxed),
+        ),
+        (
+            "headroom_proxy_bytes_out_total",
+            "counter",
+            s.bytes_out.load(Relaxed),
+        ),
+        (
+            "headroom_proxy_slow_downs_total",
+            "counter",
+            s.slow_downs.load(Relaxed),
+        ),
+        (
+            "headroom_proxy_rejected_bytes_total",
+            "counter",
+            s.rejected_bytes.load(Relaxed),
+        ),
+        (
+            "headroom_proxy_tampered_frames_total",
+            "counter",
+            s.tampered_frames.load(Relaxed),
+        ),
+        ("headroom_memory_budget_bytes", "gauge", g.budget),
+        ("headroom_memory_reserved_bytes", "gauge", g.reserved),
+        (
+            "headroom_memory_peak_reserved_bytes",
+            "gauge",
+            g.peak_reserved,
+        ),
+        (
+            "headroom_rss_bytes",
+            "gauge",
+            state.probe.sample().rss.unwrap_or(0),
+        ),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+    }
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+}
+
+/// Runs the proxy until SIGINT or SIGTERM, within `memory` (`None`: from
+/// the container's limit).
+pub async fn run(
+    options: &ProxyOptions,
+    memory: Option<headroom_governor::ByteSize>,
+) -> anyhow::Result<()> {
+    if options.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    let keys = Arc::new(keys::Keys::load(&options.keys)?);
+    let plan = crate::memory::MemoryPlan::start(memory);
+    let upstream = upstream::Upstream::new(&options.upstream)?;
+    let proxy = service::Proxy::new(upstream, keys.clone(), plan.governor.clone());
+    let stats = proxy.stats.clone();
+    let mut auth = s3s::auth::SimpleAuth::new();
+    for c in &keys.credentials {
+        auth.register(c.access_key.clone(), c.secret_key.clone().into());
+    }
+    let mut builder = s3s::service::S3ServiceBuilder::new(proxy);
+    builder.set_auth(auth);
+    let state = Arc::new(State {
+        s3: builder.build(),
+        stats,
+        gov: plan.governor.clone(),
+        probe: plan.probe.clone(),
+        requests: Mutex::default(),
+    });
+    let app = axum::Router::new().fallback(handle).with_state(state);
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find an ephemeral port.
+    println!("listening on http://{addr}");
+    tracing::info!(
+        "proxying http://{addr} to {} with {} client credentials, KEK {}, budget {}",
+        options.upstream.endpoint().unwrap_or_else(|| "AWS".into()),
+        keys.credentials.len(),
+        keys.current_id(),
+        headroom_governor::ByteSize(plan.governor.budget())
+    );
+    crate::serve::api::serve(listener, app, options.max_connections, async {
+        crate::cancel::signalled().await;
+        tracing::info!("stopping");
+    })
+    .await;
+    Ok(())
+}

@@ -1,0 +1,1090 @@
+//! The S3 operations the proxy serves (s3s checks every request's SigV4
+//! signature, aws-chunked bodies included, against the key file's
+//! credentials before any of this runs). Every operation not written here
+//! answers s3s's `NotImplemented`: nothing passes through unencrypted.
+//!
+//! Each request is admitted by the governor for the bytes it holds (see
+//! [`footprint`]) before it touches the upstream; when the budget is taken
+//! for longer than [`ADMISSION_WAIT`], it is answered `503 SlowDown` with
+//! `Retry-After`, which every S3 client retries.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use headroom_governor::{Governor, Permit};
+use http::{HeaderMap, Method};
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
+
+use super::envelope::{self, FRAME, HEADER, Opener, Sealer, SegmentId, TAG};
+use super::keys::Keys;
+use super::upstream::{Body, Upstream, header, upstream_error};
+use super::xml;
+
+/// How long a request waits for its bytes before it is told to slow down:
+/// long enough for a request in flight to finish a frame or two and hand
+/// its bytes on (a burst is absorbed), short enough that a client is never
+/// held without an answer while the proxy is full.
+pub const ADMISSION_WAIT: Duration = Duration::from_millis(500);
+
+/// What the proxy answers in `Retry-After` with a SlowDown.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// Metadata keys (after `x-amz-meta-`) of an encrypted object.
+const META_ENC: &str = "headroom-enc";
+const META_KID: &str = "headroom-kid";
+const META_KEY: &str = "headroom-key";
+const META_OID: &str = "headroom-oid";
+
+/// Bytes every request holds besides its data: the request's parsing and
+/// signature check, the upstream request's headers and signing, the
+/// response's headers, the task.
+pub const REQUEST_OVERHEAD: u64 = 128 << 10;
+/// What a body in flight holds in the HTTP stack on its way in or out
+/// (hyper's read buffer, a chunk not yet consumed): as `copy` measured for
+/// S3 reads.
+pub const HTTP_BUFFER: u64 = crate::store::s3::HTTP_READ_BUFFER;
+
+/// What one operation holds at most, by kind.
+pub mod footprint {
+    use super::*;
+
+    /// A PUT: the client body's HTTP buffer, the frame being filled, the
+    /// sealed frame on its way upstream, and the upstream request's
+    /// buffers.
+    pub const PUT: u64 = REQUEST_OVERHEAD + 2 * HTTP_BUFFER + 2 * (FRAME + TAG);
+    /// A GET: the upstream body's HTTP buffer, the frame being opened, the
+    /// plaintext on its way to the client, and the client response's
+    /// buffers.
+    pub const GET: u64 = REQUEST_OVERHEAD + 2 * HTTP_BUFFER + 2 * (FRAME + TAG);
+    /// A listing: the upstream's XML answer (bounded), its parsed entries
+    /// and the XML written back.
+    pub const LIST: u64 = REQUEST_OVERHEAD + 3 * super::super::upstream::MAX_XML_BYTES as u64;
+    /// Anything else: a HEAD, a DELETE, a bucket operation.
+    pub const SMALL: u64 = REQUEST_OVERHEAD;
+}
+
+/// The proxy's S3 service.
+pub struct Proxy {
+    up: Upstream,
+    keys: Arc<Keys>,
+    gov: Governor,
+    pub(crate) stats: Arc<super::metrics::Stats>,
+}
+
+impl Proxy {
+    /// A proxy in front of `up`, encrypting under `keys`, within `gov`.
+    pub fn new(up: Upstream, keys: Arc<Keys>, gov: Governor) -> Self {
+        Proxy {
+            up,
+            keys,
+            gov,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Admits a request of `bytes`, or answers SlowDown.
+    async fn admit(&self, bytes: u64, tag: &'static str) -> S3Result<Permit> {
+        match tokio::time::timeout(ADMISSION_WAIT, self.gov.acquire(bytes, tag)).await {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                self.stats.slow_down(bytes);
+                let mut e = S3Error::with_message(
+                    S3ErrorCode::SlowDown,
+                    "the proxy's memory budget is in use; retry shortly",
+                );
+                e.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+                let mut h = HeaderMap::new();
+                h.insert(http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+                e.set_headers(h);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn bad(code: S3ErrorCode, msg: impl Into<String>) -> S3Error {
+    S3Error::with_message(code, msg.into())
+}
+
+/// The ETag clients see for an upstream ETag: the ciphertext's, marked so
+/// that no client takes it for the MD5 of the plaintext (a single PUT's
+/// `-0`; multipart ETags already carry their part count).
+fn client_etag(upstream: &str) -> ETag {
+    let e = upstream.trim_matches('"');
+    ETag::Strong(if e.contains('-') {
+        e.to_string()
+    } else {
+        format!("{e}-0")
+    })
+}
+
+/// The upstream ETag a client's ETag stands for.
+fn upstream_etag(client: &ETag) -> String {
+    let v = client.value();
+    v.strip_suffix("-0").unwrap_or(v).to_string()
+}
+
+/// A conditional header for the upstream, translated.
+fn condition(c: &ETagCondition) -> String {
+    match c {
+        ETagCondition::Any => "*".to_string(),
+        ETagCondition::ETag(e) => format!("\"{}\"", upstream_etag(e)),
+    }
+}
+
+/// Segments of an upstream object: its ETag's part count, else 1.
+fn segments_of(etag: &str) -> u64 {
+    etag.trim_matches('"')
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// What an encrypted object's metadata says about its envelope.
+struct EnvelopeMeta {
+    data_key: [u8; 32],
+    object: [u8; envelope::OBJECT_ID],
+}
+
+fn meta_header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(format!("x-amz-meta-{name}"))
+        .and_then(|v| v.to_str().ok())
+}
+
+impl Proxy {
+    /// Unwraps an upstream object's data key from its metadata; an object
+    /// this proxy did not write is an error, never served as it is.
+    fn envelope_of(&self, h: &reqwest::header::HeaderMap) -> S3Result<EnvelopeMeta> {
+        let not_ours = || {
+            bad(
+                S3ErrorCode::InvalidObjectState,
+                "the stored object was not written through headroom proxy (no envelope metadata); it is not served",
+            )
+        };
+        if meta_header(h, META_ENC) != Some("1") {
+            return Err(not_ours());
+        }
+        let kid = meta_header(h, META_KID).ok_or_else(not_ours)?;
+        let kek = self.keys.kek(kid).ok_or_else(|| {
+            bad(
+                S3ErrorCode::InvalidObjectState,
+                format!("the object's data key is wrapped under KEK {kid:?}, which the key file does not hold"),
+            )
+        })?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let wrapped = meta_header(h, META_KEY)
+            .and_then(|k| b64.decode(k).ok())
+            .ok_or_else(not_ours)?;
+        let object: [u8; envelope::OBJECT_ID] = meta_header(h, META_OID)
+            .and_then(|o| b64.decode(o).ok())
+            .and_then(|o| o.try_into().ok())
+            .ok_or_else(not_ours)?;
+        let data_key = envelope::unwrap_key(kek, &wrapped)
+            .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e.to_string()))?;
+        Ok(EnvelopeMeta { data_key, object })
+    }
+
+    /// Headers for a new encrypted object: the envelope metadata (a fresh
+    /// data key wrapped under the current KEK), the client's metadata and
+    /// content headers. Returns them with the data key and object id.
+    fn new_object_headers(
+        &self,
+        metadata: Option<&Metadata>,
+        content_type: Option<&str>,
+    ) -> S3Result<(HeaderMap, EnvelopeMeta)> {
+        let data_key = super::keys::random_key().map_err(S3Error::internal_error_from)?;
+        let mut object = [0u8; envelope::OBJECT_ID];
+        aws_lc_rs::rand::fill(&mut object).map_err(|_| S3Error::new(S3ErrorCode::InternalError))?;
+        let (kid, kek) = self.keys.current();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            (META_ENC, "1".to_string()),
+            (META_KID, kid.to_string()),
+            (META_KEY, b64.encode(envelope::wrap_key(kek, &data_key))),
+            (META_OID, b64.encode(object)),
+        ] {
+            h.insert(
+                http::HeaderName::try_from(format!("x-amz-meta-{name}")).expect("a valid name"),
+                http::HeaderValue::try_from(value).expect("ASCII"),
+            );
+        }
+        for (k, v) in metadata.into_iter().flatten() {
+            if k.to_ascii_lowercase().starts_with("headroom-") {
+                return Err(bad(
+                    S3ErrorCode::InvalidArgument,
+                    format!("metadata key {k:?}: the headroom- prefix is the proxy's own"),
+                ));
+            }
+            let name = http::HeaderName::try_from(format!("x-amz-meta-{k}"))
+                .map_err(|_| bad(S3ErrorCode::InvalidArgument, format!("metadata key {k:?}")))?;
+            let value = http::HeaderValue::try_from(v.as_str()).map_err(|_| {
+                bad(
+                    S3ErrorCode::InvalidArgument,
+                    format!("metadata value of {k:?}"),
+                )
+            })?;
+            h.insert(name, value);
+        }
+        if let Some(ct) = content_type {
+            let (n, v) = header("content-type", ct)?;
+            h.insert(n, v);
+        }
+        Ok((h, EnvelopeMeta { data_key, object }))
+    }
+}
+
+/// The client's metadata of an upstream object: its `x-amz-meta-*`
+/// headers without the envelope's.
+fn user_metadata(h: &reqwest::header::HeaderMap) -> Option<Metadata> {
+    let m: Metadata = h
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.as_str().strip_prefix("x-amz-meta-")?;
+            if name.starts_with("headroom-") {
+                return None;
+            }
+            Some((name.to_string(), v.to_str().ok()?.to_string()))
+        })
+        .collect();
+    (!m.is_empty()).then_some(m)
+}
+
+fn last_modified(h: &reqwest::header::HeaderMap) -> Option<Timestamp> {
+    let v = h.get(http::header::LAST_MODIFIED)?.to_str().ok()?;
+    Timestamp::parse(TimestampFormat::HttpDate, v).ok()
+}
+
+fn content_length(h: &reqwest::header::HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn etag_header(h: &reqwest::header::HeaderMap) -> Option<String> {
+    Some(
+        h.get(http::header::ETAG)?
+            .to_str()
+            .ok()?
+            .trim_matches('"')
+            .to_string(),
+    )
+}
+
+/// The total length of a ranged answer (`Content-Range: bytes a-b/TOTAL`).
+fn range_total(h: &reqwest::header::HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?
+        .rsplit_once('/')?
+        .1
+        .parse()
+        .ok()
+}
+
+/// The plaintext length of an upstream object of `ct` bytes with `etag`;
+/// a multipart object is not yet readable through this proxy version.
+fn single_segment_plaintext(ct: u64, etag: &str) -> S3Result<u64> {
+    if segments_of(etag) > 1 {
+        return Err(bad(
+            S3ErrorCode::NotImplemented,
+            "multipart objects are not yet served by this proxy version",
+        ));
+    }
+    envelope::plaintext_len(ct, 1).ok_or_else(|| {
+        bad(
+            S3ErrorCode::InvalidObjectState,
+            format!("the stored object's length ({ct}) is not that of an encrypted segment"),
+        )
+    })
+}
+
+/// An error of the client's body, kept to be told instead of the upstream
+/// failure it causes.
+type BodyError = Arc<Mutex<Option<S3Error>>>;
+
+/// The error of a client body that failed: s3s's own (a payload hash or
+/// chunk signature that does not match) where it is one.
+fn body_check_failed(e: &(dyn std::error::Error + Send + Sync + 'static)) -> S3Error {
+    if let Some(s3) = e.downcast_ref::<S3Error>() {
+        let mut out = S3Error::with_message(
+            s3.code().clone(),
+            s3.message()
+                .unwrap_or("the request body failed its check")
+                .to_string(),
+        );
+        if let Some(status) = s3.status_code() {
+            out.set_status_code(status);
+        }
+        return out;
+    }
+    let mut out = bad(
+        S3ErrorCode::BadDigest,
+        format!("the request body failed: {e}"),
+    );
+    out.set_status_code(http::StatusCode::BAD_REQUEST);
+    out
+}
+
+/// The ciphertext of a PUT, sealed frame by frame from the client's body.
+/// The last frame is handed on only after the client's body has ended
+/// cleanly (its signature checked, no extra bytes), so a body that fails
+/// its check never completes the upstream request: nothing is published.
+struct SealStream {
+    body: StreamingBlob,
+    sealer: Sealer,
+    pending: Bytes,
+    frame: BytesMut,
+    failure: BodyError,
+    finished: bool,
+    _permit: Arc<Permit>,
+}
+
+impl SealStream {
+    fn fail(&mut self, e: S3Error) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        let msg = e.message().unwrap_or("the request body failed").to_string();
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        self.finished = true;
+        Poll::Ready(Some(Err(std::io::Error::other(msg))))
+    }
+}
+
+impl Stream for SealStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(h) = this.sealer.take_header() {
+            return Poll::Ready(Some(Ok(Bytes::copy_from_slice(&h))));
+        }
+        let want = this.sealer.next_frame_len();
+        while this.frame.len() < want {
+            if this.pending.is_empty() {
+                match this.body.poll_next_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(b))) => this.pending = b,
+                    Poll::Ready(Some(Err(e))) => return this.fail(body_check_failed(&*e)),
+                    Poll::Ready(None) => {
+                        return this.fail(bad(
+                            S3ErrorCode::IncompleteBody,
+                            "the body ended before Content-Length bytes",
+                        ));
+                    }
+                }
+            }
+            let take = (want - this.frame.len()).min(this.pending.len());
+            let chunk = this.pending.split_to(take);
+            this.frame.extend_from_slice(&chunk);
+        }
+        // The body must end exactly here before the final frame goes.
+        let is_final = this.sealer.remaining() == want as u64;
+        if is_final {
+            if !this.pending.is_empty() {
+                return this.fail(bad(
+                    S3ErrorCode::InvalidRequest,
+                    "the body is longer than its Content-Length",
+                ));
+            }
+            match this.body.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {}
+                Poll::Ready(Some(Ok(b))) if b.is_empty() => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(_))) => {
+                    return this.fail(bad(
+                        S3ErrorCode::InvalidRequest,
+                        "the body is longer than its Content-Length",
+                    ));
+                }
+                Poll::Ready(Some(Err(e))) => return this.fail(body_check_failed(&*e)),
+            }
+        }
+        let mut frame = std::mem::replace(&mut this.frame, BytesMut::new()).to_vec();
+        if let Err(e) = this.sealer.seal(&mut frame) {
+            return this.fail(bad(S3ErrorCode::InternalError, e.to_string()));
+        }
+        if this.sealer.done() {
+            this.finished = true;
+        } else {
+            this.frame = BytesMut::with_capacity(this.sealer.next_frame_len());
+        }
+        Poll::Ready(Some(Ok(Bytes::from(frame))))
+    }
+}
+
+/// The plaintext of a GET, opened frame by frame from the upstream's
+/// ciphertext: a frame is released only once its tag verified.
+struct OpenStream {
+    upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send + Sync>>,
+    opener: Opener,
+    plaintext: u64,
+    /// Plaintext bytes to drop from the first frame, and to send in all.
+    skip: usize,
+    left: u64,
+    buf: BytesMut,
+    stats: Arc<super::metrics::Stats>,
+    _permit: Permit,
+}
+
+impl Stream for OpenStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.left == 0 {
+            return Poll::Ready(None);
+        }
+        if this.opener.done() {
+            return Poll::Ready(Some(Err(std::io::Error::other(
+                "the stored object ended early",
+            ))));
+        }
+        let want = this.opener.next_frame_len(this.plaintext);
+        while this.buf.len() < want {
+            match this.upstream.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(b))) => this.buf.extend_from_slice(&b),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                        "reading the stored object: {e}"
+                    )))));
+                }
+                Poll::Ready(None) => {
+                    return Poll::Ready(Some(Err(std::io::Error::other(
+                        "the stored object ended early",
+                    ))));
+                }
+            }
+        }
+        let mut frame = this.buf.split_to(want);
+        match this.opener.open(&mut frame) {
+            Ok(n) => {
+                frame.truncate(n);
+                let _ = frame.split_to(this.skip.min(n));
+                this.skip = 0;
+                frame.truncate(this.left.min(frame.len() as u64) as usize);
+                this.left -= frame.len() as u64;
+                this.stats.bytes_out(frame.len() as u64);
+                Poll::Ready(Some(Ok(frame.freeze())))
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                this.stats.tampered();
+                this.left = 0;
+                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for Proxy {
+    async fn list_buckets(
+        &self,
+        _req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let _p = self.admit(footprint::LIST, "proxy.list").await?;
+        let body = self.up.xml(Method::GET, None, &[]).await?;
+        let buckets = xml::records(&body, "Buckets")
+            .map_err(upstream_error)?
+            .into_iter()
+            .flat_map(|r| {
+                // <Buckets><Bucket><Name/><CreationDate/></Bucket>...: each
+                // Name starts a bucket.
+                let mut out: Vec<Bucket> = Vec::new();
+                for (k, v) in r {
+                    match k.as_str() {
+                        "Name" => out.push(Bucket {
+                            name: Some(v),
+                            ..Default::default()
+                        }),
+                        "CreationDate" => {
+                            if let Some(b) = out.last_mut() {
+                                b.creation_date =
+                                    Timestamp::parse(TimestampFormat::DateTime, &v).ok();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                out
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let _p = self.admit(footprint::SMALL, "proxy.bucket").await?;
+        self.up
+            .send(
+                Method::PUT,
+                Some(&req.input.bucket),
+                None,
+                &[],
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{}", req.input.bucket)),
+        }))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        let _p = self.admit(footprint::SMALL, "proxy.bucket").await?;
+        self.up
+            .send(
+                Method::HEAD,
+                Some(&req.input.bucket),
+                None,
+                &[],
+                HeaderMap::new(),
+                None,
+            )
+            .await
+            .map_err(|e| not_found_as(e, S3ErrorCode::NoSuchBucket))?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let _p = self.admit(footprint::SMALL, "proxy.bucket").await?;
+        self.up
+            .send(
+                Method::DELETE,
+                Some(&req.input.bucket),
+                None,
+                &[],
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
+        Ok(S3Response::new(DeleteBucketOutput::default()))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let input = req.input;
+        let len = input
+            .content_length
+            .and_then(|l| u64::try_from(l).ok())
+            .ok_or_else(|| S3Error::new(S3ErrorCode::MissingContentLength))?;
+        if len > 5 << 30 {
+            return Err(bad(
+                S3ErrorCode::EntityTooLarge,
+                "a single PUT is at most 5 GiB; use a multipart upload",
+            ));
+        }
+        let body = input
+            .body
+            .ok_or_else(|| S3Error::new(S3ErrorCode::IncompleteBody))?;
+        let permit = Arc::new(self.admit(footprint::PUT, "proxy.put").await?);
+        let (mut headers, env) =
+            self.new_object_headers(input.metadata.as_ref(), input.content_type.as_deref())?;
+        if let Some(c) = &input.if_none_match {
+            let (n, v) = header("if-none-match", &condition(c))?;
+            headers.insert(n, v);
+        }
+        if let Some(c) = &input.if_match {
+            let (n, v) = header("if-match", &condition(c))?;
+            headers.insert(n, v);
+        }
+        let sealer = Sealer::new(
+            &env.data_key,
+            SegmentId {
+                object: env.object,
+                part: 0,
+            },
+            len,
+        );
+        let failure: BodyError = Arc::default();
+        let stream = SealStream {
+            body,
+            frame: BytesMut::with_capacity(sealer.next_frame_len()),
+            sealer,
+            pending: Bytes::new(),
+            failure: failure.clone(),
+            finished: false,
+            _permit: permit,
+        };
+        let sent = self
+            .up
+            .send(
+                Method::PUT,
+                Some(&input.bucket),
+                Some(&input.key),
+                &[],
+                headers,
+                Some(Body {
+                    stream: reqwest::Body::wrap_stream(stream),
+                    len: envelope::segment_len(len),
+                }),
+            )
+            .await;
+        if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
+        let response = sent?;
+        self.stats.bytes_in(len);
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: etag_header(response.headers()).map(|e| client_etag(&e)),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        let _p = self.admit(footprint::SMALL, "proxy.head").await?;
+        let mut headers = HeaderMap::new();
+        if let Some(c) = &input.if_match {
+            let (n, v) = header("if-match", &condition(c))?;
+            headers.insert(n, v);
+        }
+        if let Some(c) = &input.if_none_match {
+            let (n, v) = header("if-none-match", &condition(c))?;
+            headers.insert(n, v);
+        }
+        let r = self
+            .up
+            .send(
+                Method::HEAD,
+                Some(&input.bucket),
+                Some(&input.key),
+                &[],
+                headers,
+                None,
+            )
+            .await?;
+        let h = r.headers();
+        self.envelope_of(h)?;
+        let etag = etag_header(h).unwrap_or_default();
+        let ct = content_length(h).unwrap_or(0);
+        let plaintext = single_segment_plaintext(ct, &etag)?;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(plaintext as i64),
+            e_tag: Some(client_etag(&etag)),
+            last_modified: last_modified(h),
+            metadata: user_metadata(h),
+            content_type: h
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            accept_ranges: Some("bytes".into()),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        if input.part_number.is_some() {
+            return Err(bad(
+                S3ErrorCode::NotImplemented,
+                "GET by partNumber is not served by this proxy version",
+            ));
+        }
+        let permit = self.admit(footprint::GET, "proxy.get").await?;
+        let mut headers = HeaderMap::new();
+        if let Some(c) = &input.if_match {
+            let (n, v) = header("if-match", &condition(c))?;
+            headers.insert(n, v);
+        }
+        if let Some(c) = &input.if_none_match {
+            let (n, v) = header("if-none-match", &condition(c))?;
+            headers.insert(n, v);
+        }
+        let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+        // The segment header and the object's length first when a range
+        // is asked for: they say which frames it needs.
+        let (response, plaintext, range, first_frame, skip, header_bytes) = match &input.range {
+            None => {
+                let r = self
+                    .up
+                    .send(Method::GET, Some(bucket), Some(key), &[], headers, None)
+                    .await?;
+                let etag = etag_header(r.headers()).unwrap_or_default();
+                let ct = content_length(r.headers()).unwrap_or(0);
+                let plaintext = single_segment_plaintext(ct, &etag)?;
+                (r, plaintext, None, 0, 0, None)
+            }
+            Some(range) => {
+                let mut h = headers.clone();
+                let (n, v) = header("range", &format!("bytes=0-{}", HEADER - 1))?;
+                h.insert(n, v);
+                let head = self
+                    .up
+                    .send(Method::GET, Some(bucket), Some(key), &[], h, None)
+                    .await?;
+                let etag = etag_header(head.headers()).unwrap_or_default();
+                let ct = range_total(head.headers())
+                    .or_else(|| content_length(head.headers()))
+                    .unwrap_or(0);
+                let plaintext = single_segment_plaintext(ct, &etag)?;
+                let wanted = range
+                    .check(plaintext)
+                    .map_err(|_| S3Error::new(S3ErrorCode::InvalidRange))?;
+                let env_headers = head.headers().clone();
+                let header_bytes = super::upstream::read_bounded(head, HEADER as usize).await?;
+                let (first, bytes, skip) = envelope::frames_for(plaintext, wanted.clone());
+                // The frames of the very version whose header was read.
+                let mut h = HeaderMap::new();
+                let (n, v) = header("range", &format!("bytes={}-{}", bytes.start, bytes.end - 1))?;
+                h.insert(n, v);
+                let (n, v) = header("if-match", &format!("\"{etag}\""))?;
+                h.insert(n, v);
+                let r = self
+                    .up
+                    .send(Method::GET, Some(bucket), Some(key), &[], h, None)
+                    .await?;
+                let _ = env_headers;
+                (
+                    r,
+                    plaintext,
+                    Some(wanted),
+                    first,
+                    skip as usize,
+                    Some(header_bytes),
+                )
+            }
+        };
+        let h = response.headers().clone();
+        let env = self.envelope_of(&h)?;
+        let etag = etag_header(&h).unwrap_or_default();
+        let mut upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send + Sync>> =
+            Box::pin(response.bytes_stream());
+        let header_bytes = match header_bytes {
+            Some(b) => b,
+            None => {
+                // A whole-object read: the header is the stream's start.
+                let mut b = Vec::with_capacity(HEADER as usize);
+                let mut rest = Bytes::new();
+                while b.len() < HEADER as usize {
+                    match upstream.next().await {
+                        Some(Ok(chunk)) => {
+                            let take = (HEADER as usize - b.len()).min(chunk.len());
+                            b.extend_from_slice(&chunk[..take]);
+                            rest = chunk.slice(take..);
+                        }
+                        Some(Err(e)) => {
+                            return Err(upstream_error(format!("reading the stored object: {e}")));
+                        }
+                        None => return Err(upstream_error("the stored object ended early".into())),
+                    }
+                }
+                if !rest.is_empty() {
+                    upstream = Box::pin(futures::stream::iter([Ok(rest)]).chain(upstream));
+                }
+                b
+            }
+        };
+        let opener = Opener::new(
+            &env.data_key,
+            SegmentId {
+                object: env.object,
+                part: 0,
+            },
+            &header_bytes,
+            plaintext,
+            first_frame,
+        )
+        .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e.to_string()))?;
+        let len = range.as_ref().map_or(plaintext, |r| r.end - r.start);
+        let stream = OpenStream {
+            upstream,
+            opener,
+            plaintext,
+            skip,
+            left: len,
+            buf: BytesMut::new(),
+            stats: self.stats.clone(),
+            _permit: permit,
+        };
+        Ok(S3Response::new(GetObjectOutput {
+            body: Some(StreamingBlob::wrap(stream)),
+            content_length: Some(len as i64),
+            content_range: range
+                .as_ref()
+                .map(|r| format!("bytes {}-{}/{plaintext}", r.start, r.end - 1)),
+            e_tag: Some(client_etag(&etag)),
+            last_modified: last_modified(&h),
+            metadata: user_metadata(&h),
+            content_type: h
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            accept_ranges: Some("bytes".into()),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let _p = self.admit(footprint::SMALL, "proxy.delete").await?;
+        self.up
+            .send(
+                Method::DELETE,
+                Some(&req.input.bucket),
+                Some(&req.input.key),
+                &[],
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        use base64::Engine;
+        use md5::Digest;
+        let i = req.input;
+        if i.delete.objects.len() > 1000 {
+            return Err(bad(
+                S3ErrorCode::MalformedXML,
+                "a DeleteObjects request names at most 1,000 keys",
+            ));
+        }
+        let _p = self.admit(footprint::LIST, "proxy.delete").await?;
+        let mut xml_body = String::from("<Delete>");
+        if i.delete.quiet == Some(true) {
+            xml_body.push_str("<Quiet>true</Quiet>");
+        }
+        for o in &i.delete.objects {
+            xml_body.push_str("<Object><Key>");
+            xml_body.push_str(&quick_xml::escape::escape(o.key.as_str()));
+            xml_body.push_str("</Key></Object>");
+        }
+        xml_body.push_str("</Delete>");
+        let body = Bytes::from(xml_body);
+        let mut h = HeaderMap::new();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (n, v) = header("content-md5", &b64.encode(md5::Md5::digest(&body)))?;
+        h.insert(n, v);
+        let len = body.len() as u64;
+        let r = self
+            .up
+            .send(
+                Method::POST,
+                Some(&i.bucket),
+                None,
+                &[("delete", String::new())],
+                h,
+                Some(Body {
+                    stream: reqwest::Body::from(body),
+                    len,
+                }),
+            )
+            .await?;
+        let answer = super::upstream::read_bounded(r, super::upstream::MAX_XML_BYTES).await?;
+        let deleted = xml::records(&answer, "Deleted")
+            .map_err(upstream_error)?
+            .iter()
+            .map(|r| DeletedObject {
+                key: xml::field(r, "Key").map(str::to_string),
+                ..Default::default()
+            })
+            .collect();
+        let errors = xml::records(&answer, "Error")
+            .map_err(upstream_error)?
+            .iter()
+            .map(|r| Error {
+                key: xml::field(r, "Key").map(str::to_string),
+                code: xml::field(r, "Code").map(str::to_string),
+                message: xml::field(r, "Message").map(str::to_string),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: Some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let i = req.input;
+        let _p = self.admit(footprint::LIST, "proxy.list").await?;
+        let mut q: Vec<(&str, String)> = vec![("list-type", "2".into())];
+        push(&mut q, "prefix", i.prefix.as_ref());
+        push(&mut q, "delimiter", i.delimiter.as_ref());
+        push(&mut q, "continuation-token", i.continuation_token.as_ref());
+        push(&mut q, "start-after", i.start_after.as_ref());
+        push(
+            &mut q,
+            "max-keys",
+            i.max_keys.map(|m| m.to_string()).as_ref(),
+        );
+        let body = self.up.xml(Method::GET, Some(&i.bucket), &q).await?;
+        let contents = objects(&body)?;
+        let prefixes = common_prefixes(&body)?;
+        let key_count = (contents.len() + prefixes.len()) as i32;
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(i.bucket),
+            prefix: i.prefix,
+            delimiter: i.delimiter,
+            max_keys: Some(i.max_keys.unwrap_or(1000)),
+            key_count: Some(key_count),
+            continuation_token: i.continuation_token,
+            start_after: i.start_after,
+            is_truncated: Some(xml::text(&body, "IsTruncated").as_deref() == Some("true")),
+            next_continuation_token: xml::text(&body, "NextContinuationToken"),
+            contents: Some(contents),
+            common_prefixes: Some(prefixes),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let i = req.input;
+        let _p = self.admit(footprint::LIST, "proxy.list").await?;
+        let mut q: Vec<(&str, String)> = Vec::new();
+        push(&mut q, "prefix", i.prefix.as_ref());
+        push(&mut q, "delimiter", i.delimiter.as_ref());
+        push(&mut q, "marker", i.marker.as_ref());
+        push(
+            &mut q,
+            "max-keys",
+            i.max_keys.map(|m| m.to_string()).as_ref(),
+        );
+        let body = self.up.xml(Method::GET, Some(&i.bucket), &q).await?;
+        let contents = objects(&body)?;
+        let prefixes = common_prefixes(&body)?;
+        let truncated = xml::text(&body, "IsTruncated").as_deref() == Some("true");
+        // V1 names the next marker only with a delimiter; without one it is
+        // the last key, as S3's documentation tells clients.
+        let next_marker = xml::text(&body, "NextMarker").or_else(|| {
+            truncated
+                .then(|| contents.last().and_then(|o| o.key.clone()))
+                .flatten()
+        });
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(i.bucket),
+            prefix: i.prefix,
+            delimiter: i.delimiter,
+            marker: i.marker,
+            max_keys: Some(i.max_keys.unwrap_or(1000)),
+            is_truncated: Some(truncated),
+            next_marker,
+            contents: Some(contents),
+            common_prefixes: Some(prefixes),
+            ..Default::default()
+        }))
+    }
+}
+
+fn push<'a>(q: &mut Vec<(&'a str, String)>, name: &'a str, value: Option<&String>) {
+    if let Some(v) = value {
+        q.push((name, v.clone()));
+    }
+}
+
+/// The `<Contents>` of a listing, with plaintext sizes and client ETags.
+fn objects(body: &[u8]) -> S3Result<Vec<Object>> {
+    Ok(xml::records(body, "Contents")
+        .map_err(upstream_error)?
+        .iter()
+        .map(|r| {
+            let etag = xml::field(r, "ETag").unwrap_or_default().trim_matches('"');
+            let ct: u64 = xml::field(r, "Size")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            Object {
+                key: xml::field(r, "Key").map(str::to_string),
+                // An object this proxy did not write shows its own size.
+                size: Some(envelope::plaintext_len(ct, segments_of(etag)).unwrap_or(ct) as i64),
+                e_tag: Some(client_etag(etag)),
+                last_modified: xml::field(r, "LastModified")
+                    .and_then(|t| Timestamp::parse(TimestampFormat::DateTime, t).ok()),
+                storage_class: xml::field(r, "StorageClass").map(|s| s.to_string().into()),
+                ..Default::default()
+            }
+        })
+        .collect())
+}
+
+fn common_prefixes(body: &[u8]) -> S3Result<Vec<CommonPrefix>> {
+    Ok(xml::records(body, "CommonPrefixes")
+        .map_err(upstream_error)?
+        .iter()
+        .map(|r| CommonPrefix {
+            prefix: xml::field(r, "Prefix").map(str::to_string),
+        })
+        .collect())
+}
+
+/// A 404 from a HEAD (which has no body to name its error) as `code`.
+fn not_found_as(e: S3Error, code: S3ErrorCode) -> S3Error {
+    if e.status_code() == Some(http::StatusCode::NOT_FOUND) {
+        let mut n = S3Error::new(code);
+        n.set_status_code(http::StatusCode::NOT_FOUND);
+        n
+    } else {
+        e
+    }
+}
+
+trait InternalError {
+    fn internal_error_from(e: anyhow::Error) -> S3Error;
+}
+
+impl InternalError for S3Error {
+    fn internal_error_from(e: anyhow::Error) -> S3Error {
+        S3Error::with_message(S3ErrorCode::InternalError, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_are_marked_and_map_back() {
+        let e = client_etag("\"0123456789abcdef0123456789abcdef\"");
+        assert_eq!(e.value(), "0123456789abcdef0123456789abcdef-0");
+        assert_eq!(upstream_etag(&e), "0123456789abcdef0123456789abcdef");
+        assert_eq!(client_etag("abc-3").value(), "abc-3");
+        assert_eq!(segments_of("\"abc-3\""), 3);
+        assert_eq!(segments_of("abc"), 1);
+    }
+}
