@@ -172,6 +172,30 @@ fn objects_round_trip_through_the_proxy_and_only_ciphertext_lands_upstream() {
                 );
             }
         }
+        // The ETag a client is shown is the one it can send back: If-Match
+        // with it reads, with another one is refused.
+        let path = StorePath::from(objects[3].0.as_str());
+        let etag = s3.head(&path).await.unwrap().e_tag.unwrap();
+        let pinned = object_store::GetOptions {
+            if_match: Some(etag.clone()),
+            ..Default::default()
+        };
+        let got = s3
+            .get_opts(&path, pinned)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got == objects[3].1.as_slice());
+        let stale = object_store::GetOptions {
+            if_match: Some("\"0123456789abcdef0123456789abcdef-0\"".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            s3.get_opts(&path, stale).await,
+            Err(object_store::Error::Precondition { .. })
+        ));
         // The listing shows plaintext sizes, from one request.
         use futures::TryStreamExt;
         let listed: Vec<_> = s3

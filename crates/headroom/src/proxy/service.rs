@@ -138,6 +138,21 @@ fn condition(c: &ETagCondition) -> String {
     }
 }
 
+/// `If-Match` / `If-None-Match` for the upstream, translated.
+fn conditions(
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<HeaderMap> {
+    let mut h = HeaderMap::new();
+    for (name, c) in [("if-match", if_match), ("if-none-match", if_none_match)] {
+        if let Some(c) = c {
+            let (n, v) = header(name, &condition(c))?;
+            h.insert(n, v);
+        }
+    }
+    Ok(h)
+}
+
 /// Segments of an upstream object: its ETag's part count, else 1.
 fn segments_of(etag: &str) -> u64 {
     etag.trim_matches('"')
@@ -158,6 +173,22 @@ fn meta_header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a 
 }
 
 impl Proxy {
+    /// A bodiless request that holds no data (a HEAD, a DELETE, a bucket
+    /// operation), admitted as such.
+    async fn small(
+        &self,
+        method: Method,
+        bucket: &str,
+        key: Option<&str>,
+        headers: HeaderMap,
+        tag: &'static str,
+    ) -> S3Result<reqwest::Response> {
+        let _p = self.admit(footprint::SMALL, tag).await?;
+        self.up
+            .send(method, Some(bucket), key, &[], headers, None)
+            .await
+    }
+
     /// Unwraps an upstream object's data key from its metadata; an object
     /// this proxy did not write is an error, never served as it is.
     fn envelope_of(&self, h: &reqwest::header::HeaderMap) -> S3Result<EnvelopeMeta> {
@@ -533,17 +564,14 @@ impl S3 for Proxy {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
-        let _p = self.admit(footprint::SMALL, "proxy.bucket").await?;
-        self.up
-            .send(
-                Method::PUT,
-                Some(&req.input.bucket),
-                None,
-                &[],
-                HeaderMap::new(),
-                None,
-            )
-            .await?;
+        self.small(
+            Method::PUT,
+            &req.input.bucket,
+            None,
+            HeaderMap::new(),
+            "proxy.bucket",
+        )
+        .await?;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{}", req.input.bucket)),
         }))
@@ -553,18 +581,15 @@ impl S3 for Proxy {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        let _p = self.admit(footprint::SMALL, "proxy.bucket").await?;
-        self.up
-            .send(
-                Method::HEAD,
-                Some(&req.input.bucket),
-                None,
-                &[],
-                HeaderMap::new(),
-                None,
-            )
-            .await
-            .map_err(|e| not_found_as(e, S3ErrorCode::NoSuchBucket))?;
+        self.small(
+            Method::HEAD,
+            &req.input.bucket,
+            None,
+            HeaderMap::new(),
+            "proxy.bucket",
+        )
+        .await
+        .map_err(|e| not_found_as(e, S3ErrorCode::NoSuchBucket))?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
@@ -572,17 +597,14 @@ impl S3 for Proxy {
         &self,
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
-        let _p = self.admit(footprint::SMALL, "proxy.bucket").await?;
-        self.up
-            .send(
-                Method::DELETE,
-                Some(&req.input.bucket),
-                None,
-                &[],
-                HeaderMap::new(),
-                None,
-            )
-            .await?;
+        self.small(
+            Method::DELETE,
+            &req.input.bucket,
+            None,
+            HeaderMap::new(),
+            "proxy.bucket",
+        )
+        .await?;
         Ok(S3Response::new(DeleteBucketOutput::default()))
     }
 
@@ -607,14 +629,10 @@ impl S3 for Proxy {
         let permit = Arc::new(self.admit(footprint::PUT, "proxy.put").await?);
         let (mut headers, env) =
             self.new_object_headers(input.metadata.as_ref(), input.content_type.as_deref())?;
-        if let Some(c) = &input.if_none_match {
-            let (n, v) = header("if-none-match", &condition(c))?;
-            headers.insert(n, v);
-        }
-        if let Some(c) = &input.if_match {
-            let (n, v) = header("if-match", &condition(c))?;
-            headers.insert(n, v);
-        }
+        headers.extend(conditions(
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+        )?);
         let sealer = Sealer::new(
             &env.data_key,
             SegmentId {
@@ -663,25 +681,14 @@ impl S3 for Proxy {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let _p = self.admit(footprint::SMALL, "proxy.head").await?;
-        let mut headers = HeaderMap::new();
-        if let Some(c) = &input.if_match {
-            let (n, v) = header("if-match", &condition(c))?;
-            headers.insert(n, v);
-        }
-        if let Some(c) = &input.if_none_match {
-            let (n, v) = header("if-none-match", &condition(c))?;
-            headers.insert(n, v);
-        }
+        let headers = conditions(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let r = self
-            .up
-            .send(
+            .small(
                 Method::HEAD,
-                Some(&input.bucket),
+                &input.bucket,
                 Some(&input.key),
-                &[],
                 headers,
-                None,
+                "proxy.head",
             )
             .await?;
         let h = r.headers();
@@ -715,15 +722,7 @@ impl S3 for Proxy {
             ));
         }
         let permit = self.admit(footprint::GET, "proxy.get").await?;
-        let mut headers = HeaderMap::new();
-        if let Some(c) = &input.if_match {
-            let (n, v) = header("if-match", &condition(c))?;
-            headers.insert(n, v);
-        }
-        if let Some(c) = &input.if_none_match {
-            let (n, v) = header("if-none-match", &condition(c))?;
-            headers.insert(n, v);
-        }
+        let headers = conditions(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
         // The segment header and the object's length first when a range
         // is asked for: they say which frames it needs.
@@ -852,7 +851,14 @@ impl S3 for Proxy {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        let _p = self.admit(footprint::SMALL, "proxy.delete").await?;
+        self.small(
+            Method::DELETE,
+            &req.input.bucket,
+            Some(&req.input.key),
+            HeaderMap::new(),
+            "proxy.delete",
+        )
+        .await?;
         self.up
             .send(
                 Method::DELETE,

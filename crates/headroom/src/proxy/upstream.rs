@@ -156,8 +156,13 @@ impl Upstream {
             .send()
             .await
             .map_err(|e| upstream_error(format!("the upstream did not answer: {e}")))?;
-        if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+        if response.status().is_success() {
             return Ok(response);
+        }
+        if response.status() == StatusCode::NOT_MODIFIED {
+            let mut e = S3Error::new(S3ErrorCode::NotModified);
+            e.set_status_code(StatusCode::NOT_MODIFIED);
+            return Err(e);
         }
         Err(error_from(response).await)
     }
