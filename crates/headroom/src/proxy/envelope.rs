@@ -8,18 +8,24 @@
 //! * The ciphertext of a single PUT, and of every part of a multipart
 //!   upload, is a **segment**: a 32-byte header, then frames.
 //!   ```text
-//!   header: "HRE1" | log2(frame size) | 0 0 0 | salt (24 random bytes)
+//!   header: "HRE1" | log2(frame size) | 0 0 0 | plaintext length (u64) | part number (u32) | salt (12 random bytes)
 //!   frame:  AES-256-GCM(plaintext of FRAME bytes, the last one shorter) | tag (16)
 //!   ```
 //! * Each segment's frames are sealed under their own key,
 //!   `HKDF-SHA256(salt, data key, "headroom proxy v1 segment" | object id |
-//!   part number)`, with nonce `0u32 | frame index (u64, big-endian)` and
+//!   part number | plaintext length)` (so the length in the header is
+//!   authenticated too: a changed one gives another key, and every frame
+//!   fails), with nonce `0u32 | frame index (u64, big-endian)` and
 //!   associated data `"HRE1" | object id | part number | frame index |
 //!   final flag`. So a frame cannot move to another index (nonce and AAD),
 //!   another part (key and AAD) or another object (data key and AAD); the
 //!   last frame says it is last, so a cut-off segment fails; and a part sent
 //!   again gets a fresh salt, hence a fresh key: a nonce is never used twice
 //!   under one key, whatever the client re-sends.
+//! * A reader finds the segments of a multipart object from their
+//!   headers alone: each says how long it is and which part it is (both
+//!   authenticated through the key), and the parts must come in
+//!   increasing order.
 //! * A segment of `n` plaintext bytes has `max(1, ceil(n / FRAME))` frames
 //!   (an empty one has one empty final frame), so its length is known before
 //!   a byte is read: [`segment_len`]. The inverse, [`plaintext_len`], gives
@@ -118,12 +124,13 @@ pub struct SegmentId {
     pub part: u32,
 }
 
-fn segment_key(data_key: &[u8; 32], salt: &[u8], id: SegmentId) -> LessSafeKey {
+fn segment_key(data_key: &[u8; 32], salt: &[u8], id: SegmentId, len: u64) -> LessSafeKey {
     use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
-    let mut info = Vec::with_capacity(32 + OBJECT_ID + 4);
+    let mut info = Vec::with_capacity(32 + OBJECT_ID + 4 + 8);
     info.extend_from_slice(b"headroom proxy v1 segment");
     info.extend_from_slice(&id.object);
     info.extend_from_slice(&id.part.to_be_bytes());
+    info.extend_from_slice(&len.to_be_bytes());
     let prk = Salt::new(HKDF_SHA256, salt).extract(data_key);
     let mut key = [0u8; 32];
     let info = [info.as_slice()];
@@ -165,9 +172,11 @@ impl Sealer {
         let mut header = [0u8; HEADER as usize];
         header[..4].copy_from_slice(MAGIC);
         header[4] = FRAME.trailing_zeros() as u8;
-        aws_lc_rs::rand::fill(&mut header[8..]).expect("random bytes");
+        header[8..16].copy_from_slice(&len.to_be_bytes());
+        header[16..20].copy_from_slice(&id.part.to_be_bytes());
+        aws_lc_rs::rand::fill(&mut header[20..]).expect("random bytes");
         Sealer {
-            key: segment_key(data_key, &header[8..], id),
+            key: segment_key(data_key, &header[20..], id, len),
             id,
             remaining: len,
             index: 0,
@@ -220,45 +229,48 @@ impl Sealer {
 pub struct Opener {
     key: LessSafeKey,
     id: SegmentId,
+    plaintext: u64,
     /// Frames in the segment.
     frames: u64,
     index: u64,
 }
 
 impl Opener {
-    /// From a segment's `header`; `plaintext` is the segment's plaintext
-    /// length, `first` the first frame that will be opened.
+    /// From a segment's `header` in object `object`, opening from frame
+    /// `first` on.
     pub fn new(
         data_key: &[u8; 32],
-        id: SegmentId,
+        object: [u8; OBJECT_ID],
         header: &[u8],
-        plaintext: u64,
         first: u64,
     ) -> Result<Self, EnvelopeError> {
-        if header.len() != HEADER as usize || &header[..4] != MAGIC {
-            return Err(err("not a headroom-encrypted segment (bad header)"));
-        }
-        if u64::from(header[4]) != u64::from(FRAME.trailing_zeros()) {
-            return Err(err(format!(
-                "the segment uses frames of 2^{} bytes; this headroom reads 2^{}",
-                header[4],
-                FRAME.trailing_zeros()
-            )));
-        }
+        let (plaintext, part) = read_header(header)?;
+        let id = SegmentId { object, part };
         Ok(Opener {
-            key: segment_key(data_key, &header[8..], id),
+            key: segment_key(data_key, &header[20..], id, plaintext),
             id,
+            plaintext,
             frames: frames(plaintext),
             index: first,
         })
     }
 
+    /// The segment's plaintext length, as its header says.
+    pub fn plaintext(&self) -> u64 {
+        self.plaintext
+    }
+
+    /// The part the segment is (0: a single PUT).
+    pub fn part(&self) -> u32 {
+        self.id.part
+    }
+
     /// Ciphertext bytes of the next frame.
-    pub fn next_frame_len(&self, plaintext: u64) -> usize {
+    pub fn next_frame_len(&self) -> usize {
         if self.index + 1 < self.frames {
             (FRAME + TAG) as usize
         } else {
-            (plaintext - (self.frames - 1) * FRAME + TAG) as usize
+            (self.plaintext - (self.frames - 1) * FRAME + TAG) as usize
         }
     }
 
@@ -291,6 +303,25 @@ impl Opener {
         self.index += 1;
         Ok(plain.len())
     }
+}
+
+/// The plaintext length and part number a segment header states (not yet
+/// authenticated: the frames are, under a key derived from both).
+pub fn read_header(header: &[u8]) -> Result<(u64, u32), EnvelopeError> {
+    if header.len() != HEADER as usize || &header[..4] != MAGIC {
+        return Err(err("not a headroom-encrypted segment (bad header)"));
+    }
+    if u64::from(header[4]) != u64::from(FRAME.trailing_zeros()) {
+        return Err(err(format!(
+            "the segment uses frames of 2^{} bytes; this headroom reads 2^{}",
+            header[4],
+            FRAME.trailing_zeros()
+        )));
+    }
+    Ok((
+        u64::from_be_bytes(header[8..16].try_into().expect("8 bytes")),
+        u32::from_be_bytes(header[16..20].try_into().expect("4 bytes")),
+    ))
 }
 
 /// Which frames and ciphertext bytes of a segment of `plaintext` bytes a
@@ -335,12 +366,14 @@ mod tests {
     }
 
     fn open_all(key: &[u8; 32], id: SegmentId, ct: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
-        let n = plaintext_len(ct.len() as u64, 1).ok_or_else(|| err("bad length"))?;
-        let mut o = Opener::new(key, id, &ct[..HEADER as usize], n, 0)?;
+        let mut o = Opener::new(key, id.object, &ct[..HEADER as usize], 0)?;
+        if segment_len(o.plaintext()) != ct.len() as u64 || o.part() != id.part {
+            return Err(err("bad length"));
+        }
         let mut at = HEADER as usize;
         let mut out = Vec::new();
         while !o.done() {
-            let len = o.next_frame_len(n);
+            let len = o.next_frame_len();
             let mut frame = ct[at..at + len].to_vec();
             let p = o.open(&mut frame)?;
             out.extend_from_slice(&frame[..p]);
@@ -403,7 +436,15 @@ mod tests {
         // A part sent again: a fresh salt, so a fresh key and no nonce
         // reuse; its frames do not open under the first one's header.
         let again = seal_all(&key, ID, &data);
-        assert_ne!(ct[8..h], again[8..h], "a fresh salt per segment");
+        assert_ne!(ct[20..h], again[20..h], "a fresh salt per segment");
+        // A header claiming another part: another key, nothing opens.
+        let mut moved = ct.clone();
+        moved[19] ^= 1;
+        assert!(open_all(&key, SegmentId { part: 2, ..ID }, &moved).is_err());
+        // A header claiming another length: another key, nothing opens.
+        let mut longer = ct.clone();
+        longer[15] ^= 1;
+        assert!(open_all(&key, ID, &longer).is_err());
         let mut mixed = again.clone();
         mixed[..h].copy_from_slice(&ct[..h]);
         assert!(open_all(&key, ID, &mixed).is_err());

@@ -172,7 +172,114 @@ fn meta_header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a 
         .and_then(|v| v.to_str().ok())
 }
 
+/// An upstream read set up for a GET.
+struct Read {
+    response: reqwest::Response,
+    /// The object's plaintext length.
+    plaintext: u64,
+    /// The plaintext range asked for, if one was.
+    range: Option<std::ops::Range<u64>>,
+    /// The header of the segment the response starts inside of, and the
+    /// frame it starts at; `None` when the response starts at a header.
+    opener: Option<([u8; HEADER as usize], u64)>,
+    /// Plaintext bytes to drop from the first frame.
+    skip: usize,
+}
+
 impl Proxy {
+    /// A segment header at ciphertext offset `at` of the version `etag`
+    /// (the first one, at 0, also gives the object's headers).
+    async fn header_at(
+        &self,
+        bucket: &str,
+        key: &str,
+        at: u64,
+        headers: HeaderMap,
+    ) -> S3Result<(reqwest::header::HeaderMap, [u8; HEADER as usize])> {
+        let mut h = headers;
+        let (n, v) = header("range", &format!("bytes={at}-{}", at + HEADER - 1))?;
+        h.insert(n, v);
+        let r = self
+            .up
+            .send(Method::GET, Some(bucket), Some(key), &[], h, None)
+            .await?;
+        let kept = r.headers().clone();
+        let bytes = super::upstream::read_bounded(r, HEADER as usize).await?;
+        let header: [u8; HEADER as usize] = bytes.try_into().map_err(|_| {
+            bad(
+                S3ErrorCode::InvalidObjectState,
+                "the stored object is shorter than a segment header",
+            )
+        })?;
+        Ok((kept, header))
+    }
+
+    /// Sets up a ranged GET: the first header (and the object's length and
+    /// metadata), the segment the range starts in (walking the headers of
+    /// a multipart object), then the ciphertext from the first frame
+    /// needed, of the very version the first header came from.
+    async fn ranged(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: HeaderMap,
+        range: &Range,
+    ) -> S3Result<Read> {
+        let (first, mut segment) = self.header_at(bucket, key, 0, headers).await?;
+        let etag = etag_header(&first).unwrap_or_default();
+        let ct = range_total(&first)
+            .or_else(|| content_length(&first))
+            .unwrap_or(0);
+        let plaintext = object_plaintext(ct, &etag)?;
+        let wanted = range
+            .check(plaintext)
+            .map_err(|_| S3Error::new(S3ErrorCode::InvalidRange))?;
+        let mut pin = HeaderMap::new();
+        let (n, v) = header("if-match", &format!("\"{etag}\""))?;
+        pin.insert(n, v);
+        let (mut segment_at, mut segment_start) = (0u64, 0u64);
+        loop {
+            let (n, _) = envelope::read_header(&segment)
+                .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e.to_string()))?;
+            if wanted.start < segment_start + n || segment_at + envelope::segment_len(n) >= ct {
+                let local = wanted.start - segment_start..(wanted.end - segment_start).min(n);
+                let (frame, bytes, skip) = envelope::frames_for(n, local);
+                let end = if wanted.end - segment_start <= n {
+                    segment_at + bytes.end
+                } else {
+                    ct
+                };
+                let mut h = pin.clone();
+                let (hn, hv) = header(
+                    "range",
+                    &format!("bytes={}-{}", segment_at + bytes.start, end - 1),
+                )?;
+                h.insert(hn, hv);
+                let r = self
+                    .up
+                    .send(Method::GET, Some(bucket), Some(key), &[], h, None)
+                    .await?;
+                // The envelope metadata is read from the first answer's
+                // headers, the same version (If-Match).
+                let mut response = r;
+                *response.headers_mut() = first;
+                return Ok(Read {
+                    response,
+                    plaintext,
+                    range: Some(wanted),
+                    opener: Some((segment, frame)),
+                    skip: skip as usize,
+                });
+            }
+            segment_at += envelope::segment_len(n);
+            segment_start += n;
+            segment = self
+                .header_at(bucket, key, segment_at, pin.clone())
+                .await?
+                .1;
+        }
+    }
+
     /// A bodiless request that holds no data (a HEAD, a DELETE, a bucket
     /// operation), admitted as such.
     async fn small(
@@ -321,19 +428,13 @@ fn range_total(h: &reqwest::header::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The plaintext length of an upstream object of `ct` bytes with `etag`;
-/// a multipart object is not yet readable through this proxy version.
-fn single_segment_plaintext(ct: u64, etag: &str) -> S3Result<u64> {
-    if segments_of(etag) > 1 {
-        return Err(bad(
-            S3ErrorCode::NotImplemented,
-            "multipart objects are not yet served by this proxy version",
-        ));
-    }
-    envelope::plaintext_len(ct, 1).ok_or_else(|| {
+/// The plaintext length of an upstream object of `ct` bytes with `etag`
+/// (whose `-N` says how many segments it has).
+fn object_plaintext(ct: u64, etag: &str) -> S3Result<u64> {
+    envelope::plaintext_len(ct, segments_of(etag)).ok_or_else(|| {
         bad(
             S3ErrorCode::InvalidObjectState,
-            format!("the stored object's length ({ct}) is not that of an encrypted segment"),
+            format!("the stored object's length ({ct}) is not that of an encrypted object"),
         )
     })
 }
@@ -457,17 +558,53 @@ impl Stream for SealStream {
 }
 
 /// The plaintext of a GET, opened frame by frame from the upstream's
-/// ciphertext: a frame is released only once its tag verified.
+/// ciphertext: a frame is released only once its tag verified. A
+/// multipart object is a run of segments; each segment's header says its
+/// length and part, and the parts must increase.
 struct OpenStream {
     upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send + Sync>>,
-    opener: Opener,
-    plaintext: u64,
+    data_key: [u8; 32],
+    object: [u8; envelope::OBJECT_ID],
+    /// The segment being read; `None` when a header comes next.
+    opener: Option<Opener>,
+    /// The part of the last segment begun.
+    last_part: Option<u32>,
     /// Plaintext bytes to drop from the first frame, and to send in all.
     skip: usize,
     left: u64,
     buf: BytesMut,
     stats: Arc<super::metrics::Stats>,
     _permit: Permit,
+}
+
+impl OpenStream {
+    /// Reads into `buf` until it holds `n` bytes.
+    fn fill(&mut self, cx: &mut Context<'_>, n: usize) -> Poll<Result<(), std::io::Error>> {
+        while self.buf.len() < n {
+            match self.upstream.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(b))) => self.buf.extend_from_slice(&b),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(std::io::Error::other(format!(
+                        "reading the stored object: {e}"
+                    ))));
+                }
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(std::io::Error::other(
+                        "the stored object ended early",
+                    )));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn failed(&mut self, e: impl std::fmt::Display) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        tracing::error!("{e}");
+        self.stats.tampered();
+        self.left = 0;
+        Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+    }
 }
 
 impl Stream for OpenStream {
@@ -478,30 +615,39 @@ impl Stream for OpenStream {
         if this.left == 0 {
             return Poll::Ready(None);
         }
-        if this.opener.done() {
-            return Poll::Ready(Some(Err(std::io::Error::other(
-                "the stored object ended early",
-            ))));
-        }
-        let want = this.opener.next_frame_len(this.plaintext);
-        while this.buf.len() < want {
-            match this.upstream.as_mut().poll_next(cx) {
+        if this.opener.as_ref().is_none_or(Opener::done) {
+            match this.fill(cx, HEADER as usize) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(b))) => this.buf.extend_from_slice(&b),
-                Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Some(Err(std::io::Error::other(format!(
-                        "reading the stored object: {e}"
-                    )))));
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Ok(())) => {}
+            }
+            let header = this.buf.split_to(HEADER as usize);
+            match Opener::new(&this.data_key, this.object, &header, 0) {
+                Ok(o)
+                    if this.last_part.is_some_and(|p| o.part() <= p)
+                        || (o.part() == 0 && this.last_part.is_some()) =>
+                {
+                    return this.failed(format!(
+                        "part {} follows part {:?}: the stored object's parts were reordered",
+                        o.part(),
+                        this.last_part
+                    ));
                 }
-                Poll::Ready(None) => {
-                    return Poll::Ready(Some(Err(std::io::Error::other(
-                        "the stored object ended early",
-                    ))));
+                Ok(o) => {
+                    this.last_part = Some(o.part());
+                    this.opener = Some(o);
                 }
+                Err(e) => return this.failed(e),
             }
         }
+        let want = this.opener.as_ref().expect("set above").next_frame_len();
+        match this.fill(cx, want) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {}
+        }
         let mut frame = this.buf.split_to(want);
-        match this.opener.open(&mut frame) {
+        match this.opener.as_mut().expect("set above").open(&mut frame) {
             Ok(n) => {
                 frame.truncate(n);
                 let _ = frame.split_to(this.skip.min(n));
@@ -511,12 +657,7 @@ impl Stream for OpenStream {
                 this.stats.bytes_out(frame.len() as u64);
                 Poll::Ready(Some(Ok(frame.freeze())))
             }
-            Err(e) => {
-                tracing::error!("{e}");
-                this.stats.tampered();
-                this.left = 0;
-                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
-            }
+            Err(e) => this.failed(e),
         }
     }
 }
@@ -695,7 +836,7 @@ impl S3 for Proxy {
         self.envelope_of(h)?;
         let etag = etag_header(h).unwrap_or_default();
         let ct = content_length(h).unwrap_or(0);
-        let plaintext = single_segment_plaintext(ct, &etag)?;
+        let plaintext = object_plaintext(ct, &etag)?;
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(plaintext as i64),
             e_tag: Some(client_etag(&etag)),
@@ -724,9 +865,7 @@ impl S3 for Proxy {
         let permit = self.admit(footprint::GET, "proxy.get").await?;
         let headers = conditions(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
-        // The segment header and the object's length first when a range
-        // is asked for: they say which frames it needs.
-        let (response, plaintext, range, first_frame, skip, header_bytes) = match &input.range {
+        let read = match &input.range {
             None => {
                 let r = self
                     .up
@@ -734,96 +873,37 @@ impl S3 for Proxy {
                     .await?;
                 let etag = etag_header(r.headers()).unwrap_or_default();
                 let ct = content_length(r.headers()).unwrap_or(0);
-                let plaintext = single_segment_plaintext(ct, &etag)?;
-                (r, plaintext, None, 0, 0, None)
-            }
-            Some(range) => {
-                let mut h = headers.clone();
-                let (n, v) = header("range", &format!("bytes=0-{}", HEADER - 1))?;
-                h.insert(n, v);
-                let head = self
-                    .up
-                    .send(Method::GET, Some(bucket), Some(key), &[], h, None)
-                    .await?;
-                let etag = etag_header(head.headers()).unwrap_or_default();
-                let ct = range_total(head.headers())
-                    .or_else(|| content_length(head.headers()))
-                    .unwrap_or(0);
-                let plaintext = single_segment_plaintext(ct, &etag)?;
-                let wanted = range
-                    .check(plaintext)
-                    .map_err(|_| S3Error::new(S3ErrorCode::InvalidRange))?;
-                let env_headers = head.headers().clone();
-                let header_bytes = super::upstream::read_bounded(head, HEADER as usize).await?;
-                let (first, bytes, skip) = envelope::frames_for(plaintext, wanted.clone());
-                // The frames of the very version whose header was read.
-                let mut h = HeaderMap::new();
-                let (n, v) = header("range", &format!("bytes={}-{}", bytes.start, bytes.end - 1))?;
-                h.insert(n, v);
-                let (n, v) = header("if-match", &format!("\"{etag}\""))?;
-                h.insert(n, v);
-                let r = self
-                    .up
-                    .send(Method::GET, Some(bucket), Some(key), &[], h, None)
-                    .await?;
-                let _ = env_headers;
-                (
-                    r,
+                let plaintext = object_plaintext(ct, &etag)?;
+                Read {
+                    response: r,
                     plaintext,
-                    Some(wanted),
-                    first,
-                    skip as usize,
-                    Some(header_bytes),
-                )
+                    range: None,
+                    opener: None,
+                    skip: 0,
+                }
             }
+            Some(range) => self.ranged(bucket, key, headers, range).await?,
         };
-        let h = response.headers().clone();
+        let h = read.response.headers().clone();
         let env = self.envelope_of(&h)?;
         let etag = etag_header(&h).unwrap_or_default();
-        let mut upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send + Sync>> =
-            Box::pin(response.bytes_stream());
-        let header_bytes = match header_bytes {
-            Some(b) => b,
-            None => {
-                // A whole-object read: the header is the stream's start.
-                let mut b = Vec::with_capacity(HEADER as usize);
-                let mut rest = Bytes::new();
-                while b.len() < HEADER as usize {
-                    match upstream.next().await {
-                        Some(Ok(chunk)) => {
-                            let take = (HEADER as usize - b.len()).min(chunk.len());
-                            b.extend_from_slice(&chunk[..take]);
-                            rest = chunk.slice(take..);
-                        }
-                        Some(Err(e)) => {
-                            return Err(upstream_error(format!("reading the stored object: {e}")));
-                        }
-                        None => return Err(upstream_error("the stored object ended early".into())),
-                    }
-                }
-                if !rest.is_empty() {
-                    upstream = Box::pin(futures::stream::iter([Ok(rest)]).chain(upstream));
-                }
-                b
-            }
+        let plaintext = read.plaintext;
+        let len = read.range.as_ref().map_or(plaintext, |r| r.end - r.start);
+        let opener = match read.opener {
+            // The first header, read before the data key was known.
+            Some(header) => Some(
+                Opener::new(&env.data_key, env.object, &header.0, header.1)
+                    .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e.to_string()))?,
+            ),
+            None => None,
         };
-        let opener = Opener::new(
-            &env.data_key,
-            SegmentId {
-                object: env.object,
-                part: 0,
-            },
-            &header_bytes,
-            plaintext,
-            first_frame,
-        )
-        .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e.to_string()))?;
-        let len = range.as_ref().map_or(plaintext, |r| r.end - r.start);
         let stream = OpenStream {
-            upstream,
+            upstream: Box::pin(read.response.bytes_stream()),
+            data_key: env.data_key,
+            object: env.object,
+            last_part: opener.as_ref().map(Opener::part),
             opener,
-            plaintext,
-            skip,
+            skip: read.skip,
             left: len,
             buf: BytesMut::new(),
             stats: self.stats.clone(),
@@ -832,7 +912,8 @@ impl S3 for Proxy {
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(stream)),
             content_length: Some(len as i64),
-            content_range: range
+            content_range: read
+                .range
                 .as_ref()
                 .map(|r| format!("bytes {}-{}/{plaintext}", r.start, r.end - 1)),
             e_tag: Some(client_etag(&etag)),
