@@ -13,6 +13,9 @@
 //! marker (what S3 consoles create for an empty folder), or a key s3s-fs
 //! cannot hold as a file (`..`, control characters).
 //!
+//! ListObjectsV2 entries carry the object's ETag, as S3's do (s3s-fs
+//! leaves it out): a multipart object's `"MD5-N"`, a single PUT's MD5.
+//!
 //! `If-Match` on a GET is checked as S3 does (412 when the object's ETag
 //! differs; s3s-fs itself ignores it). A file at `DIR/.next/BUCKET/KEY`
 //! replaces object KEY right after the first GET of it has been answered
@@ -229,15 +232,18 @@ fn list_prefix(req: &http::Request<Incoming>) -> Option<(String, String)> {
     Some((bucket, prefix))
 }
 
-/// Adds `markers` (`bucket/key/`) to a ListObjectsV2 answer.
+/// Adds each entry's ETag and `markers` (`bucket/key/`) to a
+/// ListObjectsV2 answer.
 async fn add_to_listing(
     resp: Response,
+    root: &std::path::Path,
     bucket: &str,
     markers: &[&String],
 ) -> Result<Response, BoxError> {
     let (parts, mut body) = resp.into_parts();
     let xml = body.store_all_limited(16 << 20).await?;
-    let mut xml = String::from_utf8(xml.to_vec())?;
+    let xml = String::from_utf8(xml.to_vec())?;
+    let mut xml = with_etags(&xml, root, bucket);
     let mut extra = String::new();
     for m in markers {
         let key = xml_escape(m.strip_prefix(&format!("{bucket}/")).unwrap_or(m));
@@ -255,6 +261,31 @@ async fn add_to_listing(
     let mut parts = parts;
     parts.headers.remove(http::header::CONTENT_LENGTH);
     Ok(http::Response::from_parts(parts, s3s::Body::from(xml)))
+}
+
+/// `xml` with an `<ETag>` in every `<Contents>` that has none.
+fn with_etags(xml: &str, root: &std::path::Path, bucket: &str) -> String {
+    let mut out = String::with_capacity(xml.len() + xml.len() / 4);
+    let mut rest = xml;
+    while let Some(start) = rest.find("<Contents>") {
+        let Some(len) = rest[start..].find("</Contents>") else {
+            break;
+        };
+        let entry = &rest[start..start + len];
+        out.push_str(&rest[..start + len]);
+        if !entry.contains("<ETag>")
+            && let Some(k) = entry
+                .split_once("<Key>")
+                .and_then(|(_, k)| k.split_once("</Key>"))
+            && let Ok(key) = quick_xml::escape::unescape(k.0)
+            && let Some(etag) = object_etag(root, &root.join(bucket).join(key.as_ref()))
+        {
+            out.push_str(&format!("<ETag>&quot;{etag}&quot;</ETag>"));
+        }
+        rest = &rest[start + len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `s` as XML text: markup characters and control characters as
@@ -378,9 +409,7 @@ async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Result<Respo
             .iter()
             .filter(|m| m.starts_with(&format!("{bucket}/{prefix}")))
             .collect();
-        if !markers.is_empty() {
-            return add_to_listing(answer?, &bucket, &markers).await;
-        }
+        return add_to_listing(answer?, &state.root, &bucket, &markers).await;
     }
     if let Some(file) = object
         && let Ok(rel) = file.strip_prefix(&state.root)

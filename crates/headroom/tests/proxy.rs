@@ -285,17 +285,17 @@ fn bad_credentials_and_unsupported_operations_are_refused() {
             e.contains("SignatureDoesNotMatch") || e.contains("403"),
             "{e}"
         );
-        // Multipart uploads are not served by this version: refused, and
-        // nothing is stored in plaintext.
-        let mut upload = s3
-            .put_multipart(&StorePath::from("big"))
+        // Server-side copies are not served by this version: refused,
+        // never done on ciphertext by the upstream.
+        s3.put(&StorePath::from("src"), vec![1u8; 10].into())
             .await
-            .map(Some)
-            .unwrap_or(None);
-        if let Some(u) = upload.as_mut() {
-            let _ = u.put_part(vec![7u8; 6 << 20].into()).await;
-            assert!(u.complete().await.is_err());
-        }
+            .unwrap();
+        let e = s3
+            .copy(&StorePath::from("src"), &StorePath::from("big"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NotImplemented") || e.contains("501"), "{e}");
     });
     for (path, _) in stored(upstream.root.path()) {
         assert!(
@@ -350,4 +350,73 @@ fn sha256(data: &[u8]) -> Vec<u8> {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
         .as_ref()
         .to_vec()
+}
+
+#[test]
+fn multipart_uploads_round_trip_and_odd_parts_are_refused_at_complete() {
+    let upstream = S3Server::start(Faults::default());
+    upstream.bucket("vault");
+    let proxy = start_proxy(&upstream, "64MiB");
+    let s3 = client(&proxy, "vault", CLIENT_SECRET);
+    const MIB: usize = 1 << 20;
+    let data = bytes(11 * MIB + 7, 21);
+    let path = StorePath::from("multi/big.bin");
+    rt().block_on(async {
+        let mut upload = s3.put_multipart(&path).await.unwrap();
+        for chunk in [
+            &data[..5 * MIB],
+            &data[5 * MIB..10 * MIB],
+            &data[10 * MIB..],
+        ] {
+            upload.put_part(chunk.to_vec().into()).await.unwrap();
+        }
+        upload.complete().await.unwrap();
+        let got = s3.get(&path).await.unwrap().bytes().await.unwrap();
+        assert!(
+            got == data.as_slice(),
+            "the multipart round trip changed the bytes"
+        );
+        assert_eq!(s3.head(&path).await.unwrap().size, data.len() as u64);
+        let n = data.len() as u64;
+        let m = MIB as u64;
+        for range in [0..10, 5 * m - 3..5 * m + 3, 3 * m..10 * m + 5, n - 2..n] {
+            let got = s3.get_range(&path, range.clone()).await.unwrap();
+            assert!(
+                got == data[range.start as usize..range.end as usize],
+                "{range:?}: wrong bytes"
+            );
+        }
+        use futures::TryStreamExt;
+        let listed: Vec<_> = s3
+            .list(Some(&StorePath::from("multi")))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(listed[0].size, n, "the listing shows the plaintext size");
+
+        // A first part that is not a whole number of 64 KiB frames: the
+        // listing could not tell the size, so Complete refuses it.
+        let odd = StorePath::from("multi/odd.bin");
+        let mut upload = s3.put_multipart(&odd).await.unwrap();
+        upload
+            .put_part(data[..5 * MIB + 1].to_vec().into())
+            .await
+            .unwrap();
+        upload
+            .put_part(data[5 * MIB + 1..].to_vec().into())
+            .await
+            .unwrap();
+        let e = upload.complete().await.unwrap_err().to_string();
+        assert!(e.contains("InvalidPart") && e.contains("64 KiB"), "{e}");
+        upload.abort().await.unwrap();
+        assert!(matches!(
+            s3.head(&odd).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+    });
+    assert!(
+        upstream.incomplete_uploads().is_empty(),
+        "{:?}",
+        upstream.incomplete_uploads()
+    );
 }

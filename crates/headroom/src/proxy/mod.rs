@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod keys;
 pub mod metrics;
 pub mod service;
+pub mod uploads;
 pub mod upstream;
 mod xml;
 

@@ -23,8 +23,15 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::envelope::{self, FRAME, HEADER, Opener, Sealer, SegmentId, TAG};
 use super::keys::Keys;
+use super::uploads::UploadId;
 use super::upstream::{Body, Upstream, header, upstream_error};
 use super::xml;
+
+fn body_len(content_length: Option<i64>) -> S3Result<u64> {
+    content_length
+        .and_then(|l| u64::try_from(l).ok())
+        .ok_or_else(|| S3Error::new(S3ErrorCode::MissingContentLength))
+}
 
 /// How long a request waits for its bytes before it is told to slow down:
 /// long enough for a request in flight to finish a frame or two and hand
@@ -277,6 +284,124 @@ impl Proxy {
                 .header_at(bucket, key, segment_at, pin.clone())
                 .await?
                 .1;
+        }
+    }
+
+    /// Reads a client's upload id.
+    fn upload_id(&self, s: &str) -> S3Result<Option<UploadId>> {
+        UploadId::decode(s, &self.keys).map_err(|e| bad(S3ErrorCode::NoSuchUpload, e))
+    }
+
+    /// Sends `body` (of `len` plaintext bytes) upstream sealed as
+    /// `segment`, frame by frame, holding `permit` until the body is sent.
+    /// A client body that fails (its signature, its length) is the error,
+    /// and the upstream request never completes.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_sealed(
+        &self,
+        bucket: &str,
+        key: &str,
+        query: &[(&str, String)],
+        headers: HeaderMap,
+        (body, len): (StreamingBlob, u64),
+        (data_key, segment): (&[u8; 32], SegmentId),
+        permit: Permit,
+    ) -> S3Result<reqwest::Response> {
+        let sealer = Sealer::new(data_key, segment, len);
+        let failure: BodyError = Arc::default();
+        let stream = SealStream {
+            body,
+            frame: BytesMut::with_capacity(sealer.next_frame_len()),
+            sealer,
+            pending: Bytes::new(),
+            failure: failure.clone(),
+            finished: false,
+            _permit: Arc::new(permit),
+        };
+        let sent = self
+            .up
+            .send(
+                Method::PUT,
+                Some(bucket),
+                Some(key),
+                query,
+                headers,
+                Some(Body {
+                    stream: reqwest::Body::wrap_stream(stream),
+                    len: envelope::segment_len(len),
+                }),
+            )
+            .await;
+        if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
+        let response = sent?;
+        self.stats.bytes_in(len);
+        Ok(response)
+    }
+
+    /// Refuses a Complete whose parts other than the last do not hold a
+    /// whole number of frames: a listing could not then tell the object's
+    /// plaintext size from its stored size. The sizes come from the
+    /// upstream's ListParts, a page at a time.
+    async fn check_part_sizes(
+        &self,
+        bucket: &str,
+        key: &str,
+        upstream: &str,
+        parts: &[CompletedPart],
+    ) -> S3Result<()> {
+        let last = parts
+            .iter()
+            .filter_map(|p| p.part_number)
+            .max()
+            .unwrap_or(0);
+        let mut marker: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> = vec![("uploadId", upstream.to_string())];
+            push(&mut q, "part-number-marker", marker.as_ref());
+            let r = self
+                .up
+                .send(
+                    Method::GET,
+                    Some(bucket),
+                    Some(key),
+                    &q,
+                    HeaderMap::new(),
+                    None,
+                )
+                .await?;
+            let answer = super::upstream::read_bounded(r, super::upstream::MAX_XML_BYTES).await?;
+            for r in xml::records(&answer, "Part").map_err(upstream_error)? {
+                let number: i32 = xml::field(&r, "PartNumber")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                if number == last || !parts.iter().any(|p| p.part_number == Some(number)) {
+                    continue;
+                }
+                let ct: u64 = xml::field(&r, "Size")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                match envelope::plaintext_len(ct, 1) {
+                    Some(n) if n % FRAME == 0 => {}
+                    n => {
+                        return Err(bad(
+                            S3ErrorCode::InvalidPart,
+                            format!(
+                                "part {number} holds {} bytes: through this proxy every part but the last must be a multiple of {} KiB (as 5 MiB and 8 MiB parts are)",
+                                n.unwrap_or(ct),
+                                FRAME >> 10
+                            ),
+                        ));
+                    }
+                }
+            }
+            match xml::text(&answer, "NextPartNumberMarker") {
+                Some(m) if xml::text(&answer, "IsTruncated").as_deref() == Some("true") => {
+                    marker = Some(m)
+                }
+                _ => return Ok(()),
+            }
         }
     }
 
@@ -754,10 +879,7 @@ impl S3 for Proxy {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
-        let len = input
-            .content_length
-            .and_then(|l| u64::try_from(l).ok())
-            .ok_or_else(|| S3Error::new(S3ErrorCode::MissingContentLength))?;
+        let len = body_len(input.content_length)?;
         if len > 5 << 30 {
             return Err(bad(
                 S3ErrorCode::EntityTooLarge,
@@ -767,52 +889,314 @@ impl S3 for Proxy {
         let body = input
             .body
             .ok_or_else(|| S3Error::new(S3ErrorCode::IncompleteBody))?;
-        let permit = Arc::new(self.admit(footprint::PUT, "proxy.put").await?);
+        let permit = self.admit(footprint::PUT, "proxy.put").await?;
         let (mut headers, env) =
             self.new_object_headers(input.metadata.as_ref(), input.content_type.as_deref())?;
         headers.extend(conditions(
             input.if_match.as_ref(),
             input.if_none_match.as_ref(),
         )?);
-        let sealer = Sealer::new(
-            &env.data_key,
-            SegmentId {
-                object: env.object,
-                part: 0,
-            },
-            len,
-        );
-        let failure: BodyError = Arc::default();
-        let stream = SealStream {
-            body,
-            frame: BytesMut::with_capacity(sealer.next_frame_len()),
-            sealer,
-            pending: Bytes::new(),
-            failure: failure.clone(),
-            finished: false,
-            _permit: permit,
+        let segment = SegmentId {
+            object: env.object,
+            part: 0,
         };
-        let sent = self
-            .up
-            .send(
-                Method::PUT,
-                Some(&input.bucket),
-                Some(&input.key),
+        let response = self
+            .send_sealed(
+                &input.bucket,
+                &input.key,
                 &[],
                 headers,
-                Some(Body {
-                    stream: reqwest::Body::wrap_stream(stream),
-                    len: envelope::segment_len(len),
-                }),
+                (body, len),
+                (&env.data_key, segment),
+                permit,
             )
-            .await;
-        if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(e);
-        }
-        let response = sent?;
-        self.stats.bytes_in(len);
+            .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: etag_header(response.headers()).map(|e| client_etag(&e)),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        let _p = self.admit(footprint::SMALL, "proxy.upload").await?;
+        let (headers, env) =
+            self.new_object_headers(input.metadata.as_ref(), input.content_type.as_deref())?;
+        let r = self
+            .up
+            .send(
+                Method::POST,
+                Some(&input.bucket),
+                Some(&input.key),
+                &[("uploads", String::new())],
+                headers,
+                None,
+            )
+            .await?;
+        let answer = super::upstream::read_bounded(r, 64 << 10).await?;
+        let upstream = xml::text(&answer, "UploadId")
+            .ok_or_else(|| upstream_error("no UploadId in the upstream's answer".into()))?;
+        let (kid, kek) = self.keys.current();
+        let id = UploadId {
+            upstream,
+            kid: kid.to_string(),
+            wrapped: envelope::wrap_key(kek, &env.data_key),
+            object: env.object,
+        };
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(id.encode(&self.keys)),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        let len = body_len(input.content_length)?;
+        if !(1..=10_000).contains(&input.part_number) {
+            return Err(bad(
+                S3ErrorCode::InvalidArgument,
+                "a part number is 1 to 10,000",
+            ));
+        }
+        let id = self.upload_id(&input.upload_id)?.ok_or_else(|| {
+            bad(
+                S3ErrorCode::NoSuchUpload,
+                "this upload id has no key: it was not started through this proxy",
+            )
+        })?;
+        let data_key = id
+            .data_key(&self.keys)
+            .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e))?;
+        let body = input
+            .body
+            .ok_or_else(|| S3Error::new(S3ErrorCode::IncompleteBody))?;
+        let permit = self.admit(footprint::PUT, "proxy.part").await?;
+        let part = input.part_number as u32;
+        let segment = SegmentId {
+            object: id.object,
+            part,
+        };
+        let query = [
+            ("partNumber", part.to_string()),
+            ("uploadId", id.upstream.clone()),
+        ];
+        let response = self
+            .send_sealed(
+                &input.bucket,
+                &input.key,
+                &query,
+                HeaderMap::new(),
+                (body, len),
+                (&data_key, segment),
+                permit,
+            )
+            .await?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: etag_header(response.headers()).map(|e| client_etag(&e)),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let _p = self.admit(footprint::LIST, "proxy.complete").await?;
+        let upstream = super::uploads::upstream_of(&input.upload_id, &self.keys)
+            .map_err(|e| bad(S3ErrorCode::NoSuchUpload, e))?;
+        let parts = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default();
+        if parts.is_empty() {
+            return Err(bad(
+                S3ErrorCode::MalformedXML,
+                "a Complete names at least one part",
+            ));
+        }
+        self.check_part_sizes(&input.bucket, &input.key, &upstream, &parts)
+            .await?;
+        let mut xml_body = String::from("<CompleteMultipartUpload>");
+        for p in &parts {
+            xml_body.push_str(&format!(
+                "<Part><PartNumber>{}</PartNumber><ETag>\"{}\"</ETag></Part>",
+                p.part_number.unwrap_or(0),
+                quick_xml::escape::escape(
+                    p.e_tag
+                        .as_ref()
+                        .map(upstream_etag)
+                        .unwrap_or_default()
+                        .as_str()
+                )
+            ));
+        }
+        xml_body.push_str("</CompleteMultipartUpload>");
+        let body = Bytes::from(xml_body);
+        let len = body.len() as u64;
+        let r = self
+            .up
+            .send(
+                Method::POST,
+                Some(&input.bucket),
+                Some(&input.key),
+                &[("uploadId", upstream)],
+                HeaderMap::new(),
+                Some(Body {
+                    stream: reqwest::Body::from(body),
+                    len,
+                }),
+            )
+            .await?;
+        let answer = super::upstream::read_bounded(r, 64 << 10).await?;
+        // S3 may answer 200 and still fail, with an <Error> body.
+        if let Some(code) = xml::text(&answer, "Code") {
+            let message = xml::text(&answer, "Message").unwrap_or_default();
+            let code =
+                S3ErrorCode::from_bytes(code.as_bytes()).unwrap_or(S3ErrorCode::InternalError);
+            return Err(S3Error::with_message(code, message));
+        }
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: xml::text(&answer, "ETag").map(|e| client_etag(&e)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        let upstream = super::uploads::upstream_of(&input.upload_id, &self.keys)
+            .map_err(|e| bad(S3ErrorCode::NoSuchUpload, e))?;
+        let _p = self.admit(footprint::SMALL, "proxy.upload").await?;
+        self.up
+            .send(
+                Method::DELETE,
+                Some(&input.bucket),
+                Some(&input.key),
+                &[("uploadId", upstream)],
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        let upstream = super::uploads::upstream_of(&input.upload_id, &self.keys)
+            .map_err(|e| bad(S3ErrorCode::NoSuchUpload, e))?;
+        let _p = self.admit(footprint::LIST, "proxy.list").await?;
+        let mut q: Vec<(&str, String)> = vec![("uploadId", upstream)];
+        push(
+            &mut q,
+            "max-parts",
+            input.max_parts.map(|m| m.to_string()).as_ref(),
+        );
+        push(
+            &mut q,
+            "part-number-marker",
+            input.part_number_marker.map(|m| m.to_string()).as_ref(),
+        );
+        let r = self
+            .up
+            .send(
+                Method::GET,
+                Some(&input.bucket),
+                Some(&input.key),
+                &q,
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
+        let answer = super::upstream::read_bounded(r, super::upstream::MAX_XML_BYTES).await?;
+        let parts = xml::records(&answer, "Part")
+            .map_err(upstream_error)?
+            .iter()
+            .map(|r| {
+                let ct: u64 = xml::field(r, "Size")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                Part {
+                    part_number: xml::field(r, "PartNumber").and_then(|n| n.parse().ok()),
+                    e_tag: xml::field(r, "ETag").map(client_etag),
+                    size: Some(envelope::plaintext_len(ct, 1).unwrap_or(ct) as i64),
+                    last_modified: xml::field(r, "LastModified")
+                        .and_then(|t| Timestamp::parse(TimestampFormat::DateTime, t).ok()),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            is_truncated: Some(xml::text(&answer, "IsTruncated").as_deref() == Some("true")),
+            next_part_number_marker: xml::text(&answer, "NextPartNumberMarker")
+                .and_then(|m| m.parse().ok()),
+            part_number_marker: input.part_number_marker,
+            max_parts: input.max_parts,
+            parts: Some(parts),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let i = req.input;
+        let _p = self.admit(footprint::LIST, "proxy.list").await?;
+        let mut q: Vec<(&str, String)> = vec![("uploads", String::new())];
+        push(&mut q, "prefix", i.prefix.as_ref());
+        push(&mut q, "delimiter", i.delimiter.as_ref());
+        push(&mut q, "key-marker", i.key_marker.as_ref());
+        push(&mut q, "upload-id-marker", i.upload_id_marker.as_ref());
+        push(
+            &mut q,
+            "max-uploads",
+            i.max_uploads.map(|m| m.to_string()).as_ref(),
+        );
+        let body = self.up.xml(Method::GET, Some(&i.bucket), &q).await?;
+        let uploads = xml::records(&body, "Upload")
+            .map_err(upstream_error)?
+            .iter()
+            .map(|r| MultipartUpload {
+                key: xml::field(r, "Key").map(str::to_string),
+                // The upstream's id: enough to abort or list, not to write
+                // (it carries no key).
+                upload_id: xml::field(r, "UploadId").map(str::to_string),
+                initiated: xml::field(r, "Initiated")
+                    .and_then(|t| Timestamp::parse(TimestampFormat::DateTime, t).ok()),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(i.bucket),
+            prefix: i.prefix,
+            delimiter: i.delimiter,
+            key_marker: i.key_marker,
+            upload_id_marker: i.upload_id_marker,
+            max_uploads: i.max_uploads,
+            is_truncated: Some(xml::text(&body, "IsTruncated").as_deref() == Some("true")),
+            next_key_marker: xml::text(&body, "NextKeyMarker"),
+            next_upload_id_marker: xml::text(&body, "NextUploadIdMarker"),
+            uploads: Some(uploads),
+            common_prefixes: Some(common_prefixes(&body)?),
             ..Default::default()
         }))
     }
