@@ -108,7 +108,7 @@ impl UploadId {
             .kek(&id.kid)
             .ok_or_else(|| format!("the upload's KEK {:?} is not in the key file", id.kid))?;
         let want = mac(kek, &id);
-        if !aws_lc_rs::constant_time::verify_slices_are_equal(&want, &dec(tag)?).is_ok() {
+        if aws_lc_rs::constant_time::verify_slices_are_equal(&want, &dec(tag)?).is_err() {
             return Err("the upload id was altered".into());
         }
         Ok(Some(id))
