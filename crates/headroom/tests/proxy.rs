@@ -420,3 +420,170 @@ fn multipart_uploads_round_trip_and_odd_parts_are_refused_at_complete() {
         upstream.incomplete_uploads()
     );
 }
+
+/// A line of `/proc/PID/status`, in bytes (`VmRSS`, `VmHWM`).
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+#[test]
+fn memory_holds_under_32_parallel_clients_and_a_slow_reader() {
+    let (idle, peak, _) = under_load("64MiB", 32);
+    assert!(
+        peak <= idle + (64 << 20),
+        "peak RSS {peak} exceeds the idle {idle} plus the 64 MiB budget"
+    );
+}
+
+#[test]
+fn a_full_proxy_says_slow_down_and_retried_clients_succeed() {
+    // Room for two or three requests at a time: most of 24 clients are
+    // told to slow down, and every one of them ends with its object.
+    let clients = 24;
+    let (idle, peak, slow_downs) = under_load("10MiB", clients);
+    assert!(slow_downs > 0, "no SlowDown at a budget this small");
+    // A connection waiting to be admitted holds its HTTP buffers outside
+    // the budget (not yet charged: 64 KiB each is allowed for them here).
+    let waiting = clients as u64 * (64 << 10);
+    assert!(
+        peak <= idle + (10 << 20) + waiting,
+        "peak RSS {peak} exceeds the idle {idle} plus the 10 MiB budget and {waiting} for waiting connections"
+    );
+}
+
+/// `clients` parallel uploads, then as many downloads (whole and ranged)
+/// beside a slow reader, through a proxy with `memory`: the proxy's idle
+/// and peak RSS and its SlowDowns. Every client must succeed, retried.
+fn under_load(memory: &str, clients: usize) -> (u64, u64, u64) {
+    const SIZE: usize = 4 << 20;
+    let upstream = S3Server::start(Faults::default());
+    upstream.bucket("vault");
+    let proxy = start_proxy(&upstream, memory);
+    let pid = proxy.child.id();
+    // Retries as clients have them: a SlowDown is tried again.
+    let s3 = Arc::new(
+        AmazonS3Builder::new()
+            .with_endpoint(&proxy.url)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_bucket_name("vault")
+            .with_access_key_id(CLIENT_KEY)
+            .with_secret_access_key(CLIENT_SECRET)
+            .build()
+            .unwrap(),
+    );
+    let rt = rt();
+    // A first request, so that the baseline includes a warmed-up process.
+    rt.block_on(async {
+        s3.put(&StorePath::from("warm"), vec![0u8; 10].into())
+            .await
+            .unwrap();
+    });
+    let idle = proc_status_bytes(pid, "VmRSS:");
+    let data: Vec<Vec<u8>> = (0..clients).map(|i| bytes(SIZE, 100 + i as u64)).collect();
+    let data = Arc::new(data);
+    rt.block_on(async {
+        let uploads: Vec<_> = (0..clients)
+            .map(|i| {
+                let (s3, data) = (s3.clone(), data.clone());
+                tokio::spawn(async move {
+                    s3.put(
+                        &StorePath::from(format!("load/{i}")),
+                        data[i].clone().into(),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for (i, u) in uploads.into_iter().enumerate() {
+            u.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("upload {i} did not succeed, even retried: {e}"));
+        }
+        // A slow reader beside 32 fast ones: its frames wait in TCP, not in
+        // the proxy.
+        let slow = {
+            let (s3, data) = (s3.clone(), data.clone());
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                let mut got = Vec::new();
+                let mut stream = s3
+                    .get(&StorePath::from("load/0"))
+                    .await
+                    .unwrap()
+                    .into_stream();
+                while let Some(chunk) = stream.next().await {
+                    got.extend_from_slice(&chunk.unwrap());
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                assert!(got == data[0], "the slow reader got other bytes");
+            })
+        };
+        let downloads: Vec<_> = (0..clients)
+            .map(|i| {
+                let (s3, data) = (s3.clone(), data.clone());
+                tokio::spawn(async move {
+                    let path = StorePath::from(format!("load/{i}"));
+                    let whole = s3.get(&path).await?.bytes().await?;
+                    assert!(whole == data[i], "download {i} got other bytes");
+                    let r = (i as u64 * 4099)..(i as u64 * 4099 + 300_000);
+                    let part = s3.get_range(&path, r.clone()).await?;
+                    assert!(part == data[i][r.start as usize..r.end as usize]);
+                    Ok::<_, object_store::Error>(())
+                })
+            })
+            .collect();
+        for (i, d) in downloads.into_iter().enumerate() {
+            d.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("download {i} did not succeed, even retried: {e}"));
+        }
+        slow.await.unwrap();
+    });
+    let peak = proc_status_bytes(pid, "VmHWM:");
+    let metrics = rt.block_on(async {
+        let health = reqwest::get(format!("{}/healthz", proxy.url))
+            .await
+            .unwrap();
+        assert!(health.status().is_success());
+        reqwest::get(format!("{}/metrics", proxy.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from {metrics}"))
+    };
+    eprintln!(
+        "proxy RSS: idle {:.1} MiB, peak {:.1} MiB with --memory {memory}; {} SlowDowns, peak reserved {:.1} MiB",
+        idle as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        metric("headroom_proxy_slow_downs_total"),
+        metric("headroom_memory_peak_reserved_bytes") as f64 / 1048576.0
+    );
+    assert!(
+        metrics.contains("operation=\"PutObject\",status=\"200\""),
+        "{metrics}"
+    );
+    // Nothing half-written upstream: every object is whole.
+    for i in 0..clients {
+        let stored =
+            std::fs::metadata(upstream.root.path().join(format!("vault/load/{i}"))).unwrap();
+        assert_eq!(
+            stored.len(),
+            headroom::proxy::envelope::segment_len(SIZE as u64)
+        );
+    }
+    (idle, peak, metric("headroom_proxy_slow_downs_total"))
+}
