@@ -196,6 +196,49 @@ pub enum ProxyAction {
         #[arg(long, value_name = "SECRET")]
         secret_key: String,
     },
+    /// Key rotation: wrap every object's data key again under the key
+    /// file's current KEK, by server-side copies onto themselves (the data
+    /// is not read or changed). Run it after making a new KEK current;
+    /// remove an old KEK from the file only when rewrap reports no object
+    /// left under it.
+    Rewrap(RewrapArgs),
+}
+
+/// Arguments of `headroom proxy rewrap`.
+#[derive(Debug, Args)]
+pub struct RewrapArgs {
+    /// The key file.
+    #[arg(long, value_name = "FILE")]
+    pub keys: std::path::PathBuf,
+    /// The upstream S3 endpoint (default: AWS_ENDPOINT_URL_S3,
+    /// AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Upstream region (default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    pub upstream_region: Option<String>,
+    /// Only this bucket (repeatable; default: every bucket listed).
+    #[arg(long, value_name = "NAME")]
+    pub bucket: Vec<String>,
+    /// Count what would be rewrapped; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl RewrapArgs {
+    /// The rewrap's options.
+    pub fn options(&self) -> crate::proxy::rewrap::RewrapOptions {
+        crate::proxy::rewrap::RewrapOptions {
+            upstream: S3Config {
+                endpoint: self.upstream.clone(),
+                region: self.upstream_region.clone(),
+                ..S3Config::default()
+            },
+            keys: self.keys.clone(),
+            buckets: self.bucket.clone(),
+            dry_run: self.dry_run,
+        }
+    }
 }
 
 impl ProxyArgs {

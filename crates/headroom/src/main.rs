@@ -1,5 +1,7 @@
 use std::process::ExitCode;
 
+use std::io::Write;
+
 use clap::Parser;
 use headroom::cli::{Cli, Command};
 
@@ -91,9 +93,30 @@ fn main() -> ExitCode {
                     secret_key,
                 }) => {
                     let file = headroom::proxy::keys::KeyFile::generate(access_key, secret_key)?;
-                    use std::io::Write;
                     out().write_all(file.to_json().as_bytes())?;
                     Ok(ExitCode::SUCCESS)
+                }
+                Some(headroom::cli::ProxyAction::Rewrap(r)) => {
+                    let c = headroom::proxy::rewrap::run(&r.options()).await?;
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let verb = if r.dry_run { "would rewrap" } else { "rewrapped" };
+                    writeln!(
+                        out(),
+                        "{verb} {} objects; {} already under the current KEK, {} not written by the proxy, {} failed (of {} scanned)",
+                        c.rewrapped.load(Relaxed),
+                        c.current.load(Relaxed),
+                        c.not_ours.load(Relaxed),
+                        c.failures.count(),
+                        c.scanned.load(Relaxed)
+                    )?;
+                    for (what, why) in c.failures.kept() {
+                        writeln!(out(), "  {what}: {why}")?;
+                    }
+                    Ok(if c.failures.count() > 0 {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    })
                 }
                 None => {
                     headroom::proxy::run(&args.options(), global.memory).await?;

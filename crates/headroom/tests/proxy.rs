@@ -35,6 +35,14 @@ impl Drop for Proxy {
 fn start_proxy(upstream: &S3Server, memory: &str) -> Proxy {
     let keys = tempfile::tempdir().unwrap();
     let file = keys.path().join("keys.json");
+    write_key_file(&file);
+    let mut proxy = start_proxy_with_keys(upstream, memory, &file);
+    proxy._keys = keys;
+    proxy
+}
+
+/// A key file from `headroom proxy keygen`, mode 0600.
+fn write_key_file(file: &std::path::Path) {
     let out = headroom(
         &[
             "proxy",
@@ -47,17 +55,18 @@ fn start_proxy(upstream: &S3Server, memory: &str) -> Proxy {
         &[],
     );
     assert_ok(&out);
-    std::fs::write(&file, &out.stdout).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    std::fs::write(file, &out.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn start_proxy_with_keys(upstream: &S3Server, memory: &str, file: &std::path::Path) -> Proxy {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_headroom"));
     cmd.args(["proxy", "--listen", "127.0.0.1:0", "--memory", memory])
         .arg("--upstream")
         .arg(&upstream.endpoint)
         .arg("--keys")
-        .arg(&file)
+        .arg(file)
         .env_remove("HEADROOM_MEMORY")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped());
@@ -79,7 +88,7 @@ fn start_proxy(upstream: &S3Server, memory: &str) -> Proxy {
     Proxy {
         url,
         child,
-        _keys: keys,
+        _keys: tempfile::tempdir().unwrap(),
     }
 }
 
@@ -586,4 +595,103 @@ fn under_load(memory: &str, clients: usize) -> (u64, u64, u64) {
         );
     }
     (idle, peak, metric("headroom_proxy_slow_downs_total"))
+}
+
+#[test]
+fn rewrap_moves_every_data_key_to_the_current_kek_without_touching_the_data() {
+    use headroom::proxy::keys::KeyFile;
+    let upstream = S3Server::start(Faults::default());
+    upstream.bucket("vault");
+    let mut proxy = start_proxy(&upstream, "64MiB");
+    // The key file outlives this first proxy.
+    let key_dir = std::mem::replace(&mut proxy._keys, tempfile::tempdir().unwrap());
+    let file = key_dir.path().join("keys.json");
+    let s3 = client(&proxy, "vault", CLIENT_SECRET);
+    const MIB: usize = 1 << 20;
+    let small = bytes(100_000, 31);
+    let big = bytes(10 * MIB + 3, 32);
+    rt().block_on(async {
+        s3.put(&StorePath::from("small"), small.clone().into())
+            .await
+            .unwrap();
+        let mut upload = s3.put_multipart(&StorePath::from("big")).await.unwrap();
+        for chunk in big.chunks(5 * MIB) {
+            upload.put_part(chunk.to_vec().into()).await.unwrap();
+        }
+        upload.complete().await.unwrap();
+    });
+    let stored_before: Vec<u8> = std::fs::read(upstream.root.path().join("vault/big")).unwrap();
+    // A new KEK becomes current; rewrap moves both objects to it.
+    let mut keys: KeyFile = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let old = keys.current.clone();
+    keys.rotate().unwrap();
+    std::fs::write(&file, keys.to_json()).unwrap();
+    let env: Vec<(&str, String)> = upstream.env();
+    let rewrap = |extra: &[&str]| {
+        let mut args = vec!["proxy", "rewrap", "--keys", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        headroom(&args, &env)
+    };
+    let out = rewrap(&["--dry-run"]);
+    assert_ok(&out);
+    assert!(
+        text(&out.stdout).starts_with("would rewrap 2 objects"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = rewrap(&[]);
+    assert_ok(&out);
+    assert!(
+        text(&out.stdout).starts_with("rewrapped 2 objects"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = rewrap(&[]);
+    assert_ok(&out);
+    assert!(
+        text(&out.stdout).contains("rewrapped 0 objects; 2 already under the current KEK"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read(upstream.root.path().join("vault/big")).unwrap(),
+        stored_before,
+        "the ciphertext is the same bytes"
+    );
+    // Without the old KEK, a new proxy still reads both, and the multipart
+    // object kept its parts (its listed size is right).
+    keys.keks.retain(|k| k.id != old);
+    std::fs::write(&file, keys.to_json()).unwrap();
+    drop(proxy);
+    let proxy = start_proxy_with_keys(&upstream, "64MiB", &file);
+    let s3 = client(&proxy, "vault", CLIENT_SECRET);
+    rt().block_on(async {
+        let got = s3
+            .get(&StorePath::from("small"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got == small.as_slice());
+        let got = s3
+            .get(&StorePath::from("big"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got == big.as_slice());
+        use futures::TryStreamExt;
+        let listed: Vec<_> = s3.list(None).try_collect().await.unwrap();
+        let size = |k: &str| {
+            listed
+                .iter()
+                .find(|m| m.location.as_ref() == k)
+                .unwrap()
+                .size
+        };
+        assert_eq!(size("big"), big.len() as u64);
+        assert_eq!(size("small"), small.len() as u64);
+    });
 }

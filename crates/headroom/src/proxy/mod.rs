@@ -15,6 +15,7 @@
 pub mod envelope;
 pub mod keys;
 pub mod metrics;
+pub mod rewrap;
 pub mod service;
 pub mod uploads;
 pub mod upstream;

@@ -45,7 +45,7 @@ impl std::fmt::Debug for Upstream {
 
 /// S3's URI encoding of a key: everything but unreserved characters and
 /// `/` percent-encoded.
-fn encode_key(key: &str) -> String {
+pub fn encode_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len() + 8);
     for b in key.bytes() {
         match b {
