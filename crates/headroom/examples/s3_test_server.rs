@@ -15,6 +15,7 @@
 //!
 //! ListObjectsV2 entries carry the object's ETag, as S3's do (s3s-fs
 //! leaves it out): a multipart object's `"MD5-N"`, a single PUT's MD5.
+//! ListParts entries carry each part's ETag (its MD5) likewise.
 //!
 //! `If-Match` on a GET is checked as S3 does (412 when the object's ETag
 //! differs; s3s-fs itself ignores it). A file at `DIR/.next/BUCKET/KEY`
@@ -263,6 +264,43 @@ async fn add_to_listing(
     Ok(http::Response::from_parts(parts, s3s::Body::from(xml)))
 }
 
+/// The upload id of a ListParts request.
+fn list_parts_upload(req: &http::Request<Incoming>) -> Option<String> {
+    if req.method() != http::Method::GET {
+        return None;
+    }
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("uploadId="))
+        .and_then(percent_decode)
+}
+
+/// `xml` (a ListParts answer) with an `<ETag>` in every `<Part>`: the MD5
+/// of the part's file.
+fn with_part_etags(xml: &str, root: &std::path::Path, upload: &str) -> String {
+    let mut out = String::with_capacity(xml.len() + xml.len() / 2);
+    let mut rest = xml;
+    while let Some(start) = rest.find("<Part>") {
+        let Some(len) = rest[start..].find("</Part>") else {
+            break;
+        };
+        let entry = &rest[start..start + len];
+        out.push_str(&rest[..start + len]);
+        if !entry.contains("<ETag>")
+            && let Some(n) = entry
+                .split_once("<PartNumber>")
+                .and_then(|(_, n)| n.split_once("</PartNumber>"))
+            && let Some(etag) = file_etag(&root.join(format!(".upload_id-{upload}.part-{}", n.0)))
+        {
+            out.push_str(&format!("<ETag>&quot;{etag}&quot;</ETag>"));
+        }
+        rest = &rest[start + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `xml` with an `<ETag>` in every `<Contents>` that has none.
 fn with_etags(xml: &str, root: &std::path::Path, bucket: &str) -> String {
     let mut out = String::with_capacity(xml.len() + xml.len() / 4);
@@ -397,9 +435,20 @@ async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Result<Respo
         }
     }
     let listing = list_prefix(&req);
+    let parts_of = list_parts_upload(&req);
     let answer = hyper::service::Service::call(&state.service, req)
         .await
         .map_err(|e| BoxError::from(format!("{e:?}")));
+    if let (Some(upload), Ok(resp)) = (parts_of, &answer)
+        && resp.status().is_success()
+    {
+        let (parts, mut body) = answer?.into_parts();
+        let xml = String::from_utf8(body.store_all_limited(16 << 20).await?.to_vec())?;
+        let xml = with_part_etags(&xml, &state.root, &upload);
+        let mut parts = parts;
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        return Ok(http::Response::from_parts(parts, s3s::Body::from(xml)));
+    }
     if let (Some((bucket, prefix)), Ok(resp)) = (listing, &answer)
         && resp.status().is_success()
     {

@@ -234,10 +234,16 @@ pub async fn run(
         keys.current_id(),
         headroom_governor::ByteSize(plan.governor.budget())
     );
-    crate::serve::api::serve(listener, app, options.max_connections, async {
-        crate::cancel::signalled().await;
-        tracing::info!("stopping");
-    })
+    crate::serve::api::serve_charged(
+        listener,
+        app,
+        options.max_connections,
+        Some(plan.governor.clone()),
+        async {
+            crate::cancel::signalled().await;
+            tracing::info!("stopping");
+        },
+    )
     .await;
     Ok(())
 }

@@ -340,22 +340,28 @@ impl Proxy {
         Ok(response)
     }
 
-    /// Refuses a Complete whose parts other than the last do not hold a
-    /// whole number of frames: a listing could not then tell the object's
-    /// plaintext size from its stored size. The sizes come from the
-    /// upstream's ListParts, a page at a time.
-    async fn check_part_sizes(
+    /// Checks a Complete's part list against the upload's parts, as S3
+    /// does, and more: the parts ascend (`InvalidPartOrder`), each exists
+    /// with the ETag given (`InvalidPart`), and every part but the last
+    /// holds a whole number of frames (`InvalidPart`: a listing could not
+    /// tell the object's plaintext size otherwise). The upload's parts come
+    /// from the upstream's ListParts, a page at a time.
+    async fn check_parts(
         &self,
         bucket: &str,
         key: &str,
         upstream: &str,
         parts: &[CompletedPart],
     ) -> S3Result<()> {
-        let last = parts
-            .iter()
-            .filter_map(|p| p.part_number)
-            .max()
-            .unwrap_or(0);
+        let numbers: Vec<i32> = parts.iter().map(|p| p.part_number.unwrap_or(0)).collect();
+        if numbers.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad(
+                S3ErrorCode::InvalidPartOrder,
+                "the parts are not in ascending order",
+            ));
+        }
+        let last = *numbers.last().unwrap_or(&0);
+        let mut found = 0usize;
         let mut marker: Option<String> = None;
         loop {
             let mut q: Vec<(&str, String)> = vec![("uploadId", upstream.to_string())];
@@ -376,7 +382,18 @@ impl Proxy {
                 let number: i32 = xml::field(&r, "PartNumber")
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(0);
-                if number == last || !parts.iter().any(|p| p.part_number == Some(number)) {
+                let Ok(i) = numbers.binary_search(&number) else {
+                    continue;
+                };
+                found += 1;
+                let stored = xml::field(&r, "ETag").unwrap_or_default().trim_matches('"');
+                if parts[i].e_tag.as_ref().map(upstream_etag).as_deref() != Some(stored) {
+                    return Err(bad(
+                        S3ErrorCode::InvalidPart,
+                        format!("part {number}: the ETag given is not that of the part uploaded"),
+                    ));
+                }
+                if number == last {
                     continue;
                 }
                 let ct: u64 = xml::field(&r, "Size")
@@ -400,9 +417,16 @@ impl Proxy {
                 Some(m) if xml::text(&answer, "IsTruncated").as_deref() == Some("true") => {
                     marker = Some(m)
                 }
-                _ => return Ok(()),
+                _ => break,
             }
         }
+        if found < numbers.len() {
+            return Err(bad(
+                S3ErrorCode::InvalidPart,
+                "one or more of the parts given was not uploaded",
+            ));
+        }
+        Ok(())
     }
 
     /// A bodiless request that holds no data (a HEAD, a DELETE, a bucket
@@ -1011,8 +1035,19 @@ impl S3 for Proxy {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let input = req.input;
         let _p = self.admit(footprint::LIST, "proxy.complete").await?;
-        let upstream = super::uploads::upstream_of(&input.upload_id, &self.keys)
-            .map_err(|e| bad(S3ErrorCode::NoSuchUpload, e))?;
+        // Every part of an upload is sealed with the key its id carries:
+        // an id without one names no upload this proxy could complete.
+        let upstream = self
+            .upload_id(&input.upload_id)?
+            .ok_or_else(|| {
+                let mut e = bad(
+                    S3ErrorCode::NoSuchUpload,
+                    "no such upload through this proxy",
+                );
+                e.set_status_code(http::StatusCode::NOT_FOUND);
+                e
+            })?
+            .upstream;
         let parts = input
             .multipart_upload
             .and_then(|m| m.parts)
@@ -1023,7 +1058,7 @@ impl S3 for Proxy {
                 "a Complete names at least one part",
             ));
         }
-        self.check_part_sizes(&input.bucket, &input.key, &upstream, &parts)
+        self.check_parts(&input.bucket, &input.key, &upstream, &parts)
             .await?;
         let mut xml_body = String::from("<CompleteMultipartUpload>");
         for p in &parts {

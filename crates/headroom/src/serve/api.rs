@@ -221,6 +221,25 @@ pub async fn serve(
     max_connections: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    serve_charged(listener, app, max_connections, None, shutdown).await
+}
+
+/// What a connection holds before any request on it is admitted: hyper's
+/// connection state and read buffer, the request being parsed.
+pub const CONNECTION_BYTES: u64 = 64 << 10;
+
+/// [`serve`], and with `charge` every accepted connection also holds
+/// [`CONNECTION_BYTES`] of that governor for as long as it is open: a
+/// connection waiting for its request to be admitted is paid for too, and
+/// when the budget is full no more connections are accepted (they wait in
+/// the kernel's backlog).
+pub async fn serve_charged(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    max_connections: usize,
+    charge: Option<headroom_governor::Governor>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     // HTTP/1.1 only: hyper-util's auto-detecting builder reads the first
@@ -236,6 +255,13 @@ pub async fn serve(
         let slot = tokio::select! {
             _ = &mut shutdown => return,
             s = slots.clone().acquire_owned() => s.expect("never closed"),
+        };
+        let paid = match &charge {
+            Some(gov) => tokio::select! {
+                _ = &mut shutdown => return,
+                p = gov.acquire(CONNECTION_BYTES, "connection") => Some(p),
+            },
+            None => None,
         };
         let (socket, _) = tokio::select! {
             _ = &mut shutdown => return,
@@ -256,7 +282,7 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(socket), service)
                 .with_upgrades()
                 .await;
-            drop(slot);
+            drop((slot, paid));
         });
     }
 }
@@ -483,8 +509,10 @@ async fn readyz(State(state): State<Shared>) -> Response {
 /// Sets the gauges from the database, the governor and the probe, then
 /// renders them (metrics-exporter-prometheus).
 async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
-    let (by_status, objects, bytes) = state.db.stats(Kind::Copy).await?;
-    let (_, files_deleted, bytes_freed) = state.db.stats(Kind::Purge).await?;
+    let db_stats = state.db.stats().await?;
+    let by_status = &db_stats.by_status;
+    let (objects, bytes) = db_stats.totals_of(Kind::Copy);
+    let (files_deleted, bytes_freed) = db_stats.totals_of(Kind::Purge);
     let stats = state.gov.stats();
     let sample = state.probe.sample();
     for s in Status::ALL {

@@ -157,6 +157,24 @@ fn row(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
     })
 }
 
+/// What `/metrics` reads from the database.
+pub struct DbStats {
+    /// Tasks per status.
+    pub by_status: Vec<(String, i64)>,
+    /// Per kind: items done and their bytes over all its tasks.
+    pub totals: Vec<(Kind, i64, i64)>,
+}
+
+impl DbStats {
+    /// The totals of `kind` (0 when it has no tasks).
+    pub fn totals_of(&self, kind: Kind) -> (i64, i64) {
+        self.totals
+            .iter()
+            .find(|(k, _, _)| *k == kind)
+            .map_or((0, 0), |(_, o, b)| (*o, *b))
+    }
+}
+
 /// Progress of a running attempt, written every second.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
@@ -317,9 +335,9 @@ impl Db {
         Ok((rows.iter().map(row).collect::<Result<_, _>>()?, total))
     }
 
-    /// Tasks per status, and the totals of tasks of `kind` (items done and
-    /// their bytes: copied, or deleted and freed).
-    pub async fn stats(&self, kind: Kind) -> sqlx::Result<(Vec<(String, i64)>, i64, i64)> {
+    /// Tasks per status, and per kind the totals of its tasks (items done
+    /// and their bytes: copied, or deleted and freed).
+    pub async fn stats(&self) -> sqlx::Result<DbStats> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
             .fetch_all(&self.pool)
             .await?;
@@ -327,13 +345,20 @@ impl Db {
             .iter()
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect::<sqlx::Result<Vec<(String, i64)>>>()?;
-        let totals = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(items_done), 0) AS BIGINT) AS o, CAST(COALESCE(SUM(bytes_done), 0) AS BIGINT) AS b FROM tasks WHERE kind = $1",
+        let rows = sqlx::query(
+            "SELECT kind, CAST(COALESCE(SUM(items_done), 0) AS BIGINT) AS o, CAST(COALESCE(SUM(bytes_done), 0) AS BIGINT) AS b FROM tasks GROUP BY kind",
         )
-        .bind(kind.as_str())
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok((by_status, totals.try_get("o")?, totals.try_get("b")?))
+        let mut totals = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let kind: String = r.try_get("kind")?;
+            let kind: Kind = kind
+                .parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+            totals.push((kind, r.try_get("o")?, r.try_get("b")?));
+        }
+        Ok(DbStats { by_status, totals })
     }
 
     /// Moves a task from one status to another; whether it was in `from`.
