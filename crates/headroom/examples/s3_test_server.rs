@@ -279,44 +279,42 @@ fn list_parts_upload(req: &http::Request<Incoming>) -> Option<String> {
 /// `xml` (a ListParts answer) with an `<ETag>` in every `<Part>`: the MD5
 /// of the part's file.
 fn with_part_etags(xml: &str, root: &std::path::Path, upload: &str) -> String {
-    let mut out = String::with_capacity(xml.len() + xml.len() / 2);
-    let mut rest = xml;
-    while let Some(start) = rest.find("<Part>") {
-        let Some(len) = rest[start..].find("</Part>") else {
-            break;
-        };
-        let entry = &rest[start..start + len];
-        out.push_str(&rest[..start + len]);
-        if !entry.contains("<ETag>")
-            && let Some(n) = entry
-                .split_once("<PartNumber>")
-                .and_then(|(_, n)| n.split_once("</PartNumber>"))
-            && let Some(etag) = file_etag(&root.join(format!(".upload_id-{upload}.part-{}", n.0)))
-        {
-            out.push_str(&format!("<ETag>&quot;{etag}&quot;</ETag>"));
-        }
-        rest = &rest[start + len..];
-    }
-    out.push_str(rest);
-    out
+    fill_etags(xml, "Part", "PartNumber", |n| {
+        file_etag(&root.join(format!(".upload_id-{upload}.part-{n}")))
+    })
 }
 
 /// `xml` with an `<ETag>` in every `<Contents>` that has none.
 fn with_etags(xml: &str, root: &std::path::Path, bucket: &str) -> String {
-    let mut out = String::with_capacity(xml.len() + xml.len() / 4);
+    fill_etags(xml, "Contents", "Key", |k| {
+        let key = quick_xml::escape::unescape(k).ok()?;
+        object_etag(root, &root.join(bucket).join(key.as_ref()))
+    })
+}
+
+/// `xml` with an `<ETag>` added to every `<entry>` that has none, from
+/// `etag_of` the text of its `<field>`.
+fn fill_etags(
+    xml: &str,
+    entry: &str,
+    field: &str,
+    etag_of: impl Fn(&str) -> Option<String>,
+) -> String {
+    let (open, close) = (format!("<{entry}>"), format!("</{entry}>"));
+    let (fopen, fclose) = (format!("<{field}>"), format!("</{field}>"));
+    let mut out = String::with_capacity(xml.len() + xml.len() / 2);
     let mut rest = xml;
-    while let Some(start) = rest.find("<Contents>") {
-        let Some(len) = rest[start..].find("</Contents>") else {
+    while let Some(start) = rest.find(&open) {
+        let Some(len) = rest[start..].find(&close) else {
             break;
         };
-        let entry = &rest[start..start + len];
+        let item = &rest[start..start + len];
         out.push_str(&rest[..start + len]);
-        if !entry.contains("<ETag>")
-            && let Some(k) = entry
-                .split_once("<Key>")
-                .and_then(|(_, k)| k.split_once("</Key>"))
-            && let Ok(key) = quick_xml::escape::unescape(k.0)
-            && let Some(etag) = object_etag(root, &root.join(bucket).join(key.as_ref()))
+        if !item.contains("<ETag>")
+            && let Some((value, _)) = item
+                .split_once(&fopen)
+                .and_then(|(_, v)| v.split_once(&fclose))
+            && let Some(etag) = etag_of(value)
         {
             out.push_str(&format!("<ETag>&quot;{etag}&quot;</ETag>"));
         }

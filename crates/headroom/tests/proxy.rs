@@ -92,7 +92,30 @@ fn start_proxy_with_keys(upstream: &S3Server, memory: &str, file: &std::path::Pa
     }
 }
 
+/// A client of the proxy that does not retry: every answer is seen.
 fn client(proxy: &Proxy, bucket: &str, secret: &str) -> Arc<AmazonS3> {
+    client_with(
+        proxy,
+        bucket,
+        secret,
+        object_store::RetryConfig {
+            max_retries: 0,
+            ..Default::default()
+        },
+    )
+}
+
+/// A client of the proxy that retries as S3 clients do (SlowDown, 5xx).
+fn retrying_client(proxy: &Proxy) -> Arc<AmazonS3> {
+    client_with(proxy, "vault", CLIENT_SECRET, Default::default())
+}
+
+fn client_with(
+    proxy: &Proxy,
+    bucket: &str,
+    secret: &str,
+    retry: object_store::RetryConfig,
+) -> Arc<AmazonS3> {
     Arc::new(
         AmazonS3Builder::new()
             .with_endpoint(&proxy.url)
@@ -101,10 +124,7 @@ fn client(proxy: &Proxy, bucket: &str, secret: &str) -> Arc<AmazonS3> {
             .with_bucket_name(bucket)
             .with_access_key_id(CLIENT_KEY)
             .with_secret_access_key(secret)
-            .with_retry(object_store::RetryConfig {
-                max_retries: 0,
-                ..Default::default()
-            })
+            .with_retry(retry)
             .build()
             .unwrap(),
     )
@@ -477,17 +497,7 @@ fn under_load(memory: &str, clients: usize) -> (u64, u64, u64) {
     let proxy = start_proxy(&upstream, memory);
     let pid = proxy.child.id();
     // Retries as clients have them: a SlowDown is tried again.
-    let s3 = Arc::new(
-        AmazonS3Builder::new()
-            .with_endpoint(&proxy.url)
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_bucket_name("vault")
-            .with_access_key_id(CLIENT_KEY)
-            .with_secret_access_key(CLIENT_SECRET)
-            .build()
-            .unwrap(),
-    );
+    let s3 = retrying_client(&proxy);
     let rt = rt();
     // A first request, so that the baseline includes a warmed-up process.
     rt.block_on(async {
@@ -831,8 +841,13 @@ fn a_client_that_disconnects_mid_upload_leaves_nothing_and_holds_nothing() {
             .unwrap()
     };
     rt().block_on(async {
-        for _ in 0..50 {
-            let m = reqwest::get(format!("{}/metrics", proxy.url))
+        // One client, so one kept-alive connection asks every time.
+        let http = reqwest::Client::new();
+        let mut last = String::new();
+        for _ in 0..100 {
+            let m = http
+                .get(format!("{}/metrics", proxy.url))
+                .send()
                 .await
                 .unwrap()
                 .text()
@@ -841,9 +856,10 @@ fn a_client_that_disconnects_mid_upload_leaves_nothing_and_holds_nothing() {
             if reserved(&m) <= headroom::serve::api::CONNECTION_BYTES {
                 return;
             }
+            last = m;
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        panic!("the cut request's reservation was never given back");
+        panic!("the cut request's reservation was never given back: {last}");
     });
     assert!(!upstream.root.path().join("vault/cut.bin").exists());
 }
@@ -857,17 +873,7 @@ fn upstream_failures_are_retried_by_clients_and_round_trips_stay_exact() {
     });
     upstream.bucket("vault");
     let proxy = start_proxy(&upstream, "64MiB");
-    let s3 = Arc::new(
-        AmazonS3Builder::new()
-            .with_endpoint(&proxy.url)
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_bucket_name("vault")
-            .with_access_key_id(CLIENT_KEY)
-            .with_secret_access_key(CLIENT_SECRET)
-            .build()
-            .unwrap(),
-    );
+    let s3 = retrying_client(&proxy);
     let objects: Vec<Vec<u8>> = (0..8)
         .map(|i| bytes(150_000 + i * 1000, 60 + i as u64))
         .collect();

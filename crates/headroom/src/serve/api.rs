@@ -231,8 +231,7 @@ pub const CONNECTION_BYTES: u64 = 64 << 10;
 /// [`serve`], and with `charge` every accepted connection also holds
 /// [`CONNECTION_BYTES`] of that governor for as long as it is open: a
 /// connection waiting for its request to be admitted is paid for too, and
-/// when the budget is full no more connections are accepted (they wait in
-/// the kernel's backlog).
+/// while the budget is full an accepted connection is not read from.
 pub async fn serve_charged(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -256,13 +255,6 @@ pub async fn serve_charged(
             _ = &mut shutdown => return,
             s = slots.clone().acquire_owned() => s.expect("never closed"),
         };
-        let paid = match &charge {
-            Some(gov) => tokio::select! {
-                _ = &mut shutdown => return,
-                p = gov.acquire(CONNECTION_BYTES, "connection") => Some(p),
-            },
-            None => None,
-        };
         let (socket, _) = tokio::select! {
             _ = &mut shutdown => return,
             a = listener.accept() => match a {
@@ -275,8 +267,15 @@ pub async fn serve_charged(
                 }
             },
         };
-        let (app, builder) = (app.clone(), builder.clone());
+        let (app, builder, charge) = (app.clone(), builder.clone(), charge.clone());
         tokio::spawn(async move {
+            // Paid for before a byte of it is read: while the budget is
+            // full, an accepted connection waits here, holding only its
+            // socket.
+            let paid = match &charge {
+                Some(gov) => Some(gov.acquire(CONNECTION_BYTES, "connection").await),
+                None => None,
+            };
             let service = hyper_util::service::TowerToHyperService::new(app);
             let _ = builder
                 .serve_connection(TokioIo::new(socket), service)
