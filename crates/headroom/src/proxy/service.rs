@@ -1198,7 +1198,12 @@ impl S3 for Proxy {
         let _p = self.admit(footprint::LIST, "proxy.list").await?;
         let mut q: Vec<(&str, String)> = vec![("uploads", String::new())];
         push(&mut q, "prefix", i.prefix.as_ref());
-        push(&mut q, "delimiter", i.delimiter.as_ref());
+        // An empty delimiter is none (some servers list nothing for it).
+        push(
+            &mut q,
+            "delimiter",
+            i.delimiter.as_ref().filter(|d| !d.is_empty()),
+        );
         push(&mut q, "key-marker", i.key_marker.as_ref());
         push(&mut q, "upload-id-marker", i.upload_id_marker.as_ref());
         push(
@@ -1450,7 +1455,12 @@ impl S3 for Proxy {
         let _p = self.admit(footprint::LIST, "proxy.list").await?;
         let mut q: Vec<(&str, String)> = vec![("list-type", "2".into())];
         push(&mut q, "prefix", i.prefix.as_ref());
-        push(&mut q, "delimiter", i.delimiter.as_ref());
+        // An empty delimiter is none (some servers list nothing for it).
+        push(
+            &mut q,
+            "delimiter",
+            i.delimiter.as_ref().filter(|d| !d.is_empty()),
+        );
         push(&mut q, "continuation-token", i.continuation_token.as_ref());
         push(&mut q, "start-after", i.start_after.as_ref());
         push(
@@ -1486,7 +1496,12 @@ impl S3 for Proxy {
         let _p = self.admit(footprint::LIST, "proxy.list").await?;
         let mut q: Vec<(&str, String)> = Vec::new();
         push(&mut q, "prefix", i.prefix.as_ref());
-        push(&mut q, "delimiter", i.delimiter.as_ref());
+        // An empty delimiter is none (some servers list nothing for it).
+        push(
+            &mut q,
+            "delimiter",
+            i.delimiter.as_ref().filter(|d| !d.is_empty()),
+        );
         push(&mut q, "marker", i.marker.as_ref());
         push(
             &mut q,
