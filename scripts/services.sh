@@ -36,3 +36,15 @@ psql "$HEADROOM_TEST_POSTGRES" -tAc 'SELECT version()'
 need chromium chromium
 need chromedriver chromium-driver
 npm ci --prefix crates/headroom/tests/browser --no-audit --no-fund --loglevel=error
+
+# S3 clients nobody on this project wrote, for the proxy's interoperability
+# test (tests/proxy.rs): aws-cli and boto3 from PyPI in a virtualenv of the
+# project's own, rclone from Debian's packages.
+need rclone rclone
+if [ ! -x target/pyclients/bin/aws ]; then
+  python3 -m venv target/pyclients
+  target/pyclients/bin/pip install -q --disable-pip-version-check awscli==1.45.11 boto3
+fi
+export HEADROOM_TEST_PYCLIENTS="$PWD/target/pyclients/bin"
+"$HEADROOM_TEST_PYCLIENTS/aws" --version
+rclone version | head -1

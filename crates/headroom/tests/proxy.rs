@@ -941,3 +941,173 @@ fn presigned_urls_put_and_get_through_the_proxy() {
         assert_eq!(refused.status(), 403);
     });
 }
+
+/// Where scripts/services.sh installed aws-cli and boto3.
+fn pyclients() -> std::path::PathBuf {
+    std::env::var_os("HEADROOM_TEST_PYCLIENTS")
+        .map(std::path::PathBuf::from)
+        .expect("HEADROOM_TEST_PYCLIENTS is not set: run scripts/test.sh, which installs aws-cli, boto3 and rclone")
+}
+
+/// A client command aimed at the proxy with the client credential.
+fn client_command(program: impl AsRef<std::ffi::OsStr>, proxy: &Proxy) -> Command {
+    let mut c = Command::new(program);
+    c.env("AWS_ACCESS_KEY_ID", CLIENT_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", CLIENT_SECRET)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("HEADROOM_PROXY", &proxy.url)
+        // A CA bundle is for https; rclone refuses one for plain http.
+        .env_remove("AWS_CA_BUNDLE")
+        .env("RCLONE_CONFIG_PX_TYPE", "s3")
+        .env("RCLONE_CONFIG_PX_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_PX_ENDPOINT", &proxy.url)
+        .env("RCLONE_CONFIG_PX_ACCESS_KEY_ID", CLIENT_KEY)
+        .env("RCLONE_CONFIG_PX_SECRET_ACCESS_KEY", CLIENT_SECRET)
+        .env("RCLONE_CONFIG_PX_FORCE_PATH_STYLE", "true")
+        .env("RCLONE_CONFIG_PX_REGION", "us-east-1");
+    c
+}
+
+fn run_ok(c: &mut Command) -> String {
+    let out = c.output().expect("run a client");
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn aws_cli_boto3_and_rclone_round_trip_through_the_proxy() {
+    let upstream = S3Server::start(Faults::default());
+    let bucket = upstream.bucket("vault");
+    let proxy = start_proxy(&upstream, "64MiB");
+    let work = tempfile::tempdir().unwrap();
+    let bin = pyclients();
+    let aws = || {
+        let mut c = client_command(bin.join("aws"), &proxy);
+        c.args(["--endpoint-url", &proxy.url]);
+        c
+    };
+    // aws-cli: a 20 MB file goes up as an 8 MiB-part multipart upload and
+    // comes down in parallel ranged GETs.
+    let big = work.path().join("big.bin");
+    let data = bytes(20_000_000, 91);
+    std::fs::write(&big, &data).unwrap();
+    run_ok(
+        aws()
+            .args(["s3", "cp"])
+            .arg(&big)
+            .arg("s3://vault/aws/big.bin"),
+    );
+    let back = work.path().join("back.bin");
+    run_ok(
+        aws()
+            .args(["s3", "cp", "s3://vault/aws/big.bin"])
+            .arg(&back),
+    );
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "aws s3 cp changed the bytes"
+    );
+    let listed = run_ok(aws().args(["s3", "ls", "s3://vault/aws/"]));
+    assert!(listed.contains(" 20000000 big.bin"), "{listed}");
+    let part = work.path().join("part.bin");
+    run_ok(
+        aws()
+            .args([
+                "s3api",
+                "get-object",
+                "--bucket",
+                "vault",
+                "--key",
+                "aws/big.bin",
+            ])
+            .args(["--range", "bytes=9000000-9000099"])
+            .arg(&part),
+    );
+    assert!(std::fs::read(&part).unwrap() == data[9_000_000..9_000_100]);
+    // aws s3 sync: a tree, then nothing left to copy.
+    let tree = work.path().join("tree");
+    write_tree(
+        &tree,
+        &[("a.txt", 10), ("d/b.bin", 300_000), ("d/e/c.bin", 70_000)],
+    );
+    run_ok(aws().args(["s3", "sync"]).arg(&tree).arg("s3://vault/tree"));
+    let again = run_ok(aws().args(["s3", "sync"]).arg(&tree).arg("s3://vault/tree"));
+    assert!(
+        !again.contains("upload:"),
+        "a second sync copied again: {again}"
+    );
+
+    // boto3: put, ranged get, managed upload and download.
+    let script = r#"
+import boto3, os, sys
+s3 = boto3.client("s3", endpoint_url=os.environ["HEADROOM_PROXY"],
+                  config=boto3.session.Config(s3={"addressing_style": "path"}))
+body = bytes(range(256)) * 400
+s3.put_object(Bucket="vault", Key="boto/x", Body=body, Metadata={"owner": "ops"})
+r = s3.get_object(Bucket="vault", Key="boto/x", Range="bytes=1000-1099")
+assert r["Body"].read() == body[1000:1100], "range"
+h = s3.head_object(Bucket="vault", Key="boto/x")
+assert h["ContentLength"] == len(body), h["ContentLength"]
+assert h["Metadata"] == {"owner": "ops"}, h["Metadata"]
+s3.upload_file(sys.argv[1], "vault", "boto/big.bin")
+s3.download_file("vault", "boto/big.bin", sys.argv[2])
+print("boto3 ok")
+"#;
+    let boto_back = work.path().join("boto-back.bin");
+    let out = run_ok(
+        client_command(bin.join("python"), &proxy)
+            .args(["-c", script])
+            .arg(&big)
+            .arg(&boto_back),
+    );
+    assert!(out.contains("boto3 ok"), "{out}");
+    assert!(
+        std::fs::read(&boto_back).unwrap() == data,
+        "boto3 changed the bytes"
+    );
+
+    // rclone: copy, check, and cat with an offset.
+    let rclone = || {
+        let mut c = client_command("rclone", &proxy);
+        c.arg("--config").arg(work.path().join("no-rclone.conf"));
+        c
+    };
+    run_ok(rclone().arg("copy").arg(&tree).arg("px:vault/rclone"));
+    run_ok(rclone().arg("check").arg(&tree).arg("px:vault/rclone"));
+    let listed = run_ok(rclone().args(["ls", "px:vault/rclone"]));
+    assert!(listed.contains("300000 d/b.bin"), "{listed}");
+    let cat = rclone()
+        .args([
+            "cat",
+            "px:vault/aws/big.bin",
+            "--offset",
+            "5000000",
+            "--count",
+            "1000",
+        ])
+        .output()
+        .unwrap();
+    assert!(cat.status.success(), "{}", text(&cat.stderr));
+    assert!(
+        cat.stdout == data[5_000_000..5_001_000],
+        "rclone cat --offset"
+    );
+
+    // What landed upstream is ciphertext, for every client's uploads.
+    let stored: Vec<_> = stored(&bucket);
+    for start in (0..data.len() - 32).step_by(1_000_003) {
+        let window = &data[start..start + 32];
+        for (path, content) in &stored {
+            assert!(
+                memchr::memmem::find(content, window).is_none(),
+                "plaintext in {}",
+                path.display()
+            );
+        }
+    }
+}
