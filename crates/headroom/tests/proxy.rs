@@ -314,22 +314,25 @@ fn bad_credentials_and_unsupported_operations_are_refused() {
             e.contains("SignatureDoesNotMatch") || e.contains("403"),
             "{e}"
         );
-        // Server-side copies are not served by this version: refused,
-        // never done on ciphertext by the upstream.
-        s3.put(&StorePath::from("src"), vec![1u8; 10].into())
-            .await
-            .unwrap();
-        let e = s3
-            .copy(&StorePath::from("src"), &StorePath::from("big"))
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("NotImplemented") || e.contains("501"), "{e}");
+        // Operations the proxy does not serve say so, S3's way; nothing
+        // passes through to the upstream.
+        for (method, path) in [
+            ("GET", "/vault?acl"),
+            ("GET", "/vault/x?tagging"),
+            ("GET", "/vault?versioning"),
+        ] {
+            let r = signed(&proxy, method, path, Vec::new()).await;
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert!(
+                status == 501 && body.contains("NotImplemented"),
+                "{method} {path}: {status} {body}"
+            );
+        }
     });
     for (path, _) in stored(upstream.root.path()) {
         assert!(
-            !path.to_string_lossy().contains("vault/x")
-                && !path.to_string_lossy().contains("vault/big"),
+            !path.to_string_lossy().contains("vault/x"),
             "{} was stored",
             path.display()
         );
@@ -1110,4 +1113,53 @@ print("boto3 ok")
             );
         }
     }
+}
+
+#[test]
+fn copies_are_decrypted_and_encrypted_again_under_a_new_key() {
+    let upstream = S3Server::start(Faults::default());
+    let bucket = upstream.bucket("vault");
+    let proxy = start_proxy(&upstream, "64MiB");
+    let s3 = client(&proxy, "vault", CLIENT_SECRET);
+    const MIB: usize = 1 << 20;
+    let small = bytes(300_000, 51);
+    let big = bytes(10 * MIB + 5, 52);
+    rt().block_on(async {
+        s3.put(&StorePath::from("src/small"), small.clone().into())
+            .await
+            .unwrap();
+        let mut upload = s3.put_multipart(&StorePath::from("src/big")).await.unwrap();
+        for chunk in big.chunks(5 * MIB) {
+            upload.put_part(chunk.to_vec().into()).await.unwrap();
+        }
+        upload.complete().await.unwrap();
+        for (from, to, data) in [
+            ("src/small", "dst/small", &small),
+            ("src/big", "dst/big", &big),
+        ] {
+            s3.copy(&StorePath::from(from), &StorePath::from(to))
+                .await
+                .unwrap_or_else(|e| panic!("copy {from}: {e}"));
+            let got = s3
+                .get(&StorePath::from(to))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert!(got == data.as_slice(), "{to}: the copy changed the bytes");
+            assert_eq!(
+                s3.head(&StorePath::from(to)).await.unwrap().size,
+                data.len() as u64
+            );
+        }
+    });
+    // The copy is its own ciphertext: another data key, another object id.
+    let a = std::fs::read(bucket.join("src/small")).unwrap();
+    let b = std::fs::read(bucket.join("dst/small")).unwrap();
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a[32..1000] != b[32..1000],
+        "the copy reuses the source's ciphertext"
+    );
 }

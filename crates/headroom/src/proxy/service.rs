@@ -27,6 +27,12 @@ use super::uploads::UploadId;
 use super::upstream::{Body, Upstream, header, upstream_error};
 use super::xml;
 
+/// Splits a permit into one of `first` bytes and the rest.
+fn split_permit(mut permit: Permit, first: u64) -> (Permit, Permit) {
+    let rest = permit.split(permit.bytes() - first);
+    (permit, rest)
+}
+
 fn body_len(content_length: Option<i64>) -> S3Result<u64> {
     content_length
         .and_then(|l| u64::try_from(l).ok())
@@ -1348,6 +1354,125 @@ impl S3 for Proxy {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             accept_ranges: Some("bytes".into()),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let input = req.input;
+        let CopySource::Bucket {
+            bucket: src_bucket,
+            key: src_key,
+            version_id,
+        } = &input.copy_source
+        else {
+            return Err(bad(
+                S3ErrorCode::NotImplemented,
+                "copies from access points are not served by this proxy",
+            ));
+        };
+        if version_id.is_some() {
+            return Err(bad(
+                S3ErrorCode::NotImplemented,
+                "copies of object versions are not served by this proxy",
+            ));
+        }
+        // Read, decrypt and encrypt again under a new data key: the
+        // upstream never copies ciphertext from one object to another,
+        // whose frames would not open under the new object's id.
+        let permit = self
+            .admit(footprint::GET + footprint::PUT, "proxy.copy")
+            .await?;
+        let headers = conditions(
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+        )?;
+        let r = self
+            .up
+            .send(
+                Method::GET,
+                Some(src_bucket),
+                Some(src_key),
+                &[],
+                headers,
+                None,
+            )
+            .await
+            .map_err(|e| {
+                if e.status_code() == Some(http::StatusCode::NOT_MODIFIED) {
+                    // A copy's If-None-Match that matches is a failed precondition.
+                    let mut p = S3Error::new(S3ErrorCode::PreconditionFailed);
+                    p.set_status_code(http::StatusCode::PRECONDITION_FAILED);
+                    p
+                } else {
+                    e
+                }
+            })?;
+        let h = r.headers().clone();
+        let source = self.envelope_of(&h)?;
+        let plaintext = object_plaintext(
+            content_length(&h).unwrap_or(0),
+            &etag_header(&h).unwrap_or_default(),
+        )?;
+        if plaintext > 5 << 30 {
+            return Err(bad(
+                S3ErrorCode::InvalidRequest,
+                "a copy is at most 5 GiB (S3's limit for CopyObject)",
+            ));
+        }
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == "REPLACE");
+        let (metadata, content_type) = if replace {
+            (input.metadata.clone(), input.content_type.clone())
+        } else {
+            (
+                user_metadata(&h),
+                h.get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            )
+        };
+        let (headers, env) = self.new_object_headers(metadata.as_ref(), content_type.as_deref())?;
+        // The source's plaintext, frame by frame, as the new object's body.
+        let (plain_permit, put_permit) = split_permit(permit, footprint::GET);
+        let decrypted = OpenStream {
+            upstream: Box::pin(r.bytes_stream()),
+            data_key: source.data_key,
+            object: source.object,
+            opener: None,
+            last_part: None,
+            skip: 0,
+            left: plaintext,
+            buf: BytesMut::new(),
+            stats: self.stats.clone(),
+            _permit: plain_permit,
+        };
+        let segment = SegmentId {
+            object: env.object,
+            part: 0,
+        };
+        let response = self
+            .send_sealed(
+                &input.bucket,
+                &input.key,
+                &[],
+                headers,
+                (StreamingBlob::wrap(decrypted), plaintext),
+                (&env.data_key, segment),
+                put_permit,
+            )
+            .await?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: etag_header(response.headers()).map(|e| client_etag(&e)),
+                last_modified: Some(Timestamp::from(std::time::SystemTime::now())),
+                ..Default::default()
+            }),
             ..Default::default()
         }))
     }
