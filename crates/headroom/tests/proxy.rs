@@ -303,7 +303,6 @@ fn bad_credentials_and_unsupported_operations_are_refused() {
     upstream.bucket("vault");
     let proxy = start_proxy(&upstream, "64MiB");
     let wrong = client(&proxy, "vault", "not-the-right-secret-at-all");
-    let s3 = client(&proxy, "vault", CLIENT_SECRET);
     rt().block_on(async {
         let e = wrong
             .put(&StorePath::from("x"), vec![1u8; 10].into())
