@@ -1162,3 +1162,124 @@ fn copies_are_decrypted_and_encrypted_again_under_a_new_key() {
         "the copy reuses the source's ciphertext"
     );
 }
+
+/// An `aws-chunked` (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) PUT of `data` in
+/// chunks of `chunk`, signed as SigV4 says: the seed signature over the
+/// headers, then each chunk's signature chained from the previous one.
+/// `corrupt` alters the second chunk's bytes after signing.
+fn aws_chunked_put(proxy: &Proxy, path: &str, data: &[u8], chunk: usize, corrupt: bool) -> u16 {
+    use aws_lc_rs::hmac;
+    let hexs = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let sha = |b: &[u8]| hexs(&sha256(b));
+    let mac = |k: &[u8], m: &[u8]| {
+        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, k), m)
+            .as_ref()
+            .to_vec()
+    };
+    let now = chrono::Utc::now();
+    let (date, day) = (
+        now.format("%Y%m%dT%H%M%SZ").to_string(),
+        now.format("%Y%m%d").to_string(),
+    );
+    let scope = format!("{day}/us-east-1/s3/aws4_request");
+    let key = [day.as_str(), "us-east-1", "s3", "aws4_request"]
+        .iter()
+        .fold(format!("AWS4{CLIENT_SECRET}").into_bytes(), |k, part| {
+            mac(&k, part.as_bytes())
+        });
+    let host = proxy.url.trim_start_matches("http://").to_string();
+    // The encoded body's length: every chunk's framing and signature.
+    let mut sizes: Vec<usize> = data.chunks(chunk).map(<[u8]>::len).collect();
+    sizes.push(0);
+    let encoded: usize = sizes
+        .iter()
+        .map(|n| format!("{n:x}").len() + ";chunk-signature=".len() + 64 + 2 + n + 2)
+        .sum();
+    let headers = [
+        ("content-encoding", "aws-chunked".to_string()),
+        ("content-length", encoded.to_string()),
+        ("host", host.clone()),
+        (
+            "x-amz-content-sha256",
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD".into(),
+        ),
+        ("x-amz-date", date.clone()),
+        ("x-amz-decoded-content-length", data.len().to_string()),
+    ];
+    let signed_headers = headers
+        .iter()
+        .map(|(k, _)| *k)
+        .collect::<Vec<_>>()
+        .join(";");
+    let canonical = format!(
+        "PUT\n{path}\n\n{}\n{signed_headers}\nSTREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        headers
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}\n"))
+            .collect::<String>()
+    );
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
+        sha(canonical.as_bytes())
+    );
+    let mut previous = hexs(&mac(&key, to_sign.as_bytes()));
+    let authorization = format!(
+        "AWS4-HMAC-SHA256 Credential={CLIENT_KEY}/{scope}, SignedHeaders={signed_headers}, Signature={previous}"
+    );
+    let mut body = Vec::with_capacity(encoded);
+    let pieces: Vec<&[u8]> = data.chunks(chunk).chain([&[][..]]).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256-PAYLOAD\n{date}\n{scope}\n{previous}\n{}\n{}",
+            sha(b""),
+            sha(piece)
+        );
+        previous = hexs(&mac(&key, to_sign.as_bytes()));
+        body.extend_from_slice(
+            format!("{:x};chunk-signature={previous}\r\n", piece.len()).as_bytes(),
+        );
+        let at = body.len();
+        body.extend_from_slice(piece);
+        if corrupt && i == 1 {
+            body[at] ^= 0xff;
+        }
+        body.extend_from_slice(b"\r\n");
+    }
+    assert_eq!(body.len(), encoded);
+    let mut request = reqwest::Client::new()
+        .put(format!("{}{path}", proxy.url))
+        .header("authorization", authorization);
+    for (k, v) in &headers {
+        if *k != "host" && *k != "content-length" {
+            request = request.header(*k, v);
+        }
+    }
+    rt().block_on(async { request.body(body).send().await.unwrap().status().as_u16() })
+}
+
+#[test]
+fn aws_chunked_uploads_are_checked_chunk_by_chunk() {
+    let upstream = S3Server::start(Faults::default());
+    let bucket = upstream.bucket("vault");
+    let proxy = start_proxy(&upstream, "64MiB");
+    let data = bytes(300_000, 81);
+    assert_eq!(
+        aws_chunked_put(&proxy, "/vault/chunked.bin", &data, 65536, false),
+        200
+    );
+    let s3 = client(&proxy, "vault", CLIENT_SECRET);
+    let got = rt().block_on(async {
+        s3.get(&StorePath::from("chunked.bin"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    });
+    assert!(got == data, "an aws-chunked upload round trips");
+    // A chunk whose bytes do not match its signature: refused, and nothing
+    // is published.
+    let status = aws_chunked_put(&proxy, "/vault/forged-chunk.bin", &data, 65536, true);
+    assert!((400..500).contains(&status), "answered {status}");
+    assert!(!bucket.join("forged-chunk.bin").exists());
+}
