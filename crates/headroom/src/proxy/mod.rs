@@ -205,22 +205,6 @@ pub async fn run(
     let keys = Arc::new(keys::Keys::load(&options.keys)?);
     let plan = crate::memory::MemoryPlan::start(memory);
     let upstream = upstream::Upstream::new(&options.upstream)?;
-    let proxy = service::Proxy::new(upstream, keys.clone(), plan.governor.clone());
-    let stats = proxy.stats.clone();
-    let mut auth = s3s::auth::SimpleAuth::new();
-    for c in &keys.credentials {
-        auth.register(c.access_key.clone(), c.secret_key.clone().into());
-    }
-    let mut builder = s3s::service::S3ServiceBuilder::new(proxy);
-    builder.set_auth(auth);
-    let state = Arc::new(State {
-        s3: builder.build(),
-        stats,
-        gov: plan.governor.clone(),
-        probe: plan.probe.clone(),
-        requests: Mutex::default(),
-    });
-    let app = axum::Router::new().fallback(handle).with_state(state);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
@@ -234,11 +218,13 @@ pub async fn run(
         keys.current_id(),
         headroom_governor::ByteSize(plan.governor.budget())
     );
-    crate::serve::api::serve_charged(
+    serve(
         listener,
-        app,
         options.max_connections,
-        Some(plan.governor.clone()),
+        upstream,
+        keys,
+        plan.governor.clone(),
+        plan.probe.clone(),
         async {
             crate::cancel::signalled().await;
             tracing::info!("stopping");
@@ -246,4 +232,34 @@ pub async fn run(
     )
     .await;
     Ok(())
+}
+
+/// Serves the proxy on `listener` within `gov` until `shutdown` resolves
+/// (`run` is this with a key file, a memory plan and signals).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    max_connections: usize,
+    upstream: upstream::Upstream,
+    keys: Arc<keys::Keys>,
+    gov: Governor,
+    probe: headroom_governor::MemoryProbe,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let proxy = service::Proxy::new(upstream, keys.clone(), gov.clone());
+    let stats = proxy.stats.clone();
+    let mut auth = s3s::auth::SimpleAuth::new();
+    for c in &keys.credentials {
+        auth.register(c.access_key.clone(), c.secret_key.clone().into());
+    }
+    let mut builder = s3s::service::S3ServiceBuilder::new(proxy);
+    builder.set_auth(auth);
+    let state = Arc::new(State {
+        s3: builder.build(),
+        stats,
+        gov: gov.clone(),
+        probe,
+        requests: Mutex::default(),
+    });
+    let app = axum::Router::new().fallback(handle).with_state(state);
+    crate::serve::api::serve_charged(listener, app, max_connections, Some(gov), shutdown).await;
 }
