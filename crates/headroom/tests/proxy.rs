@@ -130,6 +130,24 @@ fn client_with(
     )
 }
 
+/// The client credential of the key file, for requests the tests sign.
+fn client_credential() -> object_store::aws::AwsCredential {
+    object_store::aws::AwsCredential {
+        key_id: CLIENT_KEY.into(),
+        secret_key: CLIENT_SECRET.into(),
+        token: None,
+    }
+}
+
+/// A multipart upload of `data` to `key` in parts of `part` bytes.
+async fn upload_in_parts(s3: &AmazonS3, key: &str, data: &[u8], part: usize) {
+    let mut upload = s3.put_multipart(&StorePath::from(key)).await.unwrap();
+    for chunk in data.chunks(part) {
+        upload.put_part(chunk.to_vec().into()).await.unwrap();
+    }
+    upload.complete().await.unwrap();
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -343,11 +361,7 @@ fn a_body_that_fails_its_signature_is_never_stored() {
     let upstream = S3Server::start(Faults::default());
     upstream.bucket("vault");
     let proxy = start_proxy(&upstream, "64MiB");
-    let credential = object_store::aws::AwsCredential {
-        key_id: CLIENT_KEY.into(),
-        secret_key: CLIENT_SECRET.into(),
-        token: None,
-    };
+    let credential = client_credential();
     let body = bytes(200_000, 3);
     // The signature covers the SHA-256 of other bytes than those sent.
     let claimed = sha256(b"some other body");
@@ -393,15 +407,7 @@ fn multipart_uploads_round_trip_and_odd_parts_are_refused_at_complete() {
     let data = bytes(11 * MIB + 7, 21);
     let path = StorePath::from("multi/big.bin");
     rt().block_on(async {
-        let mut upload = s3.put_multipart(&path).await.unwrap();
-        for chunk in [
-            &data[..5 * MIB],
-            &data[5 * MIB..10 * MIB],
-            &data[10 * MIB..],
-        ] {
-            upload.put_part(chunk.to_vec().into()).await.unwrap();
-        }
-        upload.complete().await.unwrap();
+        upload_in_parts(&s3, "multi/big.bin", &data, 5 * MIB).await;
         let got = s3.get(&path).await.unwrap().bytes().await.unwrap();
         assert!(
             got == data.as_slice(),
@@ -627,11 +633,7 @@ fn rewrap_moves_every_data_key_to_the_current_kek_without_touching_the_data() {
         s3.put(&StorePath::from("small"), small.clone().into())
             .await
             .unwrap();
-        let mut upload = s3.put_multipart(&StorePath::from("big")).await.unwrap();
-        for chunk in big.chunks(5 * MIB) {
-            upload.put_part(chunk.to_vec().into()).await.unwrap();
-        }
-        upload.complete().await.unwrap();
+        upload_in_parts(&s3, "big", &big, 5 * MIB).await;
     });
     let stored_before: Vec<u8> = std::fs::read(upstream.root.path().join("vault/big")).unwrap();
     // A new KEK becomes current; rewrap moves both objects to it.
@@ -717,11 +719,7 @@ async fn signed(
     path_and_query: &str,
     body: Vec<u8>,
 ) -> reqwest::Response {
-    let credential = object_store::aws::AwsCredential {
-        key_id: CLIENT_KEY.into(),
-        secret_key: CLIENT_SECRET.into(),
-        token: None,
-    };
+    let credential = client_credential();
     let url = format!("{}{path_and_query}", proxy.url);
     let mut req = http::Request::builder()
         .method(method)
@@ -806,11 +804,7 @@ fn a_client_that_disconnects_mid_upload_leaves_nothing_and_holds_nothing() {
     let upstream = S3Server::start(Faults::default());
     upstream.bucket("vault");
     let proxy = start_proxy(&upstream, "64MiB");
-    let credential = object_store::aws::AwsCredential {
-        key_id: CLIENT_KEY.into(),
-        secret_key: CLIENT_SECRET.into(),
-        token: None,
-    };
+    let credential = client_credential();
     let url = format!("{}/vault/cut.bin", proxy.url);
     let mut req = http::Request::builder()
         .method("PUT")
@@ -1127,11 +1121,7 @@ fn copies_are_decrypted_and_encrypted_again_under_a_new_key() {
         s3.put(&StorePath::from("src/small"), small.clone().into())
             .await
             .unwrap();
-        let mut upload = s3.put_multipart(&StorePath::from("src/big")).await.unwrap();
-        for chunk in big.chunks(5 * MIB) {
-            upload.put_part(chunk.to_vec().into()).await.unwrap();
-        }
-        upload.complete().await.unwrap();
+        upload_in_parts(&s3, "src/big", &big, 5 * MIB).await;
         for (from, to, data) in [
             ("src/small", "dst/small", &small),
             ("src/big", "dst/big", &big),

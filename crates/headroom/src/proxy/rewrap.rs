@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use futures::StreamExt;
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, Method};
 
-use super::envelope::{self, HEADER};
+use super::envelope;
 use super::keys::Keys;
-use super::upstream::{MAX_XML_BYTES, Upstream, read_bounded};
+use super::service::{meta_header, segments_of};
+use super::upstream::{MAX_XML_BYTES, Upstream, read_bounded, set_header};
 use super::xml;
 use crate::store::s3::S3Config;
 use crate::telemetry::Failures;
@@ -131,11 +132,6 @@ struct Rewrap<'a> {
     counters: &'a RewrapCounters,
 }
 
-fn meta<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> Option<&'h str> {
-    h.get(format!("x-amz-meta-{name}"))
-        .and_then(|v| v.to_str().ok())
-}
-
 impl Rewrap<'_> {
     async fn one(&self, key: &str) -> Result<(), String> {
         let head = self
@@ -151,11 +147,11 @@ impl Rewrap<'_> {
             .await
             .map_err(|e| format!("HEAD: {e}"))?;
         let h = head.headers();
-        if meta(h, "headroom-enc") != Some("1") {
+        if meta_header(h, "headroom-enc") != Some("1") {
             self.counters.not_ours.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let kid = meta(h, "headroom-kid").ok_or("no KEK id in the metadata")?;
+        let kid = meta_header(h, "headroom-kid").ok_or("no KEK id in the metadata")?;
         let (current_id, current) = self.keys.current();
         if kid == current_id {
             self.counters.current.fetch_add(1, Ordering::Relaxed);
@@ -165,7 +161,7 @@ impl Rewrap<'_> {
             format!("wrapped under KEK {kid:?}, which the key file does not hold")
         })?;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let wrapped = meta(h, "headroom-key")
+        let wrapped = meta_header(h, "headroom-key")
             .and_then(|k| b64.decode(k).ok())
             .ok_or("no wrapped key in the metadata")?;
         let data_key = envelope::unwrap_key(old, &wrapped).map_err(|e| e.to_string())?;
@@ -181,22 +177,12 @@ impl Rewrap<'_> {
                 headers.insert(name.clone(), value.clone());
             }
         }
-        let set = |headers: &mut HeaderMap, name: &str, value: String| {
-            headers.insert(
-                HeaderName::try_from(name).expect("a valid name"),
-                HeaderValue::try_from(value).expect("ASCII"),
-            );
-        };
-        set(
-            &mut headers,
-            "x-amz-meta-headroom-kid",
-            current_id.to_string(),
-        );
+        set(&mut headers, "x-amz-meta-headroom-kid", current_id)?;
         set(
             &mut headers,
             "x-amz-meta-headroom-key",
-            b64.encode(envelope::wrap_key(current, &data_key)),
-        );
+            &b64.encode(envelope::wrap_key(current, &data_key)),
+        )?;
         let etag = h
             .get(http::header::ETAG)
             .and_then(|v| v.to_str().ok())
@@ -207,15 +193,10 @@ impl Rewrap<'_> {
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(0);
         let source = format!("/{}/{}", self.bucket, super::upstream::encode_key(key));
-        let parts = etag
-            .trim_matches('"')
-            .rsplit_once('-')
-            .and_then(|(_, n)| n.parse::<u64>().ok())
-            .unwrap_or(1);
-        if parts <= 1 {
-            set(&mut headers, "x-amz-copy-source", source);
-            set(&mut headers, "x-amz-metadata-directive", "REPLACE".into());
-            set(&mut headers, "x-amz-copy-source-if-match", etag);
+        if segments_of(&etag) <= 1 {
+            set(&mut headers, "x-amz-copy-source", &source)?;
+            set(&mut headers, "x-amz-metadata-directive", "REPLACE")?;
+            set(&mut headers, "x-amz-copy-source-if-match", &etag)?;
             let r = self
                 .up
                 .send(
@@ -314,23 +295,13 @@ impl Rewrap<'_> {
         let mut at = 0u64;
         let mut number = 0u32;
         while at < ct {
-            let mut h = HeaderMap::new();
-            h.insert(
-                http::header::RANGE,
-                HeaderValue::try_from(format!("bytes={at}-{}", at + HEADER - 1)).expect("ASCII"),
-            );
-            h.insert(
-                http::header::IF_MATCH,
-                HeaderValue::try_from(etag).map_err(|e| e.to_string())?,
-            );
-            let r = self
+            let mut pin = HeaderMap::new();
+            set(&mut pin, "if-match", etag)?;
+            let (_, header) = self
                 .up
-                .send(Method::GET, Some(self.bucket), Some(key), &[], h, None)
+                .segment_header(self.bucket, key, at, pin)
                 .await
                 .map_err(|e| format!("read a segment header: {e}"))?;
-            let header = read_bounded(r, HEADER as usize)
-                .await
-                .map_err(|e| e.to_string())?;
             let (n, part) = envelope::read_header(&header).map_err(|e| e.to_string())?;
             let end = at + envelope::segment_len(n);
             if end > ct || part <= number {
@@ -338,16 +309,13 @@ impl Rewrap<'_> {
             }
             number = part;
             let mut h = HeaderMap::new();
-            let set = |h: &mut HeaderMap, name: &'static str, value: String| {
-                h.insert(name, HeaderValue::try_from(value).expect("ASCII"));
-            };
-            set(&mut h, "x-amz-copy-source", source.to_string());
+            set(&mut h, "x-amz-copy-source", source)?;
             set(
                 &mut h,
                 "x-amz-copy-source-range",
-                format!("bytes={at}-{}", end - 1),
-            );
-            set(&mut h, "x-amz-copy-source-if-match", etag.to_string());
+                &format!("bytes={at}-{}", end - 1),
+            )?;
+            set(&mut h, "x-amz-copy-source-if-match", etag)?;
             let r = self
                 .up
                 .send(
@@ -374,6 +342,11 @@ impl Rewrap<'_> {
         xml_body.push_str("</CompleteMultipartUpload>");
         Ok(xml_body)
     }
+}
+
+/// Sets a header; the error as rewrap reports it.
+fn set(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), String> {
+    set_header(h, name, value).map_err(|e| e.to_string())
 }
 
 /// S3 may answer a copy or a Complete 200 and still fail, in its body.

@@ -24,7 +24,7 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use super::envelope::{self, FRAME, HEADER, Opener, Sealer, SegmentId, TAG};
 use super::keys::Keys;
 use super::uploads::UploadId;
-use super::upstream::{Body, Upstream, header, upstream_error};
+use super::upstream::{Body, Upstream, set_header, upstream_error};
 use super::xml;
 
 /// Splits a permit into one of `first` bytes and the rest.
@@ -159,15 +159,14 @@ fn conditions(
     let mut h = HeaderMap::new();
     for (name, c) in [("if-match", if_match), ("if-none-match", if_none_match)] {
         if let Some(c) = c {
-            let (n, v) = header(name, &condition(c))?;
-            h.insert(n, v);
+            set_header(&mut h, name, &condition(c))?;
         }
     }
     Ok(h)
 }
 
 /// Segments of an upstream object: its ETag's part count, else 1.
-fn segments_of(etag: &str) -> u64 {
+pub(super) fn segments_of(etag: &str) -> u64 {
     etag.trim_matches('"')
         .rsplit_once('-')
         .and_then(|(_, n)| n.parse().ok())
@@ -180,7 +179,8 @@ struct EnvelopeMeta {
     object: [u8; envelope::OBJECT_ID],
 }
 
-fn meta_header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
+/// The `x-amz-meta-NAME` header of an upstream answer.
+pub(super) fn meta_header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
     h.get(format!("x-amz-meta-{name}"))
         .and_then(|v| v.to_str().ok())
 }
@@ -200,33 +200,6 @@ struct Read {
 }
 
 impl Proxy {
-    /// A segment header at ciphertext offset `at` of the version `etag`
-    /// (the first one, at 0, also gives the object's headers).
-    async fn header_at(
-        &self,
-        bucket: &str,
-        key: &str,
-        at: u64,
-        headers: HeaderMap,
-    ) -> S3Result<(reqwest::header::HeaderMap, [u8; HEADER as usize])> {
-        let mut h = headers;
-        let (n, v) = header("range", &format!("bytes={at}-{}", at + HEADER - 1))?;
-        h.insert(n, v);
-        let r = self
-            .up
-            .send(Method::GET, Some(bucket), Some(key), &[], h, None)
-            .await?;
-        let kept = r.headers().clone();
-        let bytes = super::upstream::read_bounded(r, HEADER as usize).await?;
-        let header: [u8; HEADER as usize] = bytes.try_into().map_err(|_| {
-            bad(
-                S3ErrorCode::InvalidObjectState,
-                "the stored object is shorter than a segment header",
-            )
-        })?;
-        Ok((kept, header))
-    }
-
     /// Sets up a ranged GET: the first header (and the object's length and
     /// metadata), the segment the range starts in (walking the headers of
     /// a multipart object), then the ciphertext from the first frame
@@ -238,7 +211,7 @@ impl Proxy {
         headers: HeaderMap,
         range: &Range,
     ) -> S3Result<Read> {
-        let (first, mut segment) = self.header_at(bucket, key, 0, headers).await?;
+        let (first, mut segment) = self.up.segment_header(bucket, key, 0, headers).await?;
         let etag = etag_header(&first).unwrap_or_default();
         let ct = range_total(&first)
             .or_else(|| content_length(&first))
@@ -248,8 +221,7 @@ impl Proxy {
             .check(plaintext)
             .map_err(|_| S3Error::new(S3ErrorCode::InvalidRange))?;
         let mut pin = HeaderMap::new();
-        let (n, v) = header("if-match", &format!("\"{etag}\""))?;
-        pin.insert(n, v);
+        set_header(&mut pin, "if-match", &format!("\"{etag}\""))?;
         let (mut segment_at, mut segment_start) = (0u64, 0u64);
         loop {
             let (n, _) = envelope::read_header(&segment)
@@ -263,11 +235,11 @@ impl Proxy {
                     ct
                 };
                 let mut h = pin.clone();
-                let (hn, hv) = header(
+                set_header(
+                    &mut h,
                     "range",
                     &format!("bytes={}-{}", segment_at + bytes.start, end - 1),
                 )?;
-                h.insert(hn, hv);
                 let r = self
                     .up
                     .send(Method::GET, Some(bucket), Some(key), &[], h, None)
@@ -287,7 +259,8 @@ impl Proxy {
             segment_at += envelope::segment_len(n);
             segment_start += n;
             segment = self
-                .header_at(bucket, key, segment_at, pin.clone())
+                .up
+                .segment_header(bucket, key, segment_at, pin.clone())
                 .await?
                 .1;
         }
@@ -317,12 +290,12 @@ impl Proxy {
         let failure: BodyError = Arc::default();
         let stream = SealStream {
             body,
-            frame: BytesMut::with_capacity(sealer.next_frame_len()),
+            frame: Vec::with_capacity(sealer.next_frame_len() + TAG as usize),
             sealer,
             pending: Bytes::new(),
             failure: failure.clone(),
             finished: false,
-            _permit: Arc::new(permit),
+            _permit: permit,
         };
         let sent = self
             .up
@@ -491,7 +464,8 @@ impl Proxy {
         metadata: Option<&Metadata>,
         content_type: Option<&str>,
     ) -> S3Result<(HeaderMap, EnvelopeMeta)> {
-        let data_key = super::keys::random_key().map_err(S3Error::internal_error_from)?;
+        let data_key = super::keys::random_key()
+            .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string()))?;
         let mut object = [0u8; envelope::OBJECT_ID];
         aws_lc_rs::rand::fill(&mut object).map_err(|_| S3Error::new(S3ErrorCode::InternalError))?;
         let (kid, kek) = self.keys.current();
@@ -526,8 +500,7 @@ impl Proxy {
             h.insert(name, value);
         }
         if let Some(ct) = content_type {
-            let (n, v) = header("content-type", ct)?;
-            h.insert(n, v);
+            set_header(&mut h, "content-type", ct)?;
         }
         Ok((h, EnvelopeMeta { data_key, object }))
     }
@@ -629,10 +602,12 @@ struct SealStream {
     body: StreamingBlob,
     sealer: Sealer,
     pending: Bytes,
-    frame: BytesMut,
+    /// The frame being filled, with room for its tag: sealed in place and
+    /// handed on as it is.
+    frame: Vec<u8>,
     failure: BodyError,
     finished: bool,
-    _permit: Arc<Permit>,
+    _permit: Permit,
 }
 
 impl SealStream {
@@ -699,14 +674,14 @@ impl Stream for SealStream {
                 Poll::Ready(Some(Err(e))) => return this.fail(body_check_failed(&*e)),
             }
         }
-        let mut frame = std::mem::replace(&mut this.frame, BytesMut::new()).to_vec();
+        let mut frame = std::mem::take(&mut this.frame);
         if let Err(e) = this.sealer.seal(&mut frame) {
             return this.fail(bad(S3ErrorCode::InternalError, e.to_string()));
         }
         if this.sealer.done() {
             this.finished = true;
         } else {
-            this.frame = BytesMut::with_capacity(this.sealer.next_frame_len());
+            this.frame = Vec::with_capacity(this.sealer.next_frame_len() + TAG as usize);
         }
         Poll::Ready(Some(Ok(Bytes::from(frame))))
     }
@@ -1529,8 +1504,7 @@ impl S3 for Proxy {
         let body = Bytes::from(xml_body);
         let mut h = HeaderMap::new();
         let b64 = base64::engine::general_purpose::STANDARD;
-        let (n, v) = header("content-md5", &b64.encode(md5::Md5::digest(&body)))?;
-        h.insert(n, v);
+        set_header(&mut h, "content-md5", &b64.encode(md5::Md5::digest(&body)))?;
         let len = body.len() as u64;
         let r = self
             .up
@@ -1578,21 +1552,10 @@ impl S3 for Proxy {
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let i = req.input;
         let _p = self.admit(footprint::LIST, "proxy.list").await?;
-        let mut q: Vec<(&str, String)> = vec![("list-type", "2".into())];
-        push(&mut q, "prefix", i.prefix.as_ref());
-        // An empty delimiter is none (some servers list nothing for it).
-        push(
-            &mut q,
-            "delimiter",
-            i.delimiter.as_ref().filter(|d| !d.is_empty()),
-        );
+        let mut q = listing_query(i.prefix.as_ref(), i.delimiter.as_ref(), i.max_keys);
+        q.push(("list-type", "2".into()));
         push(&mut q, "continuation-token", i.continuation_token.as_ref());
         push(&mut q, "start-after", i.start_after.as_ref());
-        push(
-            &mut q,
-            "max-keys",
-            i.max_keys.map(|m| m.to_string()).as_ref(),
-        );
         let body = self.up.xml(Method::GET, Some(&i.bucket), &q).await?;
         let contents = objects(&body)?;
         let prefixes = common_prefixes(&body)?;
@@ -1619,20 +1582,8 @@ impl S3 for Proxy {
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let i = req.input;
         let _p = self.admit(footprint::LIST, "proxy.list").await?;
-        let mut q: Vec<(&str, String)> = Vec::new();
-        push(&mut q, "prefix", i.prefix.as_ref());
-        // An empty delimiter is none (some servers list nothing for it).
-        push(
-            &mut q,
-            "delimiter",
-            i.delimiter.as_ref().filter(|d| !d.is_empty()),
-        );
+        let mut q = listing_query(i.prefix.as_ref(), i.delimiter.as_ref(), i.max_keys);
         push(&mut q, "marker", i.marker.as_ref());
-        push(
-            &mut q,
-            "max-keys",
-            i.max_keys.map(|m| m.to_string()).as_ref(),
-        );
         let body = self.up.xml(Method::GET, Some(&i.bucket), &q).await?;
         let contents = objects(&body)?;
         let prefixes = common_prefixes(&body)?;
@@ -1657,6 +1608,20 @@ impl S3 for Proxy {
             ..Default::default()
         }))
     }
+}
+
+/// The query of a listing: its prefix, delimiter and page size. An empty
+/// delimiter is none (rclone sends one, and s3s-fs lists nothing for it).
+fn listing_query(
+    prefix: Option<&String>,
+    delimiter: Option<&String>,
+    max_keys: Option<i32>,
+) -> Vec<(&'static str, String)> {
+    let mut q = Vec::new();
+    push(&mut q, "prefix", prefix);
+    push(&mut q, "delimiter", delimiter.filter(|d| !d.is_empty()));
+    push(&mut q, "max-keys", max_keys.map(|m| m.to_string()).as_ref());
+    q
 }
 
 fn push<'a>(q: &mut Vec<(&'a str, String)>, name: &'a str, value: Option<&String>) {
@@ -1707,16 +1672,6 @@ fn not_found_as(e: S3Error, code: S3ErrorCode) -> S3Error {
         n
     } else {
         e
-    }
-}
-
-trait InternalError {
-    fn internal_error_from(e: anyhow::Error) -> S3Error;
-}
-
-impl InternalError for S3Error {
-    fn internal_error_from(e: anyhow::Error) -> S3Error {
-        S3Error::with_message(S3ErrorCode::InternalError, e.to_string())
     }
 }
 

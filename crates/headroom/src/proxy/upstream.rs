@@ -167,6 +167,43 @@ impl Upstream {
         Err(error_from(response).await)
     }
 
+    /// The segment header at ciphertext offset `at` of an object, with the
+    /// answer's headers (the first one, at 0, also gives the object's
+    /// length, ETag and metadata). `headers` may pin the version
+    /// (`If-Match`).
+    pub async fn segment_header(
+        &self,
+        bucket: &str,
+        key: &str,
+        at: u64,
+        mut headers: HeaderMap,
+    ) -> Result<
+        (
+            reqwest::header::HeaderMap,
+            [u8; super::envelope::HEADER as usize],
+        ),
+        S3Error,
+    > {
+        use super::envelope::HEADER;
+        set_header(
+            &mut headers,
+            "range",
+            &format!("bytes={at}-{}", at + HEADER - 1),
+        )?;
+        let r = self
+            .send(Method::GET, Some(bucket), Some(key), &[], headers, None)
+            .await?;
+        let kept = r.headers().clone();
+        let bytes = read_bounded(r, HEADER as usize).await?;
+        let header = bytes.try_into().map_err(|_| {
+            S3Error::with_message(
+                S3ErrorCode::InvalidObjectState,
+                "the stored object is shorter than a segment header",
+            )
+        })?;
+        Ok((kept, header))
+    }
+
     /// Sends a request without a body and reads its XML answer, bounded.
     pub async fn xml(
         &self,
@@ -233,15 +270,17 @@ async fn error_from(response: reqwest::Response) -> S3Error {
     e
 }
 
-/// A header value, or an error naming it.
-pub fn header(name: &'static str, value: &str) -> Result<(HeaderName, HeaderValue), S3Error> {
+/// Sets header `name` to `value`; an error naming the header when the
+/// value cannot be one.
+pub fn set_header(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), S3Error> {
     let v = HeaderValue::from_str(value).map_err(|_| {
         S3Error::with_message(
             S3ErrorCode::InvalidArgument,
             format!("{name}: not a valid header value"),
         )
     })?;
-    Ok((HeaderName::from_static(name), v))
+    h.insert(HeaderName::from_static(name), v);
+    Ok(())
 }
 
 #[cfg(test)]

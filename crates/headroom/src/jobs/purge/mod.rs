@@ -882,8 +882,14 @@ struct ListedPurge {
     counters: Arc<PurgeCounters>,
 }
 
-/// A matched key, its size and mtime (Unix seconds).
-type Doomed = (String, u64, i64);
+/// Matched keys for one delete request, with each one's size and mtime
+/// (Unix seconds) for the counters. The keys are handed to the store as
+/// they are: its request holds the only other copy.
+#[derive(Default)]
+struct Doomed {
+    keys: Vec<String>,
+    sizes: Vec<(u64, i64)>,
+}
 
 impl ListedPurge {
     async fn run(self, gov: &Governor, cancel: &watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -906,12 +912,12 @@ impl ListedPurge {
             tokio::spawn(async move { store.list(tx, &Retry::default(), None).await })
         };
         let this = &self;
-        let mut batch: Vec<Doomed> = Vec::with_capacity(keys_per_batch);
+        let mut batch = Doomed::default();
         let mut running = FuturesUnordered::new();
         while let Some(listed) = rx.recv().await {
             if *cancel.borrow() {
                 // The listing stops when its queue is dropped below.
-                batch.clear();
+                batch = Doomed::default();
                 break;
             }
             let entry = match listed {
@@ -928,15 +934,16 @@ impl ListedPurge {
                 continue;
             }
             let secs = unix(entry.mtime.unwrap_or(UNIX_EPOCH)).0;
-            batch.push((entry.key, entry.size, secs));
-            if batch.len() >= keys_per_batch {
+            batch.keys.push(entry.key);
+            batch.sizes.push((entry.size, secs));
+            if batch.keys.len() >= keys_per_batch {
                 if running.len() >= in_flight {
                     running.next().await;
                 }
                 running.push(this.delete_batch(std::mem::take(&mut batch)));
             }
         }
-        if !batch.is_empty() {
+        if !batch.keys.is_empty() {
             running.push(this.delete_batch(batch));
         }
         while running.next().await.is_some() {}
@@ -949,21 +956,19 @@ impl ListedPurge {
     }
 
     /// Deletes one batch (one request), recording each key's outcome.
-    async fn delete_batch(&self, batch: Vec<Doomed>) {
+    async fn delete_batch(&self, batch: Doomed) {
         let counters = &self.counters;
         counters.in_flight.fetch_add(1, Ordering::Relaxed);
         if self.dry_run {
-            for (_, size, secs) in &batch {
+            for (size, secs) in &batch.sizes {
                 counters.deleted(*size, *secs);
             }
         } else {
-            // The keys are handed over as they are; the store's request
-            // copies them once more, paid for by the "purge.batches"
-            // reservation like the results that pair up with `batch`.
-            let keys: Vec<String> = batch.iter().map(|(k, _, _)| k.clone()).collect();
-            match self.store.delete(&keys).await {
+            match self.store.delete(&batch.keys).await {
                 Ok(results) => {
-                    for (result, (key, size, secs)) in results.into_iter().zip(&batch) {
+                    for (result, (key, (size, secs))) in
+                        results.into_iter().zip(batch.keys.iter().zip(&batch.sizes))
+                    {
                         match result {
                             Deleted::Deleted => counters.deleted(*size, *secs),
                             Deleted::Vanished => {
@@ -974,7 +979,7 @@ impl ListedPurge {
                     }
                 }
                 Err(e) => {
-                    for (key, _, _) in &batch {
+                    for key in &batch.keys {
                         counters.fail(self.store.display_key(key), e.to_string());
                     }
                 }
