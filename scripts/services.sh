@@ -48,3 +48,13 @@ fi
 export HEADROOM_TEST_PYCLIENTS="$PWD/target/pyclients/bin"
 "$HEADROOM_TEST_PYCLIENTS/aws" --version
 rclone version | head -1
+
+# moto_server (a second S3 server the proxy is tested against) and the
+# Python dependencies of the Ceph s3-tests (vendor/ceph-s3-tests), pinned
+# in scripts/s3tests-requirements.txt, in a virtualenv of their own.
+if [ ! -x target/s3tests/bin/moto_server ] || [ ! -x target/s3tests/bin/pytest ]; then
+  python3 -m venv target/s3tests
+  target/s3tests/bin/pip install -q --disable-pip-version-check -r scripts/s3tests-requirements.txt
+fi
+export HEADROOM_TEST_S3TESTS="$PWD/target/s3tests/bin"
+"$HEADROOM_TEST_S3TESTS/python" -c 'import moto, pytest, munch; print("moto", moto.__version__, "pytest", pytest.__version__)'

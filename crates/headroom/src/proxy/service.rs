@@ -27,6 +27,9 @@ use super::uploads::UploadId;
 use super::upstream::{Body, Upstream, set_header, upstream_error};
 use super::xml;
 
+/// S3's smallest part but the last.
+const MIN_PART: u64 = 5 << 20;
+
 /// Splits a permit into one of `first` bytes and the rest.
 fn split_permit(mut permit: Permit, first: u64) -> (Permit, Permit) {
     let rest = permit.split(permit.bytes() - first);
@@ -128,7 +131,7 @@ fn bad(code: S3ErrorCode, msg: impl Into<String>) -> S3Error {
 /// The ETag clients see for an upstream ETag: the ciphertext's, marked so
 /// that no client takes it for the MD5 of the plaintext (a single PUT's
 /// `-0`; multipart ETags already carry their part count).
-fn client_etag(upstream: &str) -> ETag {
+pub(super) fn client_etag(upstream: &str) -> ETag {
     let e = upstream.trim_matches('"');
     ETag::Strong(if e.contains('-') {
         e.to_string()
@@ -160,6 +163,26 @@ fn conditions(
     for (name, c) in [("if-match", if_match), ("if-none-match", if_none_match)] {
         if let Some(c) = c {
             set_header(&mut h, name, &condition(c))?;
+        }
+    }
+    Ok(h)
+}
+
+/// A read's conditions: the ETag ones translated, the time ones as given
+/// (the upstream's Last-Modified is the object's).
+fn read_conditions(
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+) -> S3Result<HeaderMap> {
+    let mut h = conditions(if_match, if_none_match)?;
+    for (name, t) in [
+        ("if-modified-since", if_modified_since),
+        ("if-unmodified-since", if_unmodified_since),
+    ] {
+        if let Some(t) = t {
+            set_header(&mut h, name, &http_date(t)?)?;
         }
     }
     Ok(h)
@@ -197,6 +220,17 @@ struct Read {
     opener: Option<([u8; HEADER as usize], u64)>,
     /// Plaintext bytes to drop from the first frame.
     skip: usize,
+}
+
+/// What [`Proxy::open_plaintext`] found: the upstream answer's headers
+/// (of the first request, which carry the metadata), the object's ETag and
+/// plaintext length, the range served and its length.
+struct Opened {
+    headers: reqwest::header::HeaderMap,
+    etag: String,
+    plaintext: u64,
+    range: Option<std::ops::Range<u64>>,
+    len: u64,
 }
 
 impl Proxy {
@@ -264,6 +298,72 @@ impl Proxy {
                 .await?
                 .1;
         }
+    }
+
+    /// Opens an object's plaintext (all of it, or `range`) for reading, as
+    /// a stream that decrypts frame by frame and holds `permit` until it
+    /// ends. `headers` are the read's conditions.
+    async fn open_plaintext(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: HeaderMap,
+        range: Option<&Range>,
+        permit: Permit,
+    ) -> S3Result<(OpenStream, Opened)> {
+        let read = match range {
+            None => {
+                let r = self
+                    .up
+                    .send(Method::GET, Some(bucket), Some(key), &[], headers, None)
+                    .await?;
+                let etag = etag_header(r.headers()).unwrap_or_default();
+                let ct = content_length(r.headers()).unwrap_or(0);
+                let plaintext = object_plaintext(ct, &etag)?;
+                Read {
+                    response: r,
+                    plaintext,
+                    range: None,
+                    opener: None,
+                    skip: 0,
+                }
+            }
+            Some(range) => self.ranged(bucket, key, headers, range).await?,
+        };
+        let h = read.response.headers().clone();
+        let env = self.envelope_of(&h)?;
+        let len = read
+            .range
+            .as_ref()
+            .map_or(read.plaintext, |r| r.end - r.start);
+        let opener = match read.opener {
+            // The first header, read before the data key was known.
+            Some(header) => Some(
+                Opener::new(&env.data_key, env.object, &header.0, header.1)
+                    .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e.to_string()))?,
+            ),
+            None => None,
+        };
+        let stream = OpenStream {
+            upstream: Box::pin(read.response.bytes_stream()),
+            data_key: env.data_key,
+            object: env.object,
+            last_part: opener.as_ref().map(Opener::part),
+            opener,
+            skip: read.skip,
+            left: len,
+            buf: BytesMut::new(),
+            stats: self.stats.clone(),
+            _permit: permit,
+        };
+        let opened = Opened {
+            etag: etag_header(&h).unwrap_or_default(),
+            headers: h,
+            plaintext: read.plaintext,
+            range: read.range,
+            len,
+        };
+        Ok((stream, opened))
     }
 
     /// Reads a client's upload id.
@@ -379,6 +479,14 @@ impl Proxy {
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
                 match envelope::plaintext_len(ct, 1) {
+                    Some(n) if n < MIN_PART => {
+                        return Err(bad(
+                            S3ErrorCode::EntityTooSmall,
+                            format!(
+                                "part {number} holds {n} bytes: every part but the last is at least 5 MiB"
+                            ),
+                        ));
+                    }
                     Some(n) if n % FRAME == 0 => {}
                     n => {
                         return Err(bad(
@@ -406,6 +514,32 @@ impl Proxy {
             ));
         }
         Ok(())
+    }
+
+    /// The ETag of the object at `key` if upload `id` completed it (with
+    /// `parts` parts): its envelope has the upload's object id.
+    async fn completed_by(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &UploadId,
+        parts: usize,
+    ) -> Option<String> {
+        let r = self
+            .up
+            .send(
+                Method::HEAD,
+                Some(bucket),
+                Some(key),
+                &[],
+                HeaderMap::new(),
+                None,
+            )
+            .await
+            .ok()?;
+        let etag = etag_header(r.headers())?;
+        let env = self.envelope_of(r.headers()).ok()?;
+        (env.object == id.object && segments_of(&etag) == parts as u64).then_some(etag)
     }
 
     /// A bodiless request that holds no data (a HEAD, a DELETE, a bucket
@@ -462,7 +596,7 @@ impl Proxy {
     fn new_object_headers(
         &self,
         metadata: Option<&Metadata>,
-        content_type: Option<&str>,
+        content: &ContentHeaders,
     ) -> S3Result<(HeaderMap, EnvelopeMeta)> {
         let data_key = super::keys::random_key()
             .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string()))?;
@@ -499,11 +633,83 @@ impl Proxy {
             })?;
             h.insert(name, value);
         }
-        if let Some(ct) = content_type {
-            set_header(&mut h, "content-type", ct)?;
-        }
+        content.set_on(&mut h)?;
         Ok((h, EnvelopeMeta { data_key, object }))
     }
+}
+
+/// An object's content headers, which S3 stores beside its metadata and
+/// answers on GET and HEAD. They describe the plaintext and are stored as
+/// they are (they are not secret; the metadata is not either).
+#[derive(Debug, Default, Clone)]
+struct ContentHeaders {
+    content_type: Option<String>,
+    cache_control: Option<String>,
+    content_disposition: Option<String>,
+    content_encoding: Option<String>,
+    content_language: Option<String>,
+    expires: Option<Timestamp>,
+}
+
+/// The content headers of a request that writes an object.
+macro_rules! content_headers_of {
+    ($i:expr) => {
+        ContentHeaders {
+            content_type: $i.content_type.clone(),
+            cache_control: $i.cache_control.clone(),
+            content_disposition: $i.content_disposition.clone(),
+            content_encoding: $i.content_encoding.clone(),
+            content_language: $i.content_language.clone(),
+            expires: $i.expires.clone(),
+        }
+    };
+}
+
+impl ContentHeaders {
+    /// The content headers of an upstream answer.
+    fn from_upstream(h: &reqwest::header::HeaderMap) -> Self {
+        let text = |name: http::HeaderName| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        ContentHeaders {
+            content_type: text(http::header::CONTENT_TYPE),
+            cache_control: text(http::header::CACHE_CONTROL),
+            content_disposition: text(http::header::CONTENT_DISPOSITION),
+            content_encoding: text(http::header::CONTENT_ENCODING),
+            content_language: text(http::header::CONTENT_LANGUAGE),
+            expires: text(http::header::EXPIRES)
+                .and_then(|t| Timestamp::parse(TimestampFormat::HttpDate, &t).ok()),
+        }
+    }
+
+    /// Sets them on an upstream request.
+    fn set_on(&self, h: &mut HeaderMap) -> S3Result<()> {
+        for (name, value) in [
+            ("content-type", &self.content_type),
+            ("cache-control", &self.cache_control),
+            ("content-disposition", &self.content_disposition),
+            ("content-encoding", &self.content_encoding),
+            ("content-language", &self.content_language),
+        ] {
+            if let Some(v) = value {
+                set_header(h, name, v)?;
+            }
+        }
+        if let Some(t) = &self.expires {
+            set_header(h, "expires", &http_date(t)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A time as an HTTP date (`Expires`, `If-Modified-Since`).
+fn http_date(t: &Timestamp) -> S3Result<String> {
+    let mut out = Vec::new();
+    t.format(TimestampFormat::HttpDate, &mut out)
+        .map_err(|_| bad(S3ErrorCode::InvalidArgument, "a time that has no HTTP date"))?;
+    String::from_utf8(out).map_err(|_| S3Error::new(S3ErrorCode::InternalError))
 }
 
 /// The client's metadata of an upstream object: its `x-amz-meta-*`
@@ -835,14 +1041,40 @@ impl S3 for Proxy {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
-        self.small(
-            Method::PUT,
-            &req.input.bucket,
-            None,
-            HeaderMap::new(),
-            "proxy.bucket",
-        )
-        .await?;
+        let i = &req.input;
+        if i.object_lock_enabled_for_bucket == Some(true) {
+            return Err(bad(
+                S3ErrorCode::NotImplemented,
+                "object lock is not served by this proxy (it needs versioning, which is not either)",
+            ));
+        }
+        let _p = self.admit(footprint::SMALL, "proxy.bucket").await?;
+        // The region asked for, as S3 takes it.
+        let body = i
+            .create_bucket_configuration
+            .as_ref()
+            .and_then(|c| c.location_constraint.as_ref())
+            .map(|l| {
+                let xml = format!(
+                    "<CreateBucketConfiguration><LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>",
+                    quick_xml::escape::escape(l.as_str())
+                );
+                let len = xml.len() as u64;
+                Body {
+                    stream: reqwest::Body::from(xml),
+                    len,
+                }
+            });
+        self.up
+            .send(
+                Method::PUT,
+                Some(&i.bucket),
+                None,
+                &[],
+                HeaderMap::new(),
+                body,
+            )
+            .await?;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{}", req.input.bucket)),
         }))
@@ -862,6 +1094,26 @@ impl S3 for Proxy {
         .await
         .map_err(|e| not_found_as(e, S3ErrorCode::NoSuchBucket))?;
         Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        let _p = self.admit(footprint::SMALL, "proxy.bucket").await?;
+        let body = self
+            .up
+            .xml(
+                Method::GET,
+                Some(&req.input.bucket),
+                &[("location", String::new())],
+            )
+            .await?;
+        Ok(S3Response::new(GetBucketLocationOutput {
+            location_constraint: xml::text(&body, "LocationConstraint")
+                .filter(|l| !l.is_empty())
+                .map(BucketLocationConstraint::from),
+        }))
     }
 
     async fn delete_bucket(
@@ -896,7 +1148,7 @@ impl S3 for Proxy {
             .ok_or_else(|| S3Error::new(S3ErrorCode::IncompleteBody))?;
         let permit = self.admit(footprint::PUT, "proxy.put").await?;
         let (mut headers, env) =
-            self.new_object_headers(input.metadata.as_ref(), input.content_type.as_deref())?;
+            self.new_object_headers(input.metadata.as_ref(), &content_headers_of!(input))?;
         headers.extend(conditions(
             input.if_match.as_ref(),
             input.if_none_match.as_ref(),
@@ -929,7 +1181,7 @@ impl S3 for Proxy {
         let input = req.input;
         let _p = self.admit(footprint::SMALL, "proxy.upload").await?;
         let (headers, env) =
-            self.new_object_headers(input.metadata.as_ref(), input.content_type.as_deref())?;
+            self.new_object_headers(input.metadata.as_ref(), &content_headers_of!(input))?;
         let r = self
             .up
             .send(
@@ -1010,6 +1262,100 @@ impl S3 for Proxy {
         }))
     }
 
+    /// A part copied from (a range of) another object: its plaintext is
+    /// read and sealed again as this upload's part, as a client's part is;
+    /// the upstream never copies ciphertext between objects.
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let input = req.input;
+        if !(1..=10_000).contains(&input.part_number) {
+            return Err(bad(
+                S3ErrorCode::InvalidArgument,
+                "a part number is 1 to 10,000",
+            ));
+        }
+        let CopySource::Bucket {
+            bucket: src_bucket,
+            key: src_key,
+            version_id,
+        } = &input.copy_source
+        else {
+            return Err(bad(
+                S3ErrorCode::NotImplemented,
+                "copies from access points are not served by this proxy",
+            ));
+        };
+        only_null_version(version_id.as_deref())?;
+        let range = input
+            .copy_source_range
+            .as_deref()
+            .map(|r| {
+                Range::parse(r).map_err(|_| {
+                    bad(
+                        S3ErrorCode::InvalidArgument,
+                        "x-amz-copy-source-range: the range is bytes=first-last",
+                    )
+                })
+            })
+            .transpose()?;
+        let id = self.upload_id(&input.upload_id)?.ok_or_else(|| {
+            bad(
+                S3ErrorCode::NoSuchUpload,
+                "this upload id has no key: it was not started through this proxy",
+            )
+        })?;
+        let data_key = id
+            .data_key(&self.keys)
+            .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e))?;
+        let permit = self
+            .admit(footprint::GET + footprint::PUT, "proxy.part")
+            .await?;
+        let headers = read_conditions(
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since.as_ref(),
+            input.copy_source_if_unmodified_since.as_ref(),
+        )?;
+        let (plain_permit, put_permit) = split_permit(permit, footprint::GET);
+        let (decrypted, source) = self
+            .open_plaintext(src_bucket, src_key, headers, range.as_ref(), plain_permit)
+            .await
+            .map_err(copy_precondition)?;
+        if source.len > 5 << 30 {
+            return Err(bad(S3ErrorCode::EntityTooLarge, "a part is at most 5 GiB"));
+        }
+        let part = input.part_number as u32;
+        let segment = SegmentId {
+            object: id.object,
+            part,
+        };
+        let query = [
+            ("partNumber", part.to_string()),
+            ("uploadId", id.upstream.clone()),
+        ];
+        let response = self
+            .send_sealed(
+                &input.bucket,
+                &input.key,
+                &query,
+                HeaderMap::new(),
+                (StreamingBlob::wrap(decrypted), source.len),
+                (&data_key, segment),
+                put_permit,
+            )
+            .await?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: etag_header(response.headers()).map(|e| client_etag(&e)),
+                last_modified: Some(Timestamp::from(std::time::SystemTime::now())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
     async fn complete_multipart_upload(
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
@@ -1018,17 +1364,15 @@ impl S3 for Proxy {
         let _p = self.admit(footprint::LIST, "proxy.complete").await?;
         // Every part of an upload is sealed with the key its id carries:
         // an id without one names no upload this proxy could complete.
-        let upstream = self
-            .upload_id(&input.upload_id)?
-            .ok_or_else(|| {
-                let mut e = bad(
-                    S3ErrorCode::NoSuchUpload,
-                    "no such upload through this proxy",
-                );
-                e.set_status_code(http::StatusCode::NOT_FOUND);
-                e
-            })?
-            .upstream;
+        let id = self.upload_id(&input.upload_id)?.ok_or_else(|| {
+            let mut e = bad(
+                S3ErrorCode::NoSuchUpload,
+                "no such upload through this proxy",
+            );
+            e.set_status_code(http::StatusCode::NOT_FOUND);
+            e
+        })?;
+        let upstream = id.upstream.clone();
         let parts = input
             .multipart_upload
             .and_then(|m| m.parts)
@@ -1039,8 +1383,26 @@ impl S3 for Proxy {
                 "a Complete names at least one part",
             ));
         }
-        self.check_parts(&input.bucket, &input.key, &upstream, &parts)
-            .await?;
+        if let Err(e) = self
+            .check_parts(&input.bucket, &input.key, &upstream, &parts)
+            .await
+        {
+            // S3 answers a Complete repeated after success with the object
+            // again; the object this upload made carries its object id.
+            if *e.code() == S3ErrorCode::NoSuchUpload
+                && let Some(etag) = self
+                    .completed_by(&input.bucket, &input.key, &id, parts.len())
+                    .await
+            {
+                return Ok(S3Response::new(CompleteMultipartUploadOutput {
+                    bucket: Some(input.bucket),
+                    key: Some(input.key),
+                    e_tag: Some(client_etag(&etag)),
+                    ..Default::default()
+                }));
+            }
+            return Err(e);
+        }
         let mut xml_body = String::from("<CompleteMultipartUpload>");
         for p in &parts {
             xml_body.push_str(&format!(
@@ -1227,7 +1589,13 @@ impl S3 for Proxy {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let headers = conditions(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        only_null_version(input.version_id.as_deref())?;
+        let headers = read_conditions(
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
         let r = self
             .small(
                 Method::HEAD,
@@ -1242,15 +1610,18 @@ impl S3 for Proxy {
         let etag = etag_header(h).unwrap_or_default();
         let ct = content_length(h).unwrap_or(0);
         let plaintext = object_plaintext(ct, &etag)?;
+        let content = ContentHeaders::from_upstream(h);
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(plaintext as i64),
             e_tag: Some(client_etag(&etag)),
             last_modified: last_modified(h),
             metadata: user_metadata(h),
-            content_type: h
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            content_type: content.content_type,
+            cache_control: content.cache_control,
+            content_disposition: content.content_disposition,
+            content_encoding: content.content_encoding,
+            content_language: content.content_language,
+            expires: content.expires,
             accept_ranges: Some("bytes".into()),
             ..Default::default()
         }))
@@ -1261,6 +1632,7 @@ impl S3 for Proxy {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
+        only_null_version(input.version_id.as_deref())?;
         if input.part_number.is_some() {
             return Err(bad(
                 S3ErrorCode::NotImplemented,
@@ -1268,66 +1640,39 @@ impl S3 for Proxy {
             ));
         }
         let permit = self.admit(footprint::GET, "proxy.get").await?;
-        let headers = conditions(input.if_match.as_ref(), input.if_none_match.as_ref())?;
-        let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
-        let read = match &input.range {
-            None => {
-                let r = self
-                    .up
-                    .send(Method::GET, Some(bucket), Some(key), &[], headers, None)
-                    .await?;
-                let etag = etag_header(r.headers()).unwrap_or_default();
-                let ct = content_length(r.headers()).unwrap_or(0);
-                let plaintext = object_plaintext(ct, &etag)?;
-                Read {
-                    response: r,
-                    plaintext,
-                    range: None,
-                    opener: None,
-                    skip: 0,
-                }
-            }
-            Some(range) => self.ranged(bucket, key, headers, range).await?,
-        };
-        let h = read.response.headers().clone();
-        let env = self.envelope_of(&h)?;
-        let etag = etag_header(&h).unwrap_or_default();
-        let plaintext = read.plaintext;
-        let len = read.range.as_ref().map_or(plaintext, |r| r.end - r.start);
-        let opener = match read.opener {
-            // The first header, read before the data key was known.
-            Some(header) => Some(
-                Opener::new(&env.data_key, env.object, &header.0, header.1)
-                    .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e.to_string()))?,
-            ),
-            None => None,
-        };
-        let stream = OpenStream {
-            upstream: Box::pin(read.response.bytes_stream()),
-            data_key: env.data_key,
-            object: env.object,
-            last_part: opener.as_ref().map(Opener::part),
-            opener,
-            skip: read.skip,
-            left: len,
-            buf: BytesMut::new(),
-            stats: self.stats.clone(),
-            _permit: permit,
-        };
+        let headers = read_conditions(
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        let (stream, o) = self
+            .open_plaintext(
+                &input.bucket,
+                &input.key,
+                headers,
+                input.range.as_ref(),
+                permit,
+            )
+            .await?;
+        let (h, etag, plaintext, len) = (o.headers, o.etag, o.plaintext, o.len);
+        let content = ContentHeaders::from_upstream(&h);
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(stream)),
             content_length: Some(len as i64),
-            content_range: read
+            content_range: o
                 .range
                 .as_ref()
                 .map(|r| format!("bytes {}-{}/{plaintext}", r.start, r.end - 1)),
             e_tag: Some(client_etag(&etag)),
             last_modified: last_modified(&h),
             metadata: user_metadata(&h),
-            content_type: h
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            content_type: content.content_type,
+            cache_control: content.cache_control,
+            content_disposition: content.content_disposition,
+            content_encoding: content.content_encoding,
+            content_language: content.content_language,
+            expires: content.expires,
             accept_ranges: Some("bytes".into()),
             ..Default::default()
         }))
@@ -1349,10 +1694,15 @@ impl S3 for Proxy {
                 "copies from access points are not served by this proxy",
             ));
         };
-        if version_id.is_some() {
+        only_null_version(version_id.as_deref())?;
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == "REPLACE");
+        if !replace && **src_bucket == *input.bucket && **src_key == *input.key {
             return Err(bad(
-                S3ErrorCode::NotImplemented,
-                "copies of object versions are not served by this proxy",
+                S3ErrorCode::InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
             ));
         }
         // Read, decrypt and encrypt again under a new data key: the
@@ -1361,72 +1711,31 @@ impl S3 for Proxy {
         let permit = self
             .admit(footprint::GET + footprint::PUT, "proxy.copy")
             .await?;
-        let headers = conditions(
+        let headers = read_conditions(
             input.copy_source_if_match.as_ref(),
             input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since.as_ref(),
+            input.copy_source_if_unmodified_since.as_ref(),
         )?;
-        let r = self
-            .up
-            .send(
-                Method::GET,
-                Some(src_bucket),
-                Some(src_key),
-                &[],
-                headers,
-                None,
-            )
+        let (plain_permit, put_permit) = split_permit(permit, footprint::GET);
+        let (decrypted, source) = self
+            .open_plaintext(src_bucket, src_key, headers, None, plain_permit)
             .await
-            .map_err(|e| {
-                if e.status_code() == Some(http::StatusCode::NOT_MODIFIED) {
-                    // A copy's If-None-Match that matches is a failed precondition.
-                    let mut p = S3Error::new(S3ErrorCode::PreconditionFailed);
-                    p.set_status_code(http::StatusCode::PRECONDITION_FAILED);
-                    p
-                } else {
-                    e
-                }
-            })?;
-        let h = r.headers().clone();
-        let source = self.envelope_of(&h)?;
-        let plaintext = object_plaintext(
-            content_length(&h).unwrap_or(0),
-            &etag_header(&h).unwrap_or_default(),
-        )?;
+            .map_err(copy_precondition)?;
+        let plaintext = source.plaintext;
         if plaintext > 5 << 30 {
             return Err(bad(
                 S3ErrorCode::InvalidRequest,
                 "a copy is at most 5 GiB (S3's limit for CopyObject)",
             ));
         }
-        let replace = input
-            .metadata_directive
-            .as_ref()
-            .is_some_and(|d| d.as_str() == "REPLACE");
-        let (metadata, content_type) = if replace {
-            (input.metadata.clone(), input.content_type.clone())
+        let h = &source.headers;
+        let (metadata, content) = if replace {
+            (input.metadata.clone(), content_headers_of!(input))
         } else {
-            (
-                user_metadata(&h),
-                h.get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-            )
+            (user_metadata(h), ContentHeaders::from_upstream(h))
         };
-        let (headers, env) = self.new_object_headers(metadata.as_ref(), content_type.as_deref())?;
-        // The source's plaintext, frame by frame, as the new object's body.
-        let (plain_permit, put_permit) = split_permit(permit, footprint::GET);
-        let decrypted = OpenStream {
-            upstream: Box::pin(r.bytes_stream()),
-            data_key: source.data_key,
-            object: source.object,
-            opener: None,
-            last_part: None,
-            skip: 0,
-            left: plaintext,
-            buf: BytesMut::new(),
-            stats: self.stats.clone(),
-            _permit: plain_permit,
-        };
+        let (headers, env) = self.new_object_headers(metadata.as_ref(), &content)?;
         let segment = SegmentId {
             object: env.object,
             part: 0,
@@ -1456,6 +1765,7 @@ impl S3 for Proxy {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        only_null_version(req.input.version_id.as_deref())?;
         self.small(
             Method::DELETE,
             &req.input.bucket,
@@ -1495,7 +1805,17 @@ impl S3 for Proxy {
         if i.delete.quiet == Some(true) {
             xml_body.push_str("<Quiet>true</Quiet>");
         }
+        let mut refused = Vec::new();
         for o in &i.delete.objects {
+            if let Err(e) = only_null_version(o.version_id.as_deref()) {
+                refused.push(Error {
+                    key: Some(o.key.clone()),
+                    version_id: o.version_id.clone(),
+                    code: Some("NotImplemented".into()),
+                    message: e.message().map(str::to_string),
+                });
+                continue;
+            }
             xml_body.push_str("<Object><Key>");
             xml_body.push_str(&quick_xml::escape::escape(o.key.as_str()));
             xml_body.push_str("</Key></Object>");
@@ -1529,7 +1849,7 @@ impl S3 for Proxy {
                 ..Default::default()
             })
             .collect();
-        let errors = xml::records(&answer, "Error")
+        let mut errors: Vec<Error> = xml::records(&answer, "Error")
             .map_err(upstream_error)?
             .iter()
             .map(|r| Error {
@@ -1539,8 +1859,10 @@ impl S3 for Proxy {
                 ..Default::default()
             })
             .collect();
+        errors.extend(refused);
         Ok(S3Response::new(DeleteObjectsOutput {
-            deleted: Some(deleted),
+            // A quiet delete answers only what failed.
+            deleted: (i.delete.quiet != Some(true)).then_some(deleted),
             errors: Some(errors),
             ..Default::default()
         }))
@@ -1552,10 +1874,18 @@ impl S3 for Proxy {
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let i = req.input;
         let _p = self.admit(footprint::LIST, "proxy.list").await?;
-        let mut q = listing_query(i.prefix.as_ref(), i.delimiter.as_ref(), i.max_keys);
+        let mut q = listing_query(
+            i.prefix.as_ref(),
+            i.delimiter.as_ref(),
+            i.max_keys,
+            i.encoding_type.as_ref(),
+        );
         q.push(("list-type", "2".into()));
         push(&mut q, "continuation-token", i.continuation_token.as_ref());
         push(&mut q, "start-after", i.start_after.as_ref());
+        if i.fetch_owner == Some(true) {
+            q.push(("fetch-owner", "true".into()));
+        }
         let body = self.up.xml(Method::GET, Some(&i.bucket), &q).await?;
         let contents = objects(&body)?;
         let prefixes = common_prefixes(&body)?;
@@ -1563,7 +1893,8 @@ impl S3 for Proxy {
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(i.bucket),
             prefix: i.prefix,
-            delimiter: i.delimiter,
+            delimiter: given_delimiter(i.delimiter),
+            encoding_type: answered_encoding(&body),
             max_keys: Some(i.max_keys.unwrap_or(1000)),
             key_count: Some(key_count),
             continuation_token: i.continuation_token,
@@ -1582,7 +1913,12 @@ impl S3 for Proxy {
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let i = req.input;
         let _p = self.admit(footprint::LIST, "proxy.list").await?;
-        let mut q = listing_query(i.prefix.as_ref(), i.delimiter.as_ref(), i.max_keys);
+        let mut q = listing_query(
+            i.prefix.as_ref(),
+            i.delimiter.as_ref(),
+            i.max_keys,
+            i.encoding_type.as_ref(),
+        );
         push(&mut q, "marker", i.marker.as_ref());
         let body = self.up.xml(Method::GET, Some(&i.bucket), &q).await?;
         let contents = objects(&body)?;
@@ -1598,13 +1934,82 @@ impl S3 for Proxy {
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(i.bucket),
             prefix: i.prefix,
-            delimiter: i.delimiter,
+            delimiter: given_delimiter(i.delimiter),
+            encoding_type: answered_encoding(&body),
             marker: i.marker,
             max_keys: Some(i.max_keys.unwrap_or(1000)),
             is_truncated: Some(truncated),
             next_marker,
             contents: Some(contents),
             common_prefixes: Some(prefixes),
+            ..Default::default()
+        }))
+    }
+
+    /// The versions of a bucket's objects. Through the proxy a bucket is
+    /// unversioned, so this is mostly the objects as version `null` (what
+    /// clients that clean up by versions, like the Ceph s3-tests, list),
+    /// with plaintext sizes as in every listing.
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let i = req.input;
+        let _p = self.admit(footprint::LIST, "proxy.list").await?;
+        let mut q = listing_query(
+            i.prefix.as_ref(),
+            i.delimiter.as_ref(),
+            i.max_keys,
+            i.encoding_type.as_ref(),
+        );
+        q.push(("versions", String::new()));
+        push(&mut q, "key-marker", i.key_marker.as_ref());
+        push(&mut q, "version-id-marker", i.version_id_marker.as_ref());
+        let body = self.up.xml(Method::GET, Some(&i.bucket), &q).await?;
+        let versions = xml::records(&body, "Version")
+            .map_err(upstream_error)?
+            .iter()
+            .map(|r| {
+                let o = listed(r);
+                ObjectVersion {
+                    key: o.key,
+                    size: o.size,
+                    e_tag: o.e_tag,
+                    last_modified: o.last_modified,
+                    owner: o.owner,
+                    version_id: xml::field(r, "VersionId").map(str::to_string),
+                    is_latest: xml::field(r, "IsLatest").map(|v| v == "true"),
+                    storage_class: xml::field(r, "StorageClass").map(|s| s.to_string().into()),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let delete_markers = xml::records(&body, "DeleteMarker")
+            .map_err(upstream_error)?
+            .iter()
+            .map(|r| DeleteMarkerEntry {
+                key: xml::field(r, "Key").map(str::to_string),
+                version_id: xml::field(r, "VersionId").map(str::to_string),
+                is_latest: xml::field(r, "IsLatest").map(|v| v == "true"),
+                last_modified: xml::field(r, "LastModified")
+                    .and_then(|t| Timestamp::parse(TimestampFormat::DateTime, t).ok()),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(i.bucket),
+            prefix: i.prefix,
+            delimiter: given_delimiter(i.delimiter),
+            encoding_type: answered_encoding(&body),
+            key_marker: i.key_marker,
+            version_id_marker: i.version_id_marker,
+            max_keys: Some(i.max_keys.unwrap_or(1000)),
+            is_truncated: Some(xml::text(&body, "IsTruncated").as_deref() == Some("true")),
+            next_key_marker: xml::text(&body, "NextKeyMarker"),
+            next_version_id_marker: xml::text(&body, "NextVersionIdMarker"),
+            versions: Some(versions),
+            delete_markers: Some(delete_markers),
+            common_prefixes: Some(common_prefixes(&body)?),
             ..Default::default()
         }))
     }
@@ -1616,12 +2021,33 @@ fn listing_query(
     prefix: Option<&String>,
     delimiter: Option<&String>,
     max_keys: Option<i32>,
+    encoding_type: Option<&EncodingType>,
 ) -> Vec<(&'static str, String)> {
     let mut q = Vec::new();
     push(&mut q, "prefix", prefix);
     push(&mut q, "delimiter", delimiter.filter(|d| !d.is_empty()));
     push(&mut q, "max-keys", max_keys.map(|m| m.to_string()).as_ref());
+    // With `url` the upstream encodes the keys it lists, and they are
+    // passed on as it wrote them.
+    push(
+        &mut q,
+        "encoding-type",
+        encoding_type.map(|e| e.as_str().to_string()).as_ref(),
+    );
     q
+}
+
+/// The encoding the upstream's listing says its keys are in: keys are
+/// passed on as the upstream wrote them, so they are marked encoded only
+/// when it says they are (not every server encodes every listing).
+fn answered_encoding(body: &[u8]) -> Option<EncodingType> {
+    xml::text(body, "EncodingType").map(EncodingType::from)
+}
+
+/// A listing answers the delimiter it was given, and none for an empty one
+/// (as S3 does).
+fn given_delimiter(d: Option<String>) -> Option<String> {
+    d.filter(|d| !d.is_empty())
 }
 
 fn push<'a>(q: &mut Vec<(&'a str, String)>, name: &'a str, value: Option<&String>) {
@@ -1635,23 +2061,33 @@ fn objects(body: &[u8]) -> S3Result<Vec<Object>> {
     Ok(xml::records(body, "Contents")
         .map_err(upstream_error)?
         .iter()
-        .map(|r| {
-            let etag = xml::field(r, "ETag").unwrap_or_default().trim_matches('"');
-            let ct: u64 = xml::field(r, "Size")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            Object {
-                key: xml::field(r, "Key").map(str::to_string),
-                // An object this proxy did not write shows its own size.
-                size: Some(envelope::plaintext_len(ct, segments_of(etag)).unwrap_or(ct) as i64),
-                e_tag: Some(client_etag(etag)),
-                last_modified: xml::field(r, "LastModified")
-                    .and_then(|t| Timestamp::parse(TimestampFormat::DateTime, t).ok()),
-                storage_class: xml::field(r, "StorageClass").map(|s| s.to_string().into()),
-                ..Default::default()
-            }
+        .map(|r| Object {
+            storage_class: xml::field(r, "StorageClass").map(|s| s.to_string().into()),
+            ..listed(r)
         })
         .collect())
+}
+
+/// One listed object (a `<Contents>` or a `<Version>`): its key, plaintext
+/// size, client ETag and time.
+fn listed(r: &xml::Record) -> Object {
+    let etag = xml::field(r, "ETag").unwrap_or_default().trim_matches('"');
+    let ct: u64 = xml::field(r, "Size")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Object {
+        key: xml::field(r, "Key").map(str::to_string),
+        // An object this proxy did not write shows its own size.
+        size: Some(envelope::plaintext_len(ct, segments_of(etag)).unwrap_or(ct) as i64),
+        e_tag: Some(client_etag(etag)),
+        last_modified: xml::field(r, "LastModified")
+            .and_then(|t| Timestamp::parse(TimestampFormat::DateTime, t).ok()),
+        owner: xml::field(r, "ID").map(|id| Owner {
+            id: Some(id.to_string()),
+            display_name: xml::field(r, "DisplayName").map(str::to_string),
+        }),
+        ..Default::default()
+    }
 }
 
 fn common_prefixes(body: &[u8]) -> S3Result<Vec<CommonPrefix>> {
@@ -1662,6 +2098,32 @@ fn common_prefixes(body: &[u8]) -> S3Result<Vec<CommonPrefix>> {
             prefix: xml::field(r, "Prefix").map(str::to_string),
         })
         .collect())
+}
+
+/// Buckets behind the proxy are unversioned (PutBucketVersioning is not
+/// served), so the only version a client may name is `null`, the object
+/// itself; any other id is refused rather than answered with another
+/// version's bytes.
+fn only_null_version(version_id: Option<&str>) -> S3Result<()> {
+    match version_id {
+        None | Some("null") => Ok(()),
+        Some(_) => Err(bad(
+            S3ErrorCode::NotImplemented,
+            "object versions other than null are not served by this proxy",
+        )),
+    }
+}
+
+/// A copy's source condition that fails is a failed precondition, even
+/// the If-None-Match / If-Modified-Since that answer a GET with 304.
+fn copy_precondition(e: S3Error) -> S3Error {
+    if e.status_code() == Some(http::StatusCode::NOT_MODIFIED) {
+        let mut p = S3Error::new(S3ErrorCode::PreconditionFailed);
+        p.set_status_code(http::StatusCode::PRECONDITION_FAILED);
+        p
+    } else {
+        e
+    }
 }
 
 /// A 404 from a HEAD (which has no body to name its error) as `code`.

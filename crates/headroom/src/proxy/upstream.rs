@@ -160,8 +160,21 @@ impl Upstream {
             return Ok(response);
         }
         if response.status() == StatusCode::NOT_MODIFIED {
-            let mut e = S3Error::new(S3ErrorCode::NotModified);
+            // A 304 names the object's ETag (as the client knows it) and
+            // time, as S3's does.
+            let mut e = S3Error::with_message(S3ErrorCode::NotModified, "Not Modified");
             e.set_status_code(StatusCode::NOT_MODIFIED);
+            let mut h = HeaderMap::new();
+            if let Some(etag) = response.headers().get(http::header::ETAG) {
+                let client = super::service::client_etag(etag.to_str().unwrap_or_default());
+                if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", client.value())) {
+                    h.insert(http::header::ETAG, v);
+                }
+            }
+            if let Some(t) = response.headers().get(http::header::LAST_MODIFIED) {
+                h.insert(http::header::LAST_MODIFIED, t.clone());
+            }
+            e.set_headers(h);
             return Err(e);
         }
         Err(error_from(response).await)

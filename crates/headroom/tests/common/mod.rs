@@ -12,6 +12,7 @@ use std::time::Duration;
 use md5::{Digest, Md5};
 
 pub mod ingest;
+pub mod moto;
 pub mod serve;
 
 pub const ACCESS_KEY: &str = "headroom-test-key";
