@@ -178,7 +178,9 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub upstream_virtual_hosted: bool,
 
-    /// Timeout of one upstream request, e.g. 60s, 5m.
+    /// How long the upstream may stay silent within a request (no answer,
+    /// no bytes read) before the request fails, e.g. 60s, 5m. Not a
+    /// deadline: a GET streams for as long as its client reads.
     #[arg(long, default_value_t = crate::store::s3::DEFAULT_REQUEST_TIMEOUT.into(), value_name = "DURATION")]
     pub upstream_timeout: humantime::Duration,
 }

@@ -53,10 +53,15 @@ impl Upstream for Moto {
 }
 
 fn start_proxy(upstream: &dyn Upstream, memory: &str) -> Proxy {
+    start_proxy_with(upstream, memory, &[])
+}
+
+/// A proxy with a fresh key file and `extra` arguments.
+fn start_proxy_with(upstream: &dyn Upstream, memory: &str, extra: &[&str]) -> Proxy {
     let keys = tempfile::tempdir().unwrap();
     let file = keys.path().join("keys.json");
     write_key_file(&file);
-    let mut proxy = start_proxy_with_keys(upstream, memory, &file);
+    let mut proxy = start_proxy_with_keys(upstream, memory, &file, extra);
     proxy._keys = keys;
     proxy
 }
@@ -80,7 +85,12 @@ fn write_key_file(file: &std::path::Path) {
     std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-fn start_proxy_with_keys(upstream: &dyn Upstream, memory: &str, file: &std::path::Path) -> Proxy {
+fn start_proxy_with_keys(
+    upstream: &dyn Upstream,
+    memory: &str,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> Proxy {
     let env = upstream.env();
     let endpoint = env
         .iter()
@@ -93,6 +103,7 @@ fn start_proxy_with_keys(upstream: &dyn Upstream, memory: &str, file: &std::path
         .arg(&endpoint)
         .arg("--keys")
         .arg(file)
+        .args(extra)
         .env_remove("HEADROOM_MEMORY")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped());
@@ -704,7 +715,7 @@ fn rewrap_moves_every_data_key_to_the_current_kek_without_touching_the_data() {
     keys.keks.retain(|k| k.id != old);
     std::fs::write(&file, keys.to_json()).unwrap();
     drop(proxy);
-    let proxy = start_proxy_with_keys(&upstream, "64MiB", &file);
+    let proxy = start_proxy_with_keys(&upstream, "64MiB", &file, &[]);
     let s3 = client(&proxy, "vault", CLIENT_SECRET);
     rt().block_on(async {
         let got = s3
@@ -917,6 +928,106 @@ fn upstream_failures_are_retried_by_clients_and_round_trips_stay_exact() {
         }
     });
     assert!(upstream.faults_injected() > 0, "no fault was injected");
+}
+
+#[test]
+fn an_upstream_that_stalls_mid_part_times_out_and_retried_parts_complete() {
+    // Every third upstream request stalls before the upstream reads its
+    // body: the part's frames back up into TCP (not into the proxy) until
+    // --upstream-timeout cuts the request, the client is answered 502 and
+    // sends the part again.
+    let upstream = S3Server::start(Faults {
+        every: 3,
+        kinds: vec![Fault::Stall(std::time::Duration::from_secs(20))],
+        ..Faults::default()
+    });
+    upstream.bucket("vault");
+    let proxy = start_proxy_with(&upstream, "64MiB", &["--upstream-timeout", "3s"]);
+    let s3 = retrying_client(&proxy);
+    const MIB: usize = 1 << 20;
+    let data = bytes(16 * MIB + 7, 77);
+    rt().block_on(async {
+        upload_in_parts(&s3, "stalled", &data, 5 * MIB).await;
+        let got = s3
+            .get(&StorePath::from("stalled"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(
+            got == data.as_slice(),
+            "the stalled upload came back other bytes"
+        );
+    });
+    assert!(upstream.faults_injected() > 0, "no stall was injected");
+    assert!(
+        upstream.incomplete_uploads().is_empty(),
+        "uploads left upstream: {:?}",
+        upstream.incomplete_uploads()
+    );
+    // What the cut requests held came back: only open connections' 64 KiB
+    // charges remain reserved, no request's frames.
+    let metrics = rt().block_on(async {
+        reqwest::get(format!("{}/metrics", proxy.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let reserved: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("headroom_memory_reserved_bytes")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no reservation in {metrics}"));
+    assert!(
+        reserved < (1 << 20),
+        "{reserved} bytes still reserved after the uploads ended"
+    );
+}
+
+#[test]
+fn a_get_that_outlasts_the_upstream_timeout_streams_to_a_slow_client() {
+    // --upstream-timeout bounds the upstream's silences, not a transfer: a
+    // client reading steadily for longer than it gets the whole object.
+    let upstream = S3Server::start(Faults::default());
+    upstream.bucket("vault");
+    let proxy = start_proxy_with(&upstream, "64MiB", &["--upstream-timeout", "1s"]);
+    let s3 = client(&proxy, "vault", CLIENT_SECRET);
+    // Larger than the loopback sockets' buffers, so that the proxy's reads
+    // of the upstream wait on this client.
+    let data = bytes(32 << 20, 78);
+    rt().block_on(async {
+        use futures::StreamExt;
+        s3.put(&StorePath::from("slow"), data.clone().into())
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut stream = s3
+            .get(&StorePath::from("slow"))
+            .await
+            .unwrap()
+            .into_stream();
+        let mut got = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.expect("the slow GET was cut");
+            got.extend_from_slice(&chunk);
+            // About 12 MiB/s: 5 ms per 64 KiB.
+            let pause = 5 * (chunk.len() as u64).div_ceil(64 << 10);
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        }
+        assert!(got == data, "the slow reader got other bytes");
+        assert!(
+            started.elapsed() > std::time::Duration::from_secs(2),
+            "the read was not slower than the timeout ({:?}): the test proves nothing",
+            started.elapsed()
+        );
+    });
 }
 
 #[test]
@@ -1442,7 +1553,7 @@ fn a_subset_of_the_ceph_s3_tests_passes_through_the_proxy_as_directly_against_mo
     let upstream = Moto::start();
     let file = work.path().join("keys.json");
     s3tests_key_file(&file);
-    let proxy = start_proxy_with_keys(&upstream, "64MiB", &file);
+    let proxy = start_proxy_with_keys(&upstream, "64MiB", &file, &[]);
     let run = run_s3tests(&proxy.url, S3TESTS_SUBSET, work.path());
     let failed: Vec<&&str> = S3TESTS_SUBSET
         .iter()

@@ -2,7 +2,8 @@
 //! this process, under the counting allocator) never holds more heap than
 //! its governor reserved at the peak. The upstream S3 server and the client
 //! (`headroom copy`, which makes the PUTs, multipart uploads, GETs and
-//! listings) are other processes, so only the proxy is counted.
+//! listings, and aws-cli, which copies server-side) are other processes, so
+//! only the proxy is counted.
 //!
 //! One test function: measurements in one process must not overlap.
 
@@ -52,6 +53,8 @@ fn every_proxy_operation_stays_within_its_reservation() {
     // this operation's alone.
     let (src_arg, back) = (src.to_string_lossy().into_owned(), work.path().join("back"));
     let back_arg = back.to_string_lossy().into_owned();
+    let copies = work.path().join("copies");
+    let copies_arg = copies.to_string_lossy().into_owned();
     let dst = "s3://vault/data".to_string();
     let copy = |extra: &[&str], from: &str, to: &str| -> Vec<String> {
         let mut a = vec!["copy".to_string()];
@@ -70,6 +73,25 @@ fn every_proxy_operation_stays_within_its_reservation() {
             copy(&["--include", "big.bin"], &src_arg, &dst),
         ),
         ("GET and listing", copy(&[], &dst, &back_arg)),
+        // aws-cli copies within S3 server-side: CopyObject for the small
+        // object, UploadPartCopy in 8 MiB ranges for the big one.
+        (
+            "CopyObject and UploadPartCopy",
+            [
+                "aws",
+                "s3",
+                "cp",
+                "--recursive",
+                "s3://vault/data",
+                "s3://vault/copied",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        (
+            "GET of the copies",
+            copy(&[], "s3://vault/copied", &copies_arg),
+        ),
     ] {
         let (measured, reserved) = rt.block_on(async {
             let gov = Governor::new(256 << 20);
@@ -97,8 +119,12 @@ fn every_proxy_operation_stays_within_its_reservation() {
             headroom_governor::alloc::reset_peak();
             let env = client_env(&url);
             let out = tokio::task::spawn_blocking(move || {
-                let a: Vec<&str> = args.iter().map(String::as_str).collect();
-                headroom(&a, &env)
+                if args[0] == "aws" {
+                    aws_cli(&args[1..], &env)
+                } else {
+                    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                    headroom(&a, &env)
+                }
             })
             .await
             .unwrap();
@@ -119,6 +145,28 @@ fn every_proxy_operation_stays_within_its_reservation() {
         );
     }
     eprintln!("{}", report.join("\n"));
-    // The round trip is whole.
+    // The round trip is whole, and so are the server-side copies.
     assert_eq!(tree(&src), tree(&back));
+    assert_eq!(tree(&src), tree(&copies));
+}
+
+/// aws-cli (installed by scripts/services.sh) aimed at the proxy.
+fn aws_cli(args: &[String], env: &[(&str, String)]) -> std::process::Output {
+    let bin = std::env::var_os("HEADROOM_TEST_PYCLIENTS")
+        .map(std::path::PathBuf::from)
+        .expect("HEADROOM_TEST_PYCLIENTS is not set: run scripts/test.sh, which installs aws-cli");
+    let endpoint = env
+        .iter()
+        .find(|(k, _)| *k == "AWS_ENDPOINT_URL")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let mut c = std::process::Command::new(bin.join("aws"));
+    c.args(["--endpoint-url", &endpoint])
+        .args(args)
+        .env_remove("AWS_CA_BUNDLE")
+        .env("AWS_DEFAULT_REGION", "us-east-1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run aws")
 }

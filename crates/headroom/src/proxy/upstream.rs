@@ -76,8 +76,10 @@ impl Upstream {
             .map_err(|e| anyhow::anyhow!("upstream: {e}"))?
             .credentials()
             .clone();
+        // A silence limit, not a deadline: a request may stream for as long
+        // as a slow client takes, as long as the upstream keeps answering.
         let http = reqwest::Client::builder()
-            .timeout(cfg.request_timeout)
+            .read_timeout(cfg.request_timeout)
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(cfg.max_idle_connections.max(1))
             .build()?;
@@ -152,10 +154,15 @@ impl Upstream {
                 .header(http::header::CONTENT_LENGTH, b.len)
                 .body(b.stream);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| upstream_error(format!("the upstream did not answer: {e}")))?;
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                upstream_error(format!(
+                    "the upstream was silent for longer than --upstream-timeout: {e}"
+                ))
+            } else {
+                upstream_error(format!("the upstream did not answer: {e}"))
+            }
+        })?;
         if response.status().is_success() {
             return Ok(response);
         }
