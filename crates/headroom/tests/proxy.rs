@@ -1521,6 +1521,12 @@ const S3TESTS_SUBSET: &[&str] = &[
     "test_s3.py::test_object_copy_key_not_found",
     "test_s3.py::test_object_copy_zero_size",
     "test_s3.py::test_atomic_dual_write_4mb",
+    "test_s3.py::test_object_write_cache_control",
+    "test_s3.py::test_object_write_expires",
+    "test_s3.py::test_object_head_zero_bytes",
+    "test_s3.py::test_object_write_read_update_read_delete",
+    "test_s3.py::test_bucket_get_location",
+    "test_s3.py::test_multipart_copy_without_range",
     "test_s3.py::test_object_presigned_put_object_with_acl",
 ];
 

@@ -542,6 +542,23 @@ impl Proxy {
         (env.object == id.object && segments_of(&etag) == parts as u64).then_some(etag)
     }
 
+    /// A HEAD of an object this proxy wrote: the answer, its upstream ETag
+    /// and the plaintext length.
+    async fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: HeaderMap,
+    ) -> S3Result<(reqwest::Response, String, u64)> {
+        let r = self
+            .small(Method::HEAD, bucket, Some(key), headers, "proxy.head")
+            .await?;
+        self.envelope_of(r.headers())?;
+        let etag = etag_header(r.headers()).unwrap_or_default();
+        let plaintext = object_plaintext(content_length(r.headers()).unwrap_or(0), &etag)?;
+        Ok((r, etag, plaintext))
+    }
+
     /// A bodiless request that holds no data (a HEAD, a DELETE, a bucket
     /// operation), admitted as such.
     async fn small(
@@ -1596,20 +1613,8 @@ impl S3 for Proxy {
             input.if_modified_since.as_ref(),
             input.if_unmodified_since.as_ref(),
         )?;
-        let r = self
-            .small(
-                Method::HEAD,
-                &input.bucket,
-                Some(&input.key),
-                headers,
-                "proxy.head",
-            )
-            .await?;
+        let (r, etag, plaintext) = self.head(&input.bucket, &input.key, headers).await?;
         let h = r.headers();
-        self.envelope_of(h)?;
-        let etag = etag_header(h).unwrap_or_default();
-        let ct = content_length(h).unwrap_or(0);
-        let plaintext = object_plaintext(ct, &etag)?;
         let content = ContentHeaders::from_upstream(h);
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(plaintext as i64),
@@ -1623,6 +1628,51 @@ impl S3 for Proxy {
             content_language: content.content_language,
             expires: content.expires,
             accept_ranges: Some("bytes".into()),
+            ..Default::default()
+        }))
+    }
+
+    /// An object's attributes, from one HEAD: the client's ETag, the
+    /// plaintext size, the storage class and, for a multipart object, its
+    /// part count (the parts' own sizes are not kept after Complete, and
+    /// no checksums are stored).
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        let input = req.input;
+        only_null_version(input.version_id.as_deref())?;
+        let (r, etag, plaintext) = self
+            .head(&input.bucket, &input.key, HeaderMap::new())
+            .await?;
+        let h = r.headers();
+        // One header, `ETag,ObjectSize,…`, which may arrive as one item.
+        let wants = |a: &str| {
+            input
+                .object_attributes
+                .iter()
+                .flat_map(|x| x.as_str().split(','))
+                .any(|x| x.trim() == a)
+        };
+        let segments = segments_of(&etag);
+        Ok(S3Response::new(GetObjectAttributesOutput {
+            e_tag: wants("ETag").then(|| client_etag(&etag)),
+            object_size: wants("ObjectSize").then_some(plaintext as i64),
+            storage_class: wants("StorageClass").then(|| {
+                StorageClass::from(
+                    h.get("x-amz-storage-class")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("STANDARD")
+                        .to_string(),
+                )
+            }),
+            object_parts: (wants("ObjectParts") && etag.contains('-')).then(|| {
+                GetObjectAttributesParts {
+                    total_parts_count: Some(segments as i32),
+                    ..Default::default()
+                }
+            }),
+            last_modified: last_modified(h),
             ..Default::default()
         }))
     }
