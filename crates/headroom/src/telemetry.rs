@@ -35,7 +35,16 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // s3s logs every S3 error it answers (a SlowDown, a NoSuchKey) at
+    // ERROR: those are answers, not the proxy's errors, and the proxy logs
+    // each request itself. Shown only when RUST_LOG names s3s.
+    if !asked.contains("s3s")
+        && let Ok(quiet) = "s3s=off".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     // Colours only for a terminal: a log file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -63,6 +63,10 @@ struct State {
     probe: headroom_governor::MemoryProbe,
     /// Requests by operation and status: a few dozen series at most.
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Requests so far, for request ids.
+    served: std::sync::atomic::AtomicU64,
+    /// This process's start (seconds), the first half of every request id.
+    started: u64,
 }
 
 /// The operation a request is, for metrics, from its method and shape.
@@ -110,15 +114,39 @@ async fn handle(
         req.uri().path(),
         req.uri().query().unwrap_or(""),
     );
+    // Every answer names its request (x-amz-request-id, as S3's do), and
+    // the log line for it carries the same id.
+    let n = state
+        .served
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let request_id = format!("{:08X}{n:08X}", state.started as u32);
+    let started = std::time::Instant::now();
     let req = req.map(s3s::Body::http_body_unsync);
-    let response = match state.s3.call(req).await {
+    let mut response = match state.s3.call(req).await {
         Ok(r) => r.map(axum::body::Body::new),
         Err(e) => {
-            tracing::error!("proxy: {e:?}");
+            tracing::error!(request_id, "proxy: {e:?}");
             (http::StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
         }
     };
+    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-amz-request-id", v);
+    }
     let status = response.status().as_u16();
+    let took_ms = started.elapsed().as_millis() as u64;
+    // Refused credentials are worth an operator's eye; the rest is the
+    // access log, at debug.
+    if status == 403 {
+        tracing::warn!(
+            request_id,
+            operation = op,
+            status,
+            took_ms,
+            "request refused"
+        );
+    } else {
+        tracing::debug!(request_id, operation = op, status, took_ms, "request");
+    }
     *state
         .requests
         .lock()
@@ -259,6 +287,10 @@ pub async fn serve(
         gov: gov.clone(),
         probe,
         requests: Mutex::default(),
+        served: Default::default(),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     });
     let app = axum::Router::new().fallback(handle).with_state(state);
     crate::serve::api::serve_charged(listener, app, max_connections, Some(gov), shutdown).await;
