@@ -370,6 +370,7 @@ fn bad_credentials_and_unsupported_operations_are_refused() {
         );
         // Operations the proxy does not serve say so, S3's way; nothing
         // passes through to the upstream.
+        let mut ids = Vec::new();
         for (method, path) in [
             ("GET", "/vault?acl"),
             ("GET", "/vault/x?tagging"),
@@ -377,12 +378,21 @@ fn bad_credentials_and_unsupported_operations_are_refused() {
         ] {
             let r = signed(&proxy, method, path, Vec::new()).await;
             let status = r.status();
+            let id = r
+                .headers()
+                .get("x-amz-request-id")
+                .map(|v| v.to_str().unwrap().to_string());
             let body = r.text().await.unwrap();
             assert!(
                 status == 501 && body.contains("NotImplemented"),
                 "{method} {path}: {status} {body}"
             );
+            // Every answer names its request, for the operator's log.
+            ids.push(id.unwrap_or_else(|| panic!("{method} {path}: no x-amz-request-id")));
         }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "request ids are not distinct: {ids:?}");
     });
     for (path, _) in stored(upstream.root.path()) {
         assert!(
