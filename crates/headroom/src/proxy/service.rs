@@ -257,6 +257,20 @@ impl Proxy {
         let mut pin = HeaderMap::new();
         set_header(&mut pin, "if-match", &format!("\"{etag}\""))?;
         let (mut segment_at, mut segment_start) = (0u64, 0u64);
+        if let Some((at, start, header)) = self
+            .equal_parts_jump(
+                bucket,
+                key,
+                &pin,
+                &segment,
+                segments_of(&etag),
+                ct,
+                wanted.start,
+            )
+            .await
+        {
+            (segment_at, segment_start, segment) = (at, start, header);
+        }
         loop {
             let (n, _) = envelope::read_header(&segment)
                 .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e.to_string()))?;
@@ -364,6 +378,49 @@ impl Proxy {
             len,
         };
         Ok((stream, opened))
+    }
+
+    /// Where a ranged read into a multipart object can start without
+    /// walking every segment header before it: most uploads have equal
+    /// parts, so segment `k = start / n1` (n1 the first part's plaintext
+    /// length) is guessed at ciphertext `k * segment_len(n1)`, and taken
+    /// only if the header there is part `k + 1`. That proves it: every part
+    /// but the last holds whole 64 KiB frames (Complete enforces it), so a
+    /// real header at that offset after `j` segments has
+    /// `32 (k - j) = 65552 m` for an integer `m`, i.e. `k - j` a multiple
+    /// of 4097; part numbers ascend from 1, so `j <= k`, and `k < 4097`
+    /// leaves `j = k` and the `k` parts before it of exactly `n1` bytes.
+    /// (Bytes inside a frame that looked like a header would derive a
+    /// wrong key and fail to authenticate, never give other plaintext.)
+    /// Returns the segment's ciphertext and plaintext offsets and header,
+    /// or `None` to walk from the start.
+    #[allow(clippy::too_many_arguments)]
+    async fn equal_parts_jump(
+        &self,
+        bucket: &str,
+        key: &str,
+        pin: &HeaderMap,
+        first: &[u8; HEADER as usize],
+        segments: u64,
+        ct: u64,
+        start: u64,
+    ) -> Option<(u64, u64, [u8; HEADER as usize])> {
+        let (n1, _) = envelope::read_header(first).ok()?;
+        if segments < 2 || n1 == 0 || start < n1 {
+            return None;
+        }
+        let k = start / n1;
+        let at = k.checked_mul(envelope::segment_len(n1))?;
+        if k >= 4097 || k >= segments || at >= ct {
+            return None;
+        }
+        let (_, header) = self
+            .up
+            .segment_header(bucket, key, at, pin.clone())
+            .await
+            .ok()?;
+        let (_, part) = envelope::read_header(&header).ok()?;
+        (u64::from(part) == k + 1).then_some((at, k * n1, header))
     }
 
     /// Reads a client's upload id.
