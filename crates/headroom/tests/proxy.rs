@@ -1521,6 +1521,15 @@ fn aws_chunked_uploads_are_checked_chunk_by_chunk() {
             .unwrap()
     });
     assert!(got == data, "an aws-chunked upload round trips");
+    // The request's framing is not the object's encoding.
+    let encoding = rt().block_on(async {
+        signed(&proxy, "HEAD", "/vault/chunked.bin", Vec::new())
+            .await
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_string())
+    });
+    assert_eq!(encoding, None, "the object kept the aws-chunked encoding");
     // A chunk whose bytes do not match its signature: refused, and nothing
     // is published.
     let status = aws_chunked_put(&proxy, "/vault/forged-chunk.bin", &data, 65536, true);

@@ -732,11 +732,23 @@ macro_rules! content_headers_of {
             content_type: $i.content_type.clone(),
             cache_control: $i.cache_control.clone(),
             content_disposition: $i.content_disposition.clone(),
-            content_encoding: $i.content_encoding.clone(),
+            content_encoding: stored_encoding($i.content_encoding.as_deref()),
             content_language: $i.content_language.clone(),
             expires: $i.expires.clone(),
         }
     };
+}
+
+/// The Content-Encoding an object keeps: the client's without
+/// `aws-chunked`, which describes the request's framing, not the object (S3
+/// drops it too).
+fn stored_encoding(given: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> = given?
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
 }
 
 impl ContentHeaders {
@@ -2247,6 +2259,17 @@ fn not_found_as(e: S3Error, code: S3ErrorCode) -> S3Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aws_chunked_is_not_an_objects_encoding() {
+        assert_eq!(stored_encoding(Some("aws-chunked")), None);
+        assert_eq!(
+            stored_encoding(Some("aws-chunked,gzip")).as_deref(),
+            Some("gzip")
+        );
+        assert_eq!(stored_encoding(Some("gzip")).as_deref(), Some("gzip"));
+        assert_eq!(stored_encoding(None), None);
+    }
 
     #[test]
     fn etags_are_marked_and_map_back() {
