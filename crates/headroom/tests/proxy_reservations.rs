@@ -92,6 +92,40 @@ fn every_proxy_operation_stays_within_its_reservation() {
             "GET of the copies",
             copy(&[], "s3://vault/copied", &copies_arg),
         ),
+        (
+            "HeadObject",
+            [
+                "aws",
+                "s3api",
+                "head-object",
+                "--bucket",
+                "vault",
+                "--key",
+                "data/small.bin",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        (
+            "DeleteObjects",
+            [
+                "aws",
+                "s3api",
+                "delete-objects",
+                "--bucket",
+                "vault",
+                "--delete",
+                r#"{"Objects":[{"Key":"copied/small.bin"},{"Key":"copied/big.bin"}]}"#,
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        (
+            "ListObjectsV2 and DeleteObject",
+            ["aws", "s3", "rm", "--recursive", "s3://vault/data"]
+                .map(String::from)
+                .to_vec(),
+        ),
     ] {
         let (measured, reserved) = rt.block_on(async {
             let gov = Governor::new(256 << 20);
