@@ -527,19 +527,45 @@ fn memory_holds_under_32_parallel_clients_and_a_slow_reader() {
 
 #[test]
 fn a_full_proxy_says_slow_down_and_retried_clients_succeed() {
-    // Room for two or three requests at a time: most of 24 clients are
-    // told to slow down, and every one of them ends with its object.
+    // Near the least budget the proxy takes (one listing beside a
+    // connection): room for a few requests at a time, so most of 24
+    // clients are told to slow down, and every one of them ends with its
+    // object.
     let clients = 24;
-    let (idle, peak, slow_downs) = under_load("10MiB", clients);
+    let (idle, peak, slow_downs) = under_load("16MiB", clients);
     assert!(slow_downs > 0, "no SlowDown at a budget this small");
     // The tight bound (idle + budget) is the 64 MiB test's; at a budget
     // this small the allocator's retained pages alone are a good part of
-    // it (peaks of 9 to 11 MiB over idle were measured), so this test only
-    // guards against growth beyond the budget's order.
+    // it, so this test only guards against growth beyond the budget's
+    // order.
     assert!(
-        peak <= idle + 2 * (10 << 20),
-        "peak RSS {peak} exceeds the idle {idle} plus twice the 10 MiB budget"
+        peak <= idle + 2 * (16 << 20),
+        "peak RSS {peak} exceeds the idle {idle} plus twice the 16 MiB budget"
     );
+}
+
+#[test]
+fn a_budget_smaller_than_one_request_is_refused_at_start() {
+    // At --memory 1MiB a PUT (3.3 MiB) would be admitted clamped to the
+    // budget, holding more than it reserved: the proxy refuses to start.
+    let upstream = S3Server::start(Faults::default());
+    let keys = tempfile::tempdir().unwrap();
+    let file = keys.path().join("keys.json");
+    write_key_file(&file);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_headroom"));
+    cmd.args(["--memory", "1MiB", "proxy", "--listen", "127.0.0.1:0"])
+        .args(["--upstream", &upstream.endpoint])
+        .arg("--keys")
+        .arg(&file)
+        .env_remove("HEADROOM_MEMORY");
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "the proxy started at 1 MiB");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("too small for the proxy") && err.contains("--memory"),
+        "{err}"
+    );
+    assert!(!text(&out.stdout).contains("listening"));
 }
 
 /// `clients` parallel uploads, then as many downloads (whole and ranged)

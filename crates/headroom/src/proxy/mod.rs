@@ -232,6 +232,20 @@ pub async fn run(
     }
     let keys = Arc::new(keys::Keys::load(&options.keys)?);
     let plan = crate::memory::MemoryPlan::start(memory);
+    // A budget that cannot hold one connection and its largest request is
+    // refused here: below it a request would be admitted for less than it
+    // holds (the governor clamps what exceeds the budget).
+    let needed = service::footprint::LARGEST + crate::serve::api::CONNECTION_BYTES;
+    if plan.governor.working_budget() < needed {
+        use headroom_governor::ByteSize;
+        anyhow::bail!(
+            "the memory budget is too small for the proxy: one connection and its largest \
+             request (a listing) hold {}, and the budget leaves {}. Give it --memory {} or more",
+            ByteSize(needed),
+            ByteSize(plan.governor.working_budget()),
+            ByteSize(crate::memory::budget_for_reservable(needed))
+        );
+    }
     let upstream = upstream::Upstream::new(&options.upstream)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -273,6 +287,15 @@ pub async fn serve(
     probe: headroom_governor::MemoryProbe,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    // Connections are charged while open; as many as leave the largest
+    // request its bytes beside their charges may be open at once, so that
+    // idle connections can never hold the budget every request needs
+    // (more wait to be accepted, holding nothing).
+    let room = gov
+        .working_budget()
+        .saturating_sub(service::footprint::LARGEST)
+        / crate::serve::api::CONNECTION_BYTES;
+    let max_connections = max_connections.min((room as usize).max(1));
     let proxy = service::Proxy::new(upstream, keys.clone(), gov.clone());
     let stats = proxy.stats.clone();
     let mut auth = s3s::auth::SimpleAuth::new();

@@ -83,6 +83,10 @@ pub mod footprint {
     pub const LIST: u64 = REQUEST_OVERHEAD + 3 * super::super::upstream::MAX_XML_BYTES as u64;
     /// Anything else: a HEAD, a DELETE, a bucket operation.
     pub const SMALL: u64 = REQUEST_OVERHEAD;
+    /// The most one request holds: a listing, or a copy (a GET feeding a
+    /// PUT). The budget must hold it beside the connections' charges, or
+    /// a request would be clamped to less than it holds.
+    pub const LARGEST: u64 = if LIST > GET + PUT { LIST } else { GET + PUT };
 }
 
 /// The proxy's S3 service.
