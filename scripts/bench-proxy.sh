@@ -10,6 +10,8 @@
 # writes to a temporary directory: keep FILES * SIZE_MIB * 3 free.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 files=${1:-8}
 size_mib=${2:-256}
@@ -34,23 +36,8 @@ for i in $(seq "$files"); do
 done
 bytes=$((files * (size_mib << 20)))
 
-# The upstream: exits when its standard input closes.
-mkfifo "$work/up.in"
-"$bin/examples/s3_test_server" --root "$work/up" < "$work/up.in" > "$work/up.out" &
-echo $! > "$work/up.pid"
-exec 3> "$work/up.in"
-until [ -s "$work/up.out" ]; do sleep 0.1; done
-upstream=$(head -1 "$work/up.out")
-up_env=(AWS_ACCESS_KEY_ID=headroom-test-key AWS_SECRET_ACCESS_KEY=headroom-test-secret AWS_REGION=us-east-1)
-
-"$bin/headroom" proxy keygen --access-key bench --secret-key bench-secret-0123456789 > "$work/keys.json"
-chmod 600 "$work/keys.json"
-env "${up_env[@]}" RUST_LOG=warn "$bin/headroom" --memory "$memory" proxy \
-  --listen 127.0.0.1:0 --upstream "$upstream" --keys "$work/keys.json" > "$work/proxy.out" &
-echo $! > "$work/proxy.pid"
-until [ -s "$work/proxy.out" ]; do sleep 0.1; done
-proxy=$(sed -n 's/^listening on //p' "$work/proxy.out")
-proxy_pid=$(cat "$work/proxy.pid")
+# The upstream (exits when this script does) and the proxy.
+proxy_stack "$bin" "$work" "$memory" bench bench-secret-0123456789
 
 # CPU seconds (user + system) of a process so far.
 cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }

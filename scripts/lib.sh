@@ -9,3 +9,27 @@ need() {
   [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2"
 }
+
+# proxy_stack BIN WORK MEMORY KEY SECRET: starts the test S3 server (rooted
+# at WORK/up, exiting when the script does) and `headroom proxy --memory
+# MEMORY` in front of it with the client credential KEY/SECRET. Sets
+# upstream, proxy (their URLs), proxy_pid and up_env (the upstream's
+# credentials); their pids are in WORK/up.pid and WORK/proxy.pid.
+proxy_stack() {
+  local bin=$1 work=$2 memory=$3 key=$4 secret=$5
+  mkfifo "$work/up.in"
+  "$bin/examples/s3_test_server" --root "$work/up" < "$work/up.in" > "$work/up.out" &
+  echo $! > "$work/up.pid"
+  exec 3> "$work/up.in"
+  until [ -s "$work/up.out" ]; do sleep 0.1; done
+  upstream=$(head -1 "$work/up.out")
+  up_env=(AWS_ACCESS_KEY_ID=headroom-test-key AWS_SECRET_ACCESS_KEY=headroom-test-secret AWS_REGION=us-east-1)
+  "$bin/headroom" proxy keygen --access-key "$key" --secret-key "$secret" > "$work/keys.json"
+  chmod 600 "$work/keys.json"
+  env "${up_env[@]}" RUST_LOG=warn "$bin/headroom" --memory "$memory" proxy \
+    --listen 127.0.0.1:0 --upstream "$upstream" --keys "$work/keys.json" > "$work/proxy.out" &
+  echo $! > "$work/proxy.pid"
+  until [ -s "$work/proxy.out" ]; do sleep 0.1; done
+  proxy=$(sed -n 's/^listening on //p' "$work/proxy.out")
+  proxy_pid=$(cat "$work/proxy.pid")
+}

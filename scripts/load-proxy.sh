@@ -13,6 +13,8 @@
 # 2 * CLIENTS * SIZE_MIB free on disk (sources and the upstream's copy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 clients=${1:-32}
 size_mib=${2:-256}
@@ -37,22 +39,8 @@ for i in $(seq 0 $((clients - 1))); do
   head -c "$((size_mib << 20))" /dev/urandom > "$work/src/f$i"
 done
 
-mkfifo "$work/up.in"
-"$bin/examples/s3_test_server" --root "$work/up" < "$work/up.in" > "$work/up.out" &
-echo $! > "$work/up.pid"
-exec 3> "$work/up.in"
-until [ -s "$work/up.out" ]; do sleep 0.1; done
-upstream=$(head -1 "$work/up.out")
-
-"$bin/headroom" proxy keygen --access-key load --secret-key load-secret-0123456789 > "$work/keys.json"
-chmod 600 "$work/keys.json"
-env AWS_ACCESS_KEY_ID=headroom-test-key AWS_SECRET_ACCESS_KEY=headroom-test-secret AWS_REGION=us-east-1 \
-  RUST_LOG=warn "$bin/headroom" --memory "$memory" proxy \
-  --listen 127.0.0.1:0 --upstream "$upstream" --keys "$work/keys.json" > "$work/proxy.out" &
-echo $! > "$work/proxy.pid"
-until [ -s "$work/proxy.out" ]; do sleep 0.1; done
-proxy=$(sed -n 's/^listening on //p' "$work/proxy.out")
-pid=$(cat "$work/proxy.pid")
+proxy_stack "$bin" "$work" "$memory" load load-secret-0123456789
+pid=$proxy_pid
 rss() { awk -v f="$1" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$pid/status"; }
 
 AWS_CA_BUNDLE='' AWS_ACCESS_KEY_ID=load AWS_SECRET_ACCESS_KEY=load-secret-0123456789 AWS_DEFAULT_REGION=us-east-1 \

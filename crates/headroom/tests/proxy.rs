@@ -660,12 +660,7 @@ fn under_load(memory: &str, clients: usize) -> (u64, u64, u64) {
             .await
             .unwrap()
     });
-    let metric = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} missing from {metrics}"))
-    };
+    let metric = |name: &str| metric(&metrics, name);
     eprintln!(
         "proxy RSS: idle {:.1} MiB, peak {:.1} MiB with --memory {memory}; {} SlowDowns, peak reserved {:.1} MiB",
         idle as f64 / 1048576.0,
@@ -687,6 +682,14 @@ fn under_load(memory: &str, clients: usize) -> (u64, u64, u64) {
         );
     }
     (idle, peak, metric("headroom_proxy_slow_downs_total"))
+}
+
+/// The value of an unlabelled series in the proxy's `/metrics` text.
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{name} missing from {metrics}"))
 }
 
 #[test]
@@ -903,12 +906,7 @@ fn a_client_that_disconnects_mid_upload_leaves_nothing_and_holds_nothing() {
     drop(socket);
     // The proxy stays up, stores nothing and hands the request's bytes
     // back: all that stays reserved is the connection asking for metrics.
-    let reserved = |m: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("headroom_memory_reserved_bytes "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap()
-    };
+    let reserved = |m: &str| metric(m, "headroom_memory_reserved_bytes");
     rt().block_on(async {
         // One client, so one kept-alive connection asks every time.
         let http = reqwest::Client::new();
@@ -1012,15 +1010,7 @@ fn an_upstream_that_stalls_mid_part_times_out_and_retried_parts_complete() {
             .await
             .unwrap()
     });
-    let reserved: u64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("headroom_memory_reserved_bytes")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no reservation in {metrics}"));
+    let reserved = metric(&metrics, "headroom_memory_reserved_bytes");
     assert!(
         reserved < (1 << 20),
         "{reserved} bytes still reserved after the uploads ended"

@@ -226,6 +226,13 @@ struct Read {
     skip: usize,
 }
 
+/// One part of a multipart upload, as [`Proxy::part_target`] found it.
+struct PartTarget {
+    data_key: [u8; 32],
+    segment: SegmentId,
+    query: [(&'static str, String); 2],
+}
+
 /// What [`Proxy::open_plaintext`] found: the upstream answer's headers
 /// (of the first request, which carry the metadata), the object's ETag and
 /// plaintext length, the range served and its length.
@@ -425,6 +432,60 @@ impl Proxy {
             .ok()?;
         let (_, part) = envelope::read_header(&header).ok()?;
         (u64::from(part) == k + 1).then_some((at, k * n1, header))
+    }
+
+    /// The part `part_number` of upload `upload_id`: where it goes upstream
+    /// and the key and segment it is sealed as. An id this proxy did not
+    /// hand out, or a part number S3 would refuse, is the client's error.
+    fn part_target(&self, upload_id: &str, part_number: i32) -> S3Result<PartTarget> {
+        if !(1..=10_000).contains(&part_number) {
+            return Err(bad(
+                S3ErrorCode::InvalidArgument,
+                "a part number is 1 to 10,000",
+            ));
+        }
+        let id = self.upload_id(upload_id)?.ok_or_else(|| {
+            bad(
+                S3ErrorCode::NoSuchUpload,
+                "this upload id has no key: it was not started through this proxy",
+            )
+        })?;
+        let data_key = id
+            .data_key(&self.keys)
+            .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e))?;
+        let part = part_number as u32;
+        Ok(PartTarget {
+            data_key,
+            segment: SegmentId {
+                object: id.object,
+                part,
+            },
+            query: [("partNumber", part.to_string()), ("uploadId", id.upstream)],
+        })
+    }
+
+    /// Seals `body` (`len` plaintext bytes) upstream as part `target`,
+    /// holding `permit`; the client's ETag of the stored part.
+    async fn send_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        target: PartTarget,
+        body: (StreamingBlob, u64),
+        permit: Permit,
+    ) -> S3Result<Option<ETag>> {
+        let response = self
+            .send_sealed(
+                bucket,
+                key,
+                &target.query,
+                HeaderMap::new(),
+                body,
+                (&target.data_key, target.segment),
+                permit,
+            )
+            .await?;
+        Ok(etag_header(response.headers()).map(|e| client_etag(&e)))
     }
 
     /// Reads a client's upload id.
@@ -1307,47 +1368,16 @@ impl S3 for Proxy {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
         let len = body_len(input.content_length)?;
-        if !(1..=10_000).contains(&input.part_number) {
-            return Err(bad(
-                S3ErrorCode::InvalidArgument,
-                "a part number is 1 to 10,000",
-            ));
-        }
-        let id = self.upload_id(&input.upload_id)?.ok_or_else(|| {
-            bad(
-                S3ErrorCode::NoSuchUpload,
-                "this upload id has no key: it was not started through this proxy",
-            )
-        })?;
-        let data_key = id
-            .data_key(&self.keys)
-            .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e))?;
+        let target = self.part_target(&input.upload_id, input.part_number)?;
         let body = input
             .body
             .ok_or_else(|| S3Error::new(S3ErrorCode::IncompleteBody))?;
         let permit = self.admit(footprint::PUT, "proxy.part").await?;
-        let part = input.part_number as u32;
-        let segment = SegmentId {
-            object: id.object,
-            part,
-        };
-        let query = [
-            ("partNumber", part.to_string()),
-            ("uploadId", id.upstream.clone()),
-        ];
-        let response = self
-            .send_sealed(
-                &input.bucket,
-                &input.key,
-                &query,
-                HeaderMap::new(),
-                (body, len),
-                (&data_key, segment),
-                permit,
-            )
+        let e_tag = self
+            .send_part(&input.bucket, &input.key, target, (body, len), permit)
             .await?;
         Ok(S3Response::new(UploadPartOutput {
-            e_tag: etag_header(response.headers()).map(|e| client_etag(&e)),
+            e_tag,
             ..Default::default()
         }))
     }
@@ -1360,12 +1390,7 @@ impl S3 for Proxy {
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         let input = req.input;
-        if !(1..=10_000).contains(&input.part_number) {
-            return Err(bad(
-                S3ErrorCode::InvalidArgument,
-                "a part number is 1 to 10,000",
-            ));
-        }
+        let target = self.part_target(&input.upload_id, input.part_number)?;
         let CopySource::Bucket {
             bucket: src_bucket,
             key: src_key,
@@ -1390,15 +1415,6 @@ impl S3 for Proxy {
                 })
             })
             .transpose()?;
-        let id = self.upload_id(&input.upload_id)?.ok_or_else(|| {
-            bad(
-                S3ErrorCode::NoSuchUpload,
-                "this upload id has no key: it was not started through this proxy",
-            )
-        })?;
-        let data_key = id
-            .data_key(&self.keys)
-            .map_err(|e| bad(S3ErrorCode::InvalidObjectState, e))?;
         let permit = self
             .admit(footprint::GET + footprint::PUT, "proxy.part")
             .await?;
@@ -1416,29 +1432,18 @@ impl S3 for Proxy {
         if source.len > 5 << 30 {
             return Err(bad(S3ErrorCode::EntityTooLarge, "a part is at most 5 GiB"));
         }
-        let part = input.part_number as u32;
-        let segment = SegmentId {
-            object: id.object,
-            part,
-        };
-        let query = [
-            ("partNumber", part.to_string()),
-            ("uploadId", id.upstream.clone()),
-        ];
-        let response = self
-            .send_sealed(
+        let e_tag = self
+            .send_part(
                 &input.bucket,
                 &input.key,
-                &query,
-                HeaderMap::new(),
+                target,
                 (StreamingBlob::wrap(decrypted), source.len),
-                (&data_key, segment),
                 put_permit,
             )
             .await?;
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
-                e_tag: etag_header(response.headers()).map(|e| client_etag(&e)),
+                e_tag,
                 last_modified: Some(Timestamp::from(std::time::SystemTime::now())),
                 ..Default::default()
             }),
