@@ -18,6 +18,7 @@ use crate::jobs::copy::CopyOptions;
 use crate::jobs::ingest::IngestOptions;
 use crate::jobs::purge::PurgeOptions;
 use crate::serve::ServeOptions;
+use crate::store::gdrive::{CredentialsConfig, DriveConfig};
 use crate::store::s3::S3Config;
 use crate::telemetry;
 
@@ -104,9 +105,11 @@ pub enum Command {
     /// Copy files or objects from SRC to DST, skipping what is already
     /// there, within the memory budget.
     ///
-    /// SRC and DST are local paths, file://PATH or s3://BUCKET/PREFIX. A
-    /// directory or prefix is copied recursively into DST; a single file or
-    /// object is copied into DST as a directory (like `rclone copy`).
+    /// SRC and DST are local paths, file://PATH or s3://BUCKET/PREFIX; SRC
+    /// may also be Google Drive (gdrive://root/PATH, gdrive://shared/DRIVE/PATH,
+    /// gdrive://id/ID, gdrive://shared-with-me/PATH). A directory or prefix
+    /// is copied recursively into DST; a single file or object is copied
+    /// into DST as a directory (like `rclone copy`).
     Copy(Box<CopyArgs>),
     /// Delete files older than a cut-off from a directory tree or an S3
     /// prefix, in constant memory however many files there are.
@@ -264,7 +267,7 @@ impl ProxyArgs {
 /// Arguments of `headroom copy`.
 #[derive(Debug, Args)]
 pub struct CopyArgs {
-    /// What to copy: a path, file://PATH or s3://BUCKET/PREFIX.
+    /// What to copy: a path, file://PATH, s3://BUCKET/PREFIX or gdrive://...
     pub src: crate::store::Location,
 
     /// Where to: a directory path, file://PATH or s3://BUCKET/PREFIX.
@@ -308,6 +311,75 @@ pub struct CopyArgs {
 
     #[command(flatten)]
     pub s3: S3Args,
+
+    #[command(flatten)]
+    pub gdrive: DriveArgs,
+}
+
+/// Google Drive flags (for a gdrive:// source).
+#[derive(Debug, Args)]
+pub struct DriveArgs {
+    /// The Drive API's base URL (paths below it as Google's:
+    /// /drive/v3/files ...). Default: HEADROOM_GDRIVE_ENDPOINT, else
+    /// https://www.googleapis.com.
+    #[arg(long, value_name = "URL")]
+    pub gdrive_endpoint: Option<String>,
+
+    /// A credentials file: a service-account key, an authorized-user file
+    /// (gcloud) or an OAuth token (rclone). Default:
+    /// GOOGLE_OAUTH_ACCESS_TOKEN (a ready token), else
+    /// GOOGLE_APPLICATION_CREDENTIALS.
+    #[arg(long, value_name = "FILE")]
+    pub gdrive_credentials: Option<std::path::PathBuf>,
+
+    /// With a service-account key: the user to act as (domain-wide
+    /// delegation), e.g. alice@example.com.
+    #[arg(long, value_name = "EMAIL")]
+    pub gdrive_impersonate: Option<String>,
+
+    /// The OAuth client an rclone token was issued to.
+    #[arg(long, env = "HEADROOM_GDRIVE_CLIENT_ID", value_name = "ID")]
+    pub gdrive_client_id: Option<String>,
+
+    /// Its secret.
+    #[arg(
+        long,
+        env = "HEADROOM_GDRIVE_CLIENT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub gdrive_client_secret: Option<String>,
+
+    /// Formats Google Docs, Sheets, Slides and Drawings are exported to,
+    /// by preference: each file gets the first its type offers (its
+    /// extension is added to the key).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "docx,xlsx,pptx,pdf",
+        value_name = "EXT,..."
+    )]
+    pub gdrive_export: Vec<String>,
+
+    /// Pass shortcuts over instead of copying what they point to.
+    #[arg(long)]
+    pub gdrive_skip_shortcuts: bool,
+}
+
+impl DriveArgs {
+    fn config(&self) -> DriveConfig {
+        DriveConfig {
+            endpoint: self.gdrive_endpoint.clone(),
+            credentials: CredentialsConfig {
+                file: self.gdrive_credentials.clone(),
+                impersonate: self.gdrive_impersonate.clone(),
+                client_id: self.gdrive_client_id.clone(),
+                client_secret: self.gdrive_client_secret.clone(),
+            },
+            exports: self.gdrive_export.clone(),
+            skip_shortcuts: self.gdrive_skip_shortcuts,
+        }
+    }
 }
 
 /// S3 connection flags; the AWS environment variables are the defaults.
@@ -355,6 +427,7 @@ impl CopyArgs {
             part_size: self.part_size.map(|p| p.0),
             retries: self.retries,
             s3: self.s3.config(),
+            gdrive: self.gdrive.config(),
         }
     }
 }
@@ -559,6 +632,29 @@ pub struct ServeArgs {
     /// instead of resuming at start.
     #[arg(long)]
     pub no_resume: bool,
+
+    /// Google credentials a copy task from gdrive:// may name by NAME
+    /// (its `gdrive_credentials`), e.g. migrator=/etc/headroom/sa.json
+    /// (repeatable). A task never carries a secret; one that names none
+    /// uses this process's GOOGLE_OAUTH_ACCESS_TOKEN or
+    /// GOOGLE_APPLICATION_CREDENTIALS.
+    #[arg(long, value_name = "NAME=FILE", value_parser = parse_named_file)]
+    pub gdrive_credentials: Vec<(String, std::path::PathBuf)>,
+
+    /// The Drive API's base URL for tasks (default:
+    /// HEADROOM_GDRIVE_ENDPOINT, else https://www.googleapis.com).
+    #[arg(long, value_name = "URL")]
+    pub gdrive_endpoint: Option<String>,
+}
+
+/// `NAME=FILE`.
+fn parse_named_file(s: &str) -> Result<(String, std::path::PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
+            Ok((name.to_string(), file.into()))
+        }
+        _ => Err(format!("{s:?} is not NAME=FILE")),
+    }
 }
 
 impl IngestArgs {
@@ -594,6 +690,10 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_running: self.max_running,
             resume: !self.no_resume,
+            gdrive: crate::serve::tasks::DriveAccess {
+                endpoint: self.gdrive_endpoint.clone(),
+                credentials: self.gdrive_credentials.iter().cloned().collect(),
+            },
         }
     }
 }

@@ -7,13 +7,24 @@
 //! | [`Kind::ToLocal`] | one chunk, refilled | [`to_local_footprint`] |
 //! | [`Kind::SinglePut`] | the object (at most one part) | [`single_put_footprint`] |
 //! | [`Kind::Multipart`] | one part per permit, 1..=`part_concurrency` | [`part_footprint`] |
+//! | [`Kind::Streamed`] | one chunk or part, refilled | [`part_footprint`] |
 //!
 //! No object is ever read whole unless it fits in one part. Every retry
 //! re-reads from the source (a local range or a ranged GET), so streaming
 //! never costs retry-ability. Integrity is checked end to end where the
 //! protocol allows: the MD5 of what was read is compared with the ETag the
-//! server computed for each PUT and each part, and a download from S3 is
-//! hashed against the source's ETag when that is a plain MD5.
+//! server computed for each PUT and each part, and what was read is hashed
+//! against the source's MD5 when the source knows it (an S3 ETag that is a
+//! plain MD5, a Drive file's `md5Checksum`): a download or a single PUT as
+//! it goes, a multipart upload by hashing its parts in order (a part that
+//! finishes before the one ahead of it waits, holding its permit, so the
+//! hash never needs a byte the permits did not pay for).
+//!
+//! An object whose size is not known before it is read (a Google Doc's
+//! export) is [`Kind::Streamed`]: read to its end through one buffer, as a
+//! file, one PUT, or a multipart upload of as many parts as it fills. It
+//! cannot be resumed mid-way, so a failure starts it again from byte 0
+//! (removing the partial file, aborting the upload).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +67,12 @@ pub enum Kind {
     Multipart {
         /// Part size.
         part: u64,
+    },
+    /// An object of unknown length, read to its end through one buffer of
+    /// this size: a chunk into a file, or a part of an upload.
+    Streamed {
+        /// Buffer size.
+        buffer: u64,
     },
 }
 
@@ -110,20 +127,26 @@ pub const MIN_CHUNK: u64 = 64 << 10;
 pub fn kind_for(
     dst: &Store,
     read_overhead: u64,
-    size: u64,
+    entry: &Entry,
     working: u64,
     cfg: &TransferConfig,
 ) -> Kind {
+    let size = entry.size;
     match dst.write_mode() {
         WriteMode::Positional => {
             let room = working.saturating_sub(OBJECT_OVERHEAD + read_overhead);
-            Kind::ToLocal {
-                chunk: cfg.chunk_size.min(room).max(MIN_CHUNK),
+            let chunk = cfg.chunk_size.min(room).max(MIN_CHUNK);
+            if entry.size_unknown {
+                Kind::Streamed { buffer: chunk }
+            } else {
+                Kind::ToLocal { chunk }
             }
         }
         WriteMode::Upload => {
             let part = part_size_for(size, working, cfg.part_size);
-            if size <= part {
+            if entry.size_unknown {
+                Kind::Streamed { buffer: part }
+            } else if size <= part {
                 Kind::SinglePut
             } else {
                 Kind::Multipart { part }
@@ -166,7 +189,9 @@ pub fn footprint(kind: Kind, size: u64, read_overhead: u64) -> u64 {
     match kind {
         Kind::ToLocal { chunk } => to_local_footprint(size, chunk, read_overhead),
         Kind::SinglePut => single_put_footprint(size, read_overhead),
-        Kind::Multipart { part } => part_footprint(part, read_overhead),
+        Kind::Multipart { part } | Kind::Streamed { buffer: part } => {
+            part_footprint(part, read_overhead)
+        }
     }
 }
 
@@ -220,6 +245,7 @@ impl Transfers<'_> {
                 _ = stopped => Err(interrupted(src, entry)),
             },
             Kind::Multipart { part } => self.multipart(entry, part, permit).await,
+            Kind::Streamed { buffer } => self.streamed(entry, buffer, permit).await,
         }
     }
 }
@@ -286,17 +312,8 @@ impl Transfers<'_> {
             bytes_done.fetch_add(n as u64, Ordering::Relaxed);
         }
         drop(buf);
-        if let (Some(h), Some(want)) = (hasher, entry.md5_etag()) {
-            let got = hex(&h.finalize());
-            if !got.eq_ignore_ascii_case(want) {
-                return Err(StoreError {
-                    context: src.display_key(&entry.key),
-                    message: format!(
-                        "integrity check failed: downloaded content hashes to {got}, source ETag is {want}"
-                    ),
-                    retryable: true,
-                });
-            }
+        if let Some(h) = hasher {
+            check_source_md5(src, entry, &h.finalize())?;
         }
         let mtime = source_mtime(src, entry, reader.mtime(), cfg).await?;
         writer.finish(mtime, entry.mode.or(reader.mode())).await
@@ -341,6 +358,26 @@ async fn read_range(
     }
 }
 
+/// Checks the MD5 of everything read from `entry` against the source's
+/// own, when it has one: a mismatch is a corrupted read (retried) or a
+/// source that changed since it was listed.
+fn check_source_md5(src: &Store, entry: &Entry, digest: &[u8]) -> Result<(), StoreError> {
+    let Some(want) = entry.md5_etag() else {
+        return Ok(());
+    };
+    let got = hex(digest);
+    if got.eq_ignore_ascii_case(want) {
+        return Ok(());
+    }
+    Err(StoreError {
+        context: src.display_key(&entry.key),
+        message: format!(
+            "integrity check failed: the content read hashes to {got}, the source's MD5 is {want} (a corrupted read, or the source changed since it was listed)"
+        ),
+        retryable: true,
+    })
+}
+
 /// Checks a server-computed ETag against the MD5 of what was sent. ETags
 /// that are not plain MD5s (KMS encryption) cannot be checked.
 fn check_etag(what: &str, etag: Option<&str>, data: &[u8]) -> Result<(), StoreError> {
@@ -375,6 +412,7 @@ async fn single_put(
         cfg,
     )
     .await?;
+    check_source_md5(src, entry, &Md5::digest(&buf))?;
     let mtime = source_mtime(src, entry, mtime, cfg).await?;
     let data = Bytes::from(buf);
     with_retries(&cfg.retry, || async {
@@ -401,7 +439,7 @@ async fn upload_part(
     p: Part<'_>,
     permit: Permit,
     cfg: &TransferConfig,
-) -> Result<(usize, PartId, Permit), StoreError> {
+) -> Result<PartDone, StoreError> {
     let Part {
         dst,
         entry,
@@ -414,31 +452,78 @@ async fn upload_part(
     loop {
         // Re-read on every attempt: the buffer exists only while it is sent.
         let (buf, _) = read_range(src, entry, range.clone(), vec![0u8; len], cfg).await?;
-        let md5 = hex(&Md5::digest(&buf));
-        let r = dst
-            .put_part(&entry.key, upload_id, index, Bytes::from(buf))
-            .await;
-        let r = r.and_then(|part| {
-            let etag = part.content_id.trim_matches('"');
-            if is_md5_hex(etag) && !etag.eq_ignore_ascii_case(&md5) {
-                Err(StoreError {
-                    context: format!(
-                        "upload part {} of {}",
-                        index + 1,
-                        dst.display_key(&entry.key)
-                    ),
-                    message: format!("integrity check failed: server ETag {etag}, part MD5 {md5}"),
-                    retryable: true,
-                })
-            } else {
-                Ok(part)
+        let data = Bytes::from(buf);
+        match put_checked_part(dst, entry, upload_id, index, data.clone()).await {
+            Ok(part) => {
+                return Ok(PartDone {
+                    index,
+                    part,
+                    permit,
+                    data,
+                });
             }
-        });
-        match r {
-            Ok(part) => return Ok((index, part, permit)),
             Err(e) if backoff.retry(&e).await => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A part uploaded, with the permit that paid for it and its bytes (kept
+/// for the in-order hash of the whole object, else dropped at once).
+struct PartDone {
+    index: usize,
+    part: PartId,
+    permit: Permit,
+    data: Bytes,
+}
+
+/// Uploads part `index` once and checks the server's ETag against the
+/// MD5 of `data`.
+async fn put_checked_part(
+    dst: &Store,
+    entry: &Entry,
+    upload_id: &str,
+    index: usize,
+    data: Bytes,
+) -> Result<PartId, StoreError> {
+    let md5 = hex(&Md5::digest(&data));
+    let part = dst.put_part(&entry.key, upload_id, index, data).await?;
+    let etag = part.content_id.trim_matches('"');
+    if is_md5_hex(etag) && !etag.eq_ignore_ascii_case(&md5) {
+        return Err(StoreError {
+            context: format!(
+                "upload part {} of {}",
+                index + 1,
+                dst.display_key(&entry.key)
+            ),
+            message: format!("integrity check failed: server ETag {etag}, part MD5 {md5}"),
+            retryable: true,
+        });
+    }
+    Ok(part)
+}
+
+/// The MD5 of an object uploaded in parts that finish in any order: each
+/// part's bytes wait (with their permit) until the parts before it are
+/// hashed.
+#[derive(Default)]
+struct OrderedMd5 {
+    hasher: Md5,
+    next: usize,
+    waiting: std::collections::BTreeMap<usize, (Bytes, Permit)>,
+}
+
+impl OrderedMd5 {
+    /// Takes part `index`; the permits of the parts now hashed.
+    fn offer(&mut self, index: usize, data: Bytes, permit: Permit) -> Vec<Permit> {
+        self.waiting.insert(index, (data, permit));
+        let mut hashed = Vec::new();
+        while let Some((data, permit)) = self.waiting.remove(&self.next) {
+            self.hasher.update(&data);
+            self.next += 1;
+            hashed.push(permit);
+        }
+        hashed
     }
 }
 
@@ -499,6 +584,7 @@ impl Transfers<'_> {
         let mut cancel = self.cancel.clone();
         let size = entry.size;
         let mut done: Vec<Option<PartId>> = vec![None; count];
+        let mut hashing = entry.md5_etag().map(|_| OrderedMd5::default());
         let mut spare = Some(first);
         let mut next = 0usize;
         let mut in_flight = FuturesUnordered::new();
@@ -538,23 +624,199 @@ impl Transfers<'_> {
                 _ = crate::cancel::until_set(&mut cancel) => return Err(interrupted(src, entry)),
             };
             match finished {
-                Some(Ok((index, id, permit))) => {
+                Some(Ok(PartDone {
+                    index,
+                    part: id,
+                    permit,
+                    data,
+                })) => {
                     let len = part.min(size - index as u64 * part);
                     bytes_done.fetch_add(len, Ordering::Relaxed);
                     done[index] = Some(id);
+                    let freed = match hashing.as_mut() {
+                        Some(h) => h.offer(index, data, permit),
+                        None => vec![permit],
+                    };
                     // Keep one permit for the next part; release extras.
-                    if spare.is_none() && next < count {
-                        spare = Some(permit);
+                    for permit in freed {
+                        if spare.is_none() && next < count {
+                            spare = Some(permit);
+                        }
                     }
                 }
                 Some(Err(e)) => return Err(e),
                 None => {}
             }
         }
+        if let Some(h) = hashing {
+            check_source_md5(src, entry, &h.hasher.finalize())?;
+        }
         Ok(done
             .into_iter()
             .map(|p| p.expect("every part uploaded"))
             .collect())
+    }
+
+    /// Copies an object of unknown length (see [`Kind::Streamed`]),
+    /// starting again from byte 0 after a retryable failure.
+    async fn streamed(
+        &self,
+        entry: &Entry,
+        buffer: u64,
+        _permit: Permit,
+    ) -> Result<(), StoreError> {
+        let mut backoff = Backoff::new(&self.cfg.retry);
+        loop {
+            let mut cancel = self.cancel.clone();
+            let stopped = crate::cancel::until_set(&mut cancel);
+            let attempt = async {
+                match self.dst.write_mode() {
+                    WriteMode::Positional => self.stream_to_file(entry, buffer).await,
+                    WriteMode::Upload => self.stream_to_upload(entry, buffer).await,
+                }
+            };
+            // Dropping an attempt removes its partial file; an upload
+            // watches the cancel itself, to abort.
+            let r = tokio::select! {
+                r = attempt => r,
+                _ = stopped, if self.dst.write_mode() == WriteMode::Positional => {
+                    Err(interrupted(self.src, entry))
+                }
+            };
+            match r {
+                Ok(n) => {
+                    self.bytes_done.fetch_add(n, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) if *self.cancel.borrow() => return Err(e),
+                Err(e) if backoff.retry(&e).await => {
+                    tracing::info!("{e}: reading it again from its start");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt of a streamed copy into a file; the bytes copied.
+    async fn stream_to_file(&self, entry: &Entry, buffer: u64) -> Result<u64, StoreError> {
+        let mut writer = self.dst.create(&entry.key).await?;
+        let mut reader = self.src.open_range(entry, 0..u64::MAX).await?;
+        let mut buf = vec![0u8; buffer as usize];
+        let mut offset = 0u64;
+        loop {
+            let (b, r) = reader.read(buf, 0).await;
+            buf = b;
+            let n = r?;
+            if n == 0 {
+                break;
+            }
+            let (b, w) = writer.write_at(buf, n, offset).await;
+            buf = b;
+            w?;
+            offset += n as u64;
+        }
+        drop(buf);
+        writer.finish(entry.mtime, entry.mode).await?;
+        Ok(offset)
+    }
+
+    /// One attempt of a streamed copy into an upload: one PUT if it ends
+    /// within the first buffer, else a multipart upload of the buffers as
+    /// they fill, one at a time; the bytes copied.
+    async fn stream_to_upload(&self, entry: &Entry, buffer: u64) -> Result<u64, StoreError> {
+        let (src, dst, cfg) = (self.src, self.dst, self.cfg);
+        let mut reader = src.open_range(entry, 0..u64::MAX).await?;
+        let (mut buf, r) = reader.read_full(vec![0u8; buffer as usize]).await;
+        let filled = r?;
+        if filled < buf.len() {
+            buf.truncate(filled);
+            let data = Bytes::from(buf);
+            with_retries(&cfg.retry, || async {
+                let etag = dst
+                    .put(&entry.key, data.clone(), entry.mtime, entry.mode)
+                    .await?;
+                check_etag(&dst.display_key(&entry.key), etag.as_deref(), &data)
+            })
+            .await?;
+            return Ok(filled as u64);
+        }
+        let upload_id = with_retries(&cfg.retry, || {
+            dst.create_upload(&entry.key, entry.mtime, entry.mode)
+        })
+        .await?;
+        let mut cancel = self.cancel.clone();
+        let parts = tokio::select! {
+            r = self.stream_parts(entry, &mut reader, buf, &upload_id) => r,
+            _ = crate::cancel::until_set(&mut cancel) => Err(interrupted(src, entry)),
+        };
+        let outcome = match parts {
+            Ok((parts, total)) => with_retries(&cfg.retry, || {
+                dst.complete_upload(&entry.key, &upload_id, parts.clone())
+            })
+            .await
+            .map(|()| total),
+            Err(e) => Err(e),
+        };
+        if outcome.is_err() {
+            let aborted =
+                with_retries(&cfg.retry, || dst.abort_upload(&entry.key, &upload_id)).await;
+            if let Err(abort) = aborted {
+                tracing::error!(
+                    upload_id = %upload_id,
+                    "could not abort the multipart upload of {}: {abort}",
+                    dst.display_key(&entry.key)
+                );
+            }
+        }
+        outcome
+    }
+
+    /// Uploads `first` (a full buffer) and then every buffer the reader
+    /// fills, as parts; the parts and the bytes sent.
+    async fn stream_parts(
+        &self,
+        entry: &Entry,
+        reader: &mut RangeReader,
+        first: Vec<u8>,
+        upload_id: &str,
+    ) -> Result<(Vec<PartId>, u64), StoreError> {
+        let (dst, cfg) = (self.dst, self.cfg);
+        let buffer = first.len();
+        let mut parts = Vec::new();
+        let mut total = 0u64;
+        let mut buf = first;
+        let mut filled = buffer;
+        loop {
+            if parts.len() as u64 >= MAX_PARTS {
+                return Err(StoreError::permanent(
+                    dst.display_key(&entry.key),
+                    format!(
+                        "larger than {MAX_PARTS} parts of {}: give a larger --part-size",
+                        headroom_governor::ByteSize(buffer as u64)
+                    ),
+                ));
+            }
+            buf.truncate(filled);
+            let data = Bytes::from(buf);
+            let index = parts.len();
+            let part = with_retries(&cfg.retry, || {
+                put_checked_part(dst, entry, upload_id, index, data.clone())
+            })
+            .await?;
+            parts.push(part);
+            total += filled as u64;
+            // The part's buffer is freed before the next one is filled.
+            drop(data);
+            if filled < buffer {
+                return Ok((parts, total));
+            }
+            let (b, r) = reader.read_full(vec![0u8; buffer]).await;
+            buf = b;
+            filled = r?;
+            if filled == 0 {
+                return Ok((parts, total));
+            }
+        }
     }
 }
 

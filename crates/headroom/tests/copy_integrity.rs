@@ -413,7 +413,7 @@ fn symlinks_and_special_files_are_counted_and_control_characters_escaped() {
     let (out, err) = (text(&o.stdout), text(&o.stderr));
     assert!(!o.status.success(), "the unreadable file fails the run");
     assert!(
-        out.contains("passed over 2 symlinks and special files"),
+        out.contains("passed over 2 entries with nothing to copy"),
         "{out}"
     );
     assert!(out.contains("evil\\u{1b}[2J\\u{7}.txt"), "escaped: {out}");

@@ -147,7 +147,7 @@ fn every_transfer_kind_stays_within_its_reservation() {
             let kind = kind_for(
                 &dst,
                 src.read_overhead(),
-                entry.size,
+                &entry,
                 gov.working_budget(),
                 &cfg,
             );

@@ -85,6 +85,8 @@ pub struct Access {
     hosts: Vec<String>,
     /// Canonical directories local task paths must be in.
     pub paths: Arc<Vec<std::path::PathBuf>>,
+    /// The Google Drive credentials tasks may name.
+    pub drive: Arc<super::tasks::DriveAccess>,
 }
 
 impl Access {
@@ -93,7 +95,16 @@ impl Access {
         token: String,
         hosts: &[String],
         paths: &[std::path::PathBuf],
+        drive: super::tasks::DriveAccess,
     ) -> anyhow::Result<Self> {
+        for (name, file) in &drive.credentials {
+            std::fs::metadata(file).map_err(|e| {
+                anyhow::anyhow!(
+                    "--gdrive-credentials {name}={}: cannot read it: {e}",
+                    file.display()
+                )
+            })?;
+        }
         let paths = paths
             .iter()
             .map(|p| {
@@ -106,6 +117,7 @@ impl Access {
             token,
             hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             paths: Arc::new(paths),
+            drive: Arc::new(drive),
         })
     }
 
@@ -335,7 +347,7 @@ async fn create_task(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Json(body) = body.map_err(|e| bad(e.body_text()))?;
     let spec = TaskSpec::parse(body).map_err(bad)?;
-    let v = validate(spec, &state.access.paths).map_err(bad)?;
+    let v = validate(spec, &state.access.paths, &state.access.drive).map_err(bad)?;
     let id = new_id();
     let spec = serde_json::to_string(&v.spec).map_err(|e| bad(e.to_string()))?;
     let row = state.db.insert(&id, v.spec.kind(), &spec).await?;

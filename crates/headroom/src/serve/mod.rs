@@ -44,6 +44,8 @@ pub struct ServeOptions {
     /// Whether tasks left `running` by the previous process resume at
     /// start (else they become `interrupted`).
     pub resume: bool,
+    /// The Google Drive credentials tasks may name, and the endpoint.
+    pub gdrive: tasks::DriveAccess,
 }
 
 impl Default for ServeOptions {
@@ -57,6 +59,7 @@ impl Default for ServeOptions {
             max_connections: 512,
             max_running: 4,
             resume: true,
+            gdrive: tasks::DriveAccess::default(),
         }
     }
 }
@@ -150,7 +153,12 @@ pub async fn run(
     memory: Option<headroom_governor::ByteSize>,
 ) -> anyhow::Result<()> {
     let (token, generated) = token(args)?;
-    let access = Arc::new(api::Access::new(token, &args.allow_host, &args.allow_path)?);
+    let access = Arc::new(api::Access::new(
+        token,
+        &args.allow_host,
+        &args.allow_path,
+        args.gdrive.clone(),
+    )?);
     if args.max_connections == 0 {
         bail!("--max-connections must be at least 1");
     }
@@ -170,6 +178,7 @@ pub async fn run(
         memory.governor.clone(),
         args.max_running,
         access.paths.clone(),
+        access.drive.clone(),
     );
     let scheduler = tokio::spawn(tasks.clone().schedule());
     let state = Arc::new(api::AppState {

@@ -29,6 +29,7 @@ use super::db::{Db, Kind, Progress, Status, TaskRow};
 use crate::jobs::copy::{self, CopyCounters, CopyEnv, CopyOptions, Watermark};
 use crate::jobs::purge::{self, PurgeCounters, PurgeEnv, PurgeOptions};
 use crate::store::Location;
+use crate::store::gdrive::{CredentialsConfig, DriveConfig};
 use crate::telemetry::Outcome;
 
 /// What `POST /api/tasks` accepts, tagged by `kind`: a copy or a purge.
@@ -45,7 +46,7 @@ pub enum TaskSpec {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CopySpec {
-    /// A path, file://PATH or s3://BUCKET/PREFIX.
+    /// A path, file://PATH, s3://BUCKET/PREFIX or gdrive://...
     pub source: String,
     /// Same forms as `source`.
     pub destination: String,
@@ -63,6 +64,71 @@ pub struct CopySpec {
     pub checksum: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
+    /// A `gdrive://` source's credentials: a name the service holds
+    /// (`--gdrive-credentials NAME=FILE`), never a secret in the row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gdrive_credentials: Option<String>,
+    /// The user a service account acts as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gdrive_impersonate: Option<String>,
+    /// Export formats by preference (default: docx, xlsx, pptx, pdf).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gdrive_export: Vec<String>,
+    /// Pass shortcuts over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gdrive_skip_shortcuts: bool,
+}
+
+/// The Google Drive credentials a service holds, by name, and where it
+/// reaches Drive: a task names credentials, it never carries them.
+#[derive(Clone, Debug, Default)]
+pub struct DriveAccess {
+    /// `--gdrive-endpoint`, else HEADROOM_GDRIVE_ENDPOINT, else Google's.
+    pub endpoint: Option<String>,
+    /// `--gdrive-credentials NAME=FILE`.
+    pub credentials: std::collections::BTreeMap<String, std::path::PathBuf>,
+}
+
+impl DriveAccess {
+    /// The Drive settings of a copy task from `src`, checked; the error
+    /// names the bad field.
+    fn config(&self, c: &CopySpec, src: &Location) -> Result<DriveConfig, String> {
+        let is_drive = matches!(src, Location::GDrive(_));
+        if !is_drive {
+            let set = [
+                ("gdrive_credentials", c.gdrive_credentials.is_some()),
+                ("gdrive_impersonate", c.gdrive_impersonate.is_some()),
+                ("gdrive_export", !c.gdrive_export.is_empty()),
+                ("gdrive_skip_shortcuts", c.gdrive_skip_shortcuts),
+            ];
+            if let Some((field, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(format!("{field}: only a gdrive:// source takes it"));
+            }
+            return Ok(DriveConfig::default());
+        }
+        let file = match &c.gdrive_credentials {
+            None => None,
+            Some(name) => Some(self.credentials.get(name).cloned().ok_or_else(|| {
+                let known: Vec<&str> = self.credentials.keys().map(String::as_str).collect();
+                format!(
+                    "gdrive_credentials: this service holds no credentials named {name:?} (it holds: {}; start it with --gdrive-credentials NAME=FILE)",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )
+            })?),
+        };
+        crate::store::gdrive::names::check_exports(&c.gdrive_export)
+            .map_err(|e| format!("gdrive_export: {e}"))?;
+        Ok(DriveConfig {
+            endpoint: self.endpoint.clone(),
+            credentials: CredentialsConfig {
+                file,
+                impersonate: c.gdrive_impersonate.clone(),
+                ..CredentialsConfig::default()
+            },
+            exports: c.gdrive_export.clone(),
+            skip_shortcuts: c.gdrive_skip_shortcuts,
+        })
+    }
 }
 
 /// A purge task.
@@ -142,7 +208,7 @@ pub enum Job {
     Copy {
         src: Location,
         dst: Location,
-        options: CopyOptions,
+        options: Box<CopyOptions>,
     },
     Purge {
         target: Location,
@@ -234,7 +300,11 @@ fn check_common(
 /// Checks a spec against the local roots it may use and builds its job;
 /// the error names the bad field. Every option a spec does not set is the
 /// job's own default.
-pub fn validate(spec: TaskSpec, roots: &[std::path::PathBuf]) -> Result<Validated, String> {
+pub fn validate(
+    spec: TaskSpec,
+    roots: &[std::path::PathBuf],
+    drive: &DriveAccess,
+) -> Result<Validated, String> {
     let (job, share) = match &spec {
         TaskSpec::Copy(c) => {
             let share = check_common(&c.memory, &c.include, &c.exclude, c.concurrency)?;
@@ -242,17 +312,19 @@ pub fn validate(spec: TaskSpec, roots: &[std::path::PathBuf]) -> Result<Validate
                 [("source", &c.source), ("destination", &c.destination)],
                 roots,
             )?;
+            let gdrive = drive.config(c, &src)?;
             let job = Job::Copy {
                 src,
                 dst,
-                options: CopyOptions {
+                options: Box::new(CopyOptions {
                     dry_run: c.dry_run,
                     checksum: c.checksum,
                     include: c.include.clone(),
                     exclude: c.exclude.clone(),
                     concurrency: c.concurrency,
+                    gdrive,
                     ..CopyOptions::default()
-                },
+                }),
             };
             (job, share)
         }
@@ -400,6 +472,8 @@ pub struct Tasks {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Where local task paths may be (checked again when a task starts).
     roots: Arc<Vec<std::path::PathBuf>>,
+    /// The Drive credentials tasks may name.
+    drive: Arc<DriveAccess>,
 }
 
 impl Tasks {
@@ -408,6 +482,7 @@ impl Tasks {
         gov: Governor,
         max_running: usize,
         roots: Arc<Vec<std::path::PathBuf>>,
+        drive: Arc<DriveAccess>,
     ) -> Arc<Self> {
         let default_share = (gov.budget() / max_running.max(1) as u64).max(8 << 20);
         Arc::new(Tasks {
@@ -419,6 +494,7 @@ impl Tasks {
             default_share,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             roots,
+            drive,
         })
     }
 
@@ -521,7 +597,7 @@ impl Tasks {
         let (cancel, cancelled) = watch::channel(false);
         let validated = TaskSpec::from_stored(task.spec.clone())
             .map_err(|e| format!("the stored spec cannot be read: {e}"))
-            .and_then(|spec| validate(spec, &self.roots));
+            .and_then(|spec| validate(spec, &self.roots, &self.drive));
         let share = validated
             .as_ref()
             .ok()
@@ -775,7 +851,7 @@ mod tests {
             json!({"kind": "copy", "source": "s3://bucket/x", "destination": "s3://bucket/y"}),
         )
         .unwrap();
-        let v = validate(spec, &[]).unwrap();
+        let v = validate(spec, &[], &DriveAccess::default()).unwrap();
         let Job::Copy { options, .. } = v.job else {
             panic!("a copy")
         };

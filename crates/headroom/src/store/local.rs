@@ -99,6 +99,7 @@ impl LocalStore {
                 mtime: m.modified().ok(),
                 etag: None,
                 mode: Some(m.permissions().mode() & 0o777),
+                ..Entry::default()
             })),
             Ok(m) if m.is_dir() => Err(StoreError::permanent(
                 path.display().to_string(),
@@ -228,6 +229,7 @@ fn walk(root: &Path, rt: &tokio::runtime::Handle, tx: &channel::Sender<Listed>) 
                         mtime: m.modified().ok(),
                         etag: None,
                         mode: Some(m.permissions().mode() & 0o777),
+                        ..Entry::default()
                     }),
                     Err(err) => Err(ListError {
                         path: e.path().display().to_string(),

@@ -1,8 +1,11 @@
-//! Where data lives: `PATH`, `file://PATH` or `s3://BUCKET[/PREFIX]`.
+//! Where data lives: `PATH`, `file://PATH`, `s3://BUCKET[/PREFIX]` or
+//! `gdrive://...` (see [`DriveLocation`]).
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+
+pub use super::gdrive::DriveLocation;
 
 /// A parsed source or destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +23,8 @@ pub enum Location {
         /// an object is that object, as with rclone.
         dir: bool,
     },
+    /// A Google Drive folder or file (a source only).
+    GDrive(DriveLocation),
 }
 
 /// A location that cannot be parsed; the message quotes it.
@@ -40,7 +45,8 @@ impl FromStr for Location {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.is_empty() {
             return Err(LocationError(
-                "empty location (expected a path, file://PATH or s3://BUCKET/PREFIX)".into(),
+                "empty location (expected a path, file://PATH, s3://BUCKET/PREFIX or gdrive://...)"
+                    .into(),
             ));
         }
         if let Some(rest) = s.strip_prefix("s3://") {
@@ -53,6 +59,11 @@ impl FromStr for Location {
                 prefix: trimmed.to_string(),
                 dir: trimmed.is_empty() || prefix.ends_with('/'),
             });
+        }
+        if let Some(rest) = s.strip_prefix("gdrive://") {
+            return DriveLocation::parse(rest)
+                .map(Location::GDrive)
+                .map_err(|why| LocationError(format!("invalid Drive location {s:?}: {why}")));
         }
         if let Some(path) = s.strip_prefix("file://") {
             if path.is_empty() {
@@ -69,7 +80,7 @@ impl FromStr for Location {
                 .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         {
             return Err(LocationError(format!(
-                "unknown scheme {scheme:?} in {s:?} (supported: a local path, file://PATH, s3://BUCKET/PREFIX)"
+                "unknown scheme {scheme:?} in {s:?} (supported: a local path, file://PATH, s3://BUCKET/PREFIX, gdrive://root/PATH, gdrive://shared/DRIVE/PATH, gdrive://id/ID, gdrive://shared-with-me/PATH)"
             )));
         }
         Ok(Location::Local(PathBuf::from(s)))
@@ -87,6 +98,7 @@ impl fmt::Display for Location {
                 dir: true,
             } => write!(f, "s3://{bucket}/{prefix}/"),
             Location::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
+            Location::GDrive(d) => write!(f, "{d}"),
         }
     }
 }
@@ -245,6 +257,9 @@ mod tests {
         assert_eq!("s3://my-bucket/a/b".parse(), Ok(s3("my-bucket", "a/b")));
         assert_eq!(s3("b.x-1", "p/q").to_string(), "s3://b.x-1/p/q");
         assert_eq!(s3_dir("b.x-1", "p/q").to_string(), "s3://b.x-1/p/q/");
+        let drive: Location = "gdrive://shared/Eng/a/b".parse().unwrap();
+        assert_eq!(drive.to_string(), "gdrive://shared/Eng/a/b");
+        assert!(matches!(drive, Location::GDrive(_)));
     }
 
     #[test]
@@ -275,6 +290,8 @@ mod tests {
             ("s3://My_Bucket/x", "lowercase"),
             ("s3://-bucket", "start and end"),
             ("file://", "needs a path"),
+            ("gdrive://", "starts with root/"),
+            ("gdrive://shared/", "shared drive's id or name"),
             ("", "empty location"),
         ] {
             let e = input.parse::<Location>().unwrap_err().to_string();

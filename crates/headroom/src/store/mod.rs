@@ -1,5 +1,5 @@
-//! Object stores behind one interface: a local directory tree or an
-//! S3-compatible bucket prefix.
+//! Object stores behind one interface: a local directory tree, an
+//! S3-compatible bucket prefix, or (as a source only) a Google Drive folder.
 //!
 //! A store is rooted at a [`Location`]; every object in it is named by a
 //! *key* relative to that root, `/`-separated, valid UTF-8 (what S3 can
@@ -27,6 +27,7 @@
 //! a variant of [`Store`] and of [`Location`], and its arms in the methods
 //! below.
 
+pub mod gdrive;
 pub mod local;
 pub mod location;
 pub mod retry;
@@ -45,7 +46,7 @@ pub use location::Location;
 pub use object_store::multipart::PartId;
 
 /// One object found by a listing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entry {
     /// Key relative to the store's root, `/`-separated.
     pub key: String,
@@ -59,12 +60,19 @@ pub struct Entry {
     /// Permission bits (`0o777` at most): a local file's, or those an S3
     /// object's `mode` metadata records (known after a HEAD or GET).
     pub mode: Option<u32>,
+    /// What the source store reads the object by when its key is not its
+    /// name there: a Drive file's id, or a Google Doc's export link.
+    pub handle: Option<String>,
+    /// The size is not known before the content is read (a Google Doc's
+    /// export): `size` is 0, and the transfer streams to the end.
+    pub size_unknown: bool,
 }
 
 /// Bytes an entry holds while it waits in a listing channel.
 impl channel::Footprint for Entry {
     fn footprint(&self) -> u64 {
-        (std::mem::size_of::<Entry>() + self.key.len() + self.etag.as_ref().map_or(0, |e| e.len()))
+        let text = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len());
+        (std::mem::size_of::<Entry>() + self.key.len() + text(&self.etag) + text(&self.handle))
             as u64
     }
 }
@@ -187,12 +195,18 @@ pub enum Store {
     Local(local::LocalStore),
     /// An S3 bucket prefix (or one object).
     S3(s3::S3Store),
+    /// A Google Drive folder tree (or one file); a source only.
+    GDrive(gdrive::DriveStore),
 }
 
 impl Store {
     /// Opens a copy's source: a directory or prefix, or a single file or
     /// object (copied into the destination as a directory would be).
-    pub async fn open_source(loc: &Location, s3: &s3::S3Config) -> anyhow::Result<Store> {
+    pub async fn open_source(
+        loc: &Location,
+        s3: &s3::S3Config,
+        gdrive: &gdrive::DriveConfig,
+    ) -> anyhow::Result<Store> {
         use anyhow::{Context, bail};
         match loc {
             Location::Local(path) => match std::fs::metadata(path) {
@@ -217,6 +231,11 @@ impl Store {
                     s3::S3Store::source(client, bucket.clone(), prefix.clone(), *dir).await?,
                 ))
             }
+            Location::GDrive(d) => Ok(Store::GDrive(
+                gdrive::DriveStore::open(d, gdrive)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("source {loc}: {e}"))?,
+            )),
         }
     }
 
@@ -251,6 +270,12 @@ impl Store {
                 let client = std::sync::Arc::new(s3.client(bucket)?);
                 Store::S3(s3::S3Store::new(client, bucket.clone(), prefix.clone()))
             }
+            Location::GDrive(_) => {
+                return Err(StoreError::permanent(
+                    loc.to_string(),
+                    "Google Drive is a source only: copy from it to a local path or s3://",
+                ));
+            }
         })
     }
 
@@ -258,7 +283,7 @@ impl Store {
     pub fn write_mode(&self) -> WriteMode {
         match self {
             Store::Local(_) => WriteMode::Positional,
-            Store::S3(_) => WriteMode::Upload,
+            Store::S3(_) | Store::GDrive(_) => WriteMode::Upload,
         }
     }
 
@@ -268,14 +293,14 @@ impl Store {
     pub fn read_overhead(&self) -> u64 {
         match self {
             Store::Local(_) => 0,
-            Store::S3(_) => s3::HTTP_READ_BUFFER,
+            Store::S3(_) | Store::GDrive(_) => s3::HTTP_READ_BUFFER,
         }
     }
 
     /// Keys one [`delete`](Store::delete) call takes at most.
     pub fn delete_batch_keys(&self) -> usize {
         match self {
-            Store::Local(_) => 1,
+            Store::Local(_) | Store::GDrive(_) => 1,
             Store::S3(_) => s3::DELETE_BATCH_KEYS,
         }
     }
@@ -285,6 +310,7 @@ impl Store {
         match self {
             Store::Local(s) => s.path_of(key).display().to_string(),
             Store::S3(s) => s.url_of(key),
+            Store::GDrive(s) => s.url_of(key),
         }
     }
 
@@ -296,7 +322,8 @@ impl Store {
     /// retried under `retry`, resuming after the last key listed.
     ///
     /// `start_after` resumes an S3 listing after that key (S3 lists in
-    /// key order); a local walk has no order to resume in and ignores it.
+    /// key order); a local or Drive walk has no order to resume in and
+    /// ignores it (a resumed copy finds what it finished up to date).
     pub async fn list(
         &self,
         tx: channel::Sender<Listed>,
@@ -306,6 +333,7 @@ impl Store {
         match self {
             Store::Local(s) => s.list(tx).await,
             Store::S3(s) => s.list(tx, retry, start_after).await,
+            Store::GDrive(s) => s.list(tx, retry).await,
         }
     }
 
@@ -314,6 +342,7 @@ impl Store {
         match self {
             Store::Local(s) => s.stat(key).await,
             Store::S3(s) => s.stat(key).await,
+            Store::GDrive(_) => Err(self.not_written_so(key, "lookups by key")),
         }
     }
 
@@ -334,6 +363,7 @@ impl Store {
                 entry.etag.as_deref(),
                 range,
             ))),
+            Store::GDrive(s) => Ok(RangeReader::GDrive(s.open_range(entry, range))),
         }
     }
 
@@ -348,7 +378,7 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         use md5::{Digest, Md5};
         match self {
-            Store::S3(_) => Ok(entry.md5_etag().map(str::to_ascii_lowercase)),
+            Store::S3(_) | Store::GDrive(_) => Ok(entry.md5_etag().map(str::to_ascii_lowercase)),
             Store::Local(_) => {
                 let mut hasher = Md5::new();
                 let mut reader = self.open_range(entry, 0..entry.size).await?;
@@ -377,7 +407,7 @@ impl Store {
         retry: &retry::Retry,
     ) -> Result<Option<SystemTime>, StoreError> {
         match self {
-            Store::Local(_) => Ok(entry.mtime),
+            Store::Local(_) | Store::GDrive(_) => Ok(entry.mtime),
             Store::S3(s) => Ok(retry::with_retries(retry, || s.stat(&entry.key))
                 .await?
                 .and_then(|e| e.mtime)
@@ -391,7 +421,7 @@ impl Store {
     pub async fn create(&self, key: &str) -> Result<FileWriter, StoreError> {
         match self {
             Store::Local(s) => s.create(key).await,
-            Store::S3(_) => Err(self.not_written_so(key, "positional writes")),
+            Store::S3(_) | Store::GDrive(_) => Err(self.not_written_so(key, "positional writes")),
         }
     }
 
@@ -407,7 +437,7 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         match self {
             Store::S3(s) => s.put(key, data, mtime, mode).await,
-            Store::Local(_) => Err(self.not_written_so(key, "uploads")),
+            Store::Local(_) | Store::GDrive(_) => Err(self.not_written_so(key, "uploads")),
         }
     }
 
@@ -420,7 +450,7 @@ impl Store {
     ) -> Result<String, StoreError> {
         match self {
             Store::S3(s) => s.create_multipart(key, mtime, mode).await,
-            Store::Local(_) => Err(self.not_written_so(key, "uploads")),
+            Store::Local(_) | Store::GDrive(_) => Err(self.not_written_so(key, "uploads")),
         }
     }
 
@@ -434,7 +464,7 @@ impl Store {
     ) -> Result<PartId, StoreError> {
         match self {
             Store::S3(s) => s.put_part(key, id, index, data).await,
-            Store::Local(_) => Err(self.not_written_so(key, "uploads")),
+            Store::Local(_) | Store::GDrive(_) => Err(self.not_written_so(key, "uploads")),
         }
     }
 
@@ -447,7 +477,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::S3(s) => s.complete_multipart(key, id, parts).await,
-            Store::Local(_) => Err(self.not_written_so(key, "uploads")),
+            Store::Local(_) | Store::GDrive(_) => Err(self.not_written_so(key, "uploads")),
         }
     }
 
@@ -456,7 +486,7 @@ impl Store {
     pub async fn abort_upload(&self, key: &str, id: &str) -> Result<(), StoreError> {
         match self {
             Store::S3(s) => s.abort_multipart(key, id).await,
-            Store::Local(_) => Err(self.not_written_so(key, "uploads")),
+            Store::Local(_) | Store::GDrive(_) => Err(self.not_written_so(key, "uploads")),
         }
     }
 
@@ -467,6 +497,9 @@ impl Store {
         match self {
             Store::S3(s) => s.delete(keys).await,
             Store::Local(s) => Ok(s.delete(keys).await),
+            Store::GDrive(_) => {
+                Err(self.not_written_so(keys.first().map_or("", |k| k.as_str()), "deletes"))
+            }
         }
     }
 
@@ -484,6 +517,8 @@ pub enum RangeReader {
     Local(local::LocalRange),
     /// A ranged GET; a broken stream resumes with a new ranged GET.
     S3(s3::S3Range),
+    /// A ranged `alt=media` GET of a Drive file, or an export.
+    GDrive(gdrive::DriveRange),
 }
 
 impl RangeReader {
@@ -494,6 +529,7 @@ impl RangeReader {
         match self {
             RangeReader::Local(r) => r.read(buf, at).await,
             RangeReader::S3(r) => r.read(buf, at).await,
+            RangeReader::GDrive(r) => r.read(buf, at).await,
         }
     }
 
@@ -517,7 +553,7 @@ impl RangeReader {
     /// carry the stored mtime metadata).
     pub fn mtime(&self) -> Option<std::time::SystemTime> {
         match self {
-            RangeReader::Local(_) => None,
+            RangeReader::Local(_) | RangeReader::GDrive(_) => None,
             RangeReader::S3(r) => r.mtime(),
         }
     }
@@ -526,7 +562,7 @@ impl RangeReader {
     /// carry the `mode` metadata headroom stores).
     pub fn mode(&self) -> Option<u32> {
         match self {
-            RangeReader::Local(_) => None,
+            RangeReader::Local(_) | RangeReader::GDrive(_) => None,
             RangeReader::S3(r) => r.mode(),
         }
     }

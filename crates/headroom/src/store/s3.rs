@@ -378,6 +378,7 @@ impl S3Store {
                         mtime: last_modified,
                         etag,
                         mode: None,
+                        ..Entry::default()
                     }),
                     // `..`, `.`, empty segments, control characters.
                     Err(_) => Err(ListError {
@@ -602,6 +603,7 @@ fn entry_of(key: String, meta: &ObjectMeta, attributes: Option<&Attributes>) -> 
         mtime,
         etag: meta.e_tag.as_ref().map(|e| e.trim_matches('"').to_string()),
         mode,
+        ..Entry::default()
     }
 }
 

@@ -27,6 +27,7 @@ use headroom_governor::{ByteSize, Governor, MemoryProbe, channel};
 use tokio::sync::{Semaphore, watch};
 
 use crate::jobs::filter::Filter;
+use crate::store::gdrive::DriveConfig;
 use crate::store::retry::{Retry, with_retries};
 use crate::store::s3::S3Config;
 use crate::store::{Entry, Listed, Location, Store, StoreError};
@@ -69,6 +70,8 @@ pub struct CopyOptions {
     pub retries: u32,
     /// How S3 locations are reached.
     pub s3: S3Config,
+    /// How Google Drive is reached, and what its own files become.
+    pub gdrive: DriveConfig,
 }
 
 impl Default for CopyOptions {
@@ -82,6 +85,7 @@ impl Default for CopyOptions {
             part_size: None,
             retries: DEFAULT_RETRIES,
             s3: S3Config::default(),
+            gdrive: DriveConfig::default(),
         }
     }
 }
@@ -111,7 +115,9 @@ async fn up_to_date(
     checksum: bool,
     buf_len: usize,
 ) -> Result<bool, StoreError> {
-    if src.size != dst.size {
+    // An export's size is known only once it is made: its modification
+    // time alone says whether the copy is current.
+    if !src.size_unknown && src.size != dst.size {
         return Ok(false);
     }
     if checksum {
@@ -280,7 +286,7 @@ pub async fn execute(
     let ceiling = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1);
     let filter = check_options(src, dst, args)?;
     let s3 = args.s3.for_concurrency(ceiling);
-    let src = Store::open_source(src, &s3).await?;
+    let src = Store::open_source(src, &s3, &args.gdrive).await?;
     let dst = Store::open_destination(dst, &s3).await?;
     let cfg = TransferConfig {
         part_size: args.part_size,
@@ -511,7 +517,7 @@ impl TaskContext {
     /// `working` budget; `None` (the object failed, with the numbers) when
     /// even its least footprint is larger.
     fn plan(&self, entry: &Entry, read_overhead: u64, working: u64) -> Option<(Kind, u64)> {
-        let kind = transfer::kind_for(&self.dst, read_overhead, entry.size, working, &self.cfg);
+        let kind = transfer::kind_for(&self.dst, read_overhead, entry, working, &self.cfg);
         let footprint = transfer::footprint(kind, entry.size, read_overhead);
         if footprint > working {
             // Only a part size forced by S3's 10,000-part limit gets here.

@@ -163,7 +163,7 @@ impl CopySummary {
                 if self.not_regular > 0 {
                     writeln!(
                         out,
-                        "passed over {} symlinks and special files (never followed or copied)",
+                        "passed over {} entries with nothing to copy (symlinks, special files, Google forms, shortcut loops: never followed or copied; each one is logged)",
                         self.not_regular
                     )?;
                 }
