@@ -285,6 +285,32 @@ fn shared_drives_ids_and_files_shared_with_me_are_sources() {
         Tree::from([("solo.txt".into(), (77, md5_hex(&bytes(77, 3))))])
     );
 
+    // An rclone token with its OAuth client.
+    let user = server.authorized_user(dir.path());
+    let user: serde_json::Value = serde_json::from_slice(&std::fs::read(user).unwrap()).unwrap();
+    let rclone = dir.path().join("rclone-token.json");
+    let token = serde_json::json!({"access_token": "ya29.expired", "token_type": "Bearer",
+        "refresh_token": user["refresh_token"], "expiry": "2020-01-01T00:00:00Z",
+        "token_uri": server.token_uri()});
+    std::fs::write(&rclone, token.to_string()).unwrap();
+    let out = dir.path().join("rclone-token");
+    let o = headroom(
+        &[
+            "copy",
+            "--gdrive-credentials",
+            rclone.to_str().unwrap(),
+            "--gdrive-client-id",
+            user["client_id"].as_str().unwrap(),
+            "--gdrive-client-secret",
+            user["client_secret"].as_str().unwrap(),
+            &format!("gdrive://id/{solo}"),
+            out.to_str().unwrap(),
+        ],
+        &drive_env(&server, None),
+    );
+    assert_ok(&o);
+    assert_eq!(tree(&out).len(), 1);
+
     // Bob shares a folder with Alice.
     d.user("bob@example.com");
     let bob = d.root("bob@example.com");
@@ -577,6 +603,20 @@ fn bad_credentials_missing_folders_and_no_permission_are_clear_errors() {
         err.contains("invalid_grant") && err.contains("expired or revoked"),
         "{err}"
     );
+
+    // An rclone token refreshes only with the client it was issued to.
+    let rclone = dir.path().join("rclone-token.json");
+    std::fs::write(
+        &rclone,
+        r#"{"access_token":"ya29.old","token_type":"Bearer","refresh_token":"1//refresh-alice","expiry":"2020-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let err = run(
+        "gdrive://root",
+        &base,
+        &["--gdrive-credentials", rclone.to_str().unwrap()],
+    );
+    assert!(err.contains("--gdrive-client-id"), "{err}");
 
     // Impersonating someone the domain does not know.
     let key = server.service_account_key(dir.path());
