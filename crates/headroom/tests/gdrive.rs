@@ -116,6 +116,8 @@ fn a_drive_folder_copies_to_s3_and_to_a_directory_byte_identical_then_skips() {
     d.trash(&old);
     // More than a page of 1,000.
     let many = d.folder(&team, "many");
+    // Listed in one query with Sub: the same name in two folders is no duplicate.
+    file(d, &mut want, &many, "n.txt", "many/n.txt", bytes(301, 11));
     for i in 0..1005u64 {
         let name = format!("f{i:04}");
         file(

@@ -951,12 +951,17 @@ fn with_root(q: Q, root: &str) -> Q {
     }
 }
 
-/// The parent a query is restricted to (an `in parents` term joined by
-/// `and` at its top), to look at that folder's children only.
-fn parent_of(q: &Q) -> Option<&str> {
+/// The parents a query is restricted to (`in parents` terms joined by
+/// `or`, under an `and` at its top), to look at their children only.
+fn parents_of(q: &Q) -> Option<Vec<&str>> {
     match q {
-        Q::InParents(p) => Some(p),
-        Q::And(a, b) => parent_of(a).or_else(|| parent_of(b)),
+        Q::InParents(p) => Some(vec![p]),
+        Q::Or(a, b) => {
+            let mut all = parents_of(a)?;
+            all.extend(parents_of(b)?);
+            Some(all)
+        }
+        Q::And(a, b) => parents_of(a).or_else(|| parents_of(b)),
         _ => None,
     }
 }
@@ -1136,14 +1141,14 @@ async fn list(State(d): State<Arc<Drive>>, headers: HeaderMap, Query(p): Params)
     let inner = d.inner.lock().unwrap();
     let root = inner.roots.get(&user).cloned().unwrap_or_default();
     let q = q.map(|q| with_root(q, &root));
-    // Candidates: the children of the parent the query names, if it names one.
-    let candidates: Box<dyn Iterator<Item = &FakeFile>> = match q.as_ref().and_then(parent_of) {
-        Some(p) => Box::new(
-            inner
-                .children
-                .get(p)
+    // Candidates: the children of the parents the query names, if it names them.
+    let candidates: Box<dyn Iterator<Item = &FakeFile>> = match q.as_ref().and_then(parents_of) {
+        Some(parents) => Box::new(
+            parents
                 .into_iter()
-                .flatten()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .flat_map(|p| inner.children.get(p).into_iter().flatten())
                 .filter_map(|id| inner.files.get(id)),
         ),
         None => Box::new(inner.files.values()),

@@ -389,7 +389,7 @@ impl DriveStore {
                 if looped {
                     let e = ListError {
                         path: self.url_of(prefix.trim_end_matches('/')),
-                        message: "a shortcut to a folder that contains it: not followed".into(),
+                        message: "a shortcut to a folder this walk copies already (one that contains it, or one beside such a folder): not followed".into(),
                         passed_over: true,
                     };
                     if tx.send(Err(e)).await.is_err() {
