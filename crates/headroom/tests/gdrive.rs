@@ -210,6 +210,22 @@ fn a_drive_folder_copies_to_s3_and_to_a_directory_byte_identical_then_skips() {
     let local = dir.path().join("local");
     assert_ok(&copy(local.to_str().unwrap()));
     assert_eq!(tree(&local), want);
+    let no_links = dir.path().join("no-links");
+    let o = headroom(
+        &[
+            "copy",
+            "--gdrive-skip-shortcuts",
+            "--gdrive-impersonate",
+            ALICE,
+            "gdrive://root/Team",
+            no_links.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_ok(&o);
+    let mut without = want.clone();
+    without.retain(|k, _| !k.starts_with("link to a") && !k.starts_with("Elsewhere link/"));
+    assert_eq!(tree(&no_links), without);
     // The modification time is Drive's.
     let mtime = std::fs::metadata(local.join("Sub/n.txt"))
         .unwrap()
@@ -784,4 +800,64 @@ fn a_killed_service_resumes_a_drive_copy_without_downloading_finished_files_agai
         "{} downloads of {FILES} files",
         server.downloads()
     );
+}
+
+#[test]
+fn content_that_does_not_match_drives_md5_is_never_stored() {
+    let server = DriveServer::start();
+    let d = &server.drive;
+    let top = d.folder(&d.root(ALICE), "Suspect");
+    let good = bytes(1000, 1);
+    d.file(&top, "good.txt", good.clone());
+    let small = d.file(&top, "small.bin", bytes(2000, 2));
+    let big = d.add(
+        &top,
+        "big.bin",
+        "application/octet-stream",
+        Content::Generated {
+            len: 11 * MIB,
+            seed: 3,
+        },
+    );
+    for id in [&small, &big] {
+        d.set_md5(id, "0123456789abcdef0123456789abcdef");
+    }
+    let s3 = S3Server::start(Faults::default());
+    let bucket = s3.bucket("suspect");
+    let mut env = s3.env();
+    env.extend(drive_env(&server, None));
+    env.push(("GOOGLE_OAUTH_ACCESS_TOKEN", server.access_token(ALICE)));
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    for dst in ["s3://suspect", local.to_str().unwrap()] {
+        let o = headroom(
+            &[
+                "copy",
+                "--memory",
+                "64MiB",
+                "--part-size",
+                "5MiB",
+                "--retries",
+                "1",
+                "gdrive://root/Suspect",
+                dst,
+            ],
+            &env,
+        );
+        assert_eq!(o.status.code(), Some(1), "{dst}: {}", text(&o.stderr));
+        let out = summary(&o);
+        assert!(
+            out.contains("copied 1 objects") && out.contains("failed 2"),
+            "{dst}: {out}"
+        );
+        assert!(out.contains("integrity check failed"), "{dst}: {out}");
+    }
+    let only_good = Tree::from([("good.txt".into(), (1000, md5_hex(&good)))]);
+    assert_eq!(tree(&bucket), only_good, "nothing unverified was stored");
+    assert!(
+        s3.incomplete_uploads().is_empty(),
+        "the multipart upload was aborted"
+    );
+    assert_eq!(tree(&local), only_good);
+    assert!(visible_files(&local).all(|(rel, _)| !rel.contains("partial")));
 }
