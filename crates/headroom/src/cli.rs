@@ -321,7 +321,7 @@ pub struct CopyArgs {
 pub struct DriveArgs {
     /// The Drive API's base URL (paths below it as Google's:
     /// /drive/v3/files ...). Default: HEADROOM_GDRIVE_ENDPOINT, else
-    /// https://www.googleapis.com.
+    /// `https://www.googleapis.com`.
     #[arg(long, value_name = "URL")]
     pub gdrive_endpoint: Option<String>,
 
@@ -642,7 +642,7 @@ pub struct ServeArgs {
     pub gdrive_credentials: Vec<(String, std::path::PathBuf)>,
 
     /// The Drive API's base URL for tasks (default:
-    /// HEADROOM_GDRIVE_ENDPOINT, else https://www.googleapis.com).
+    /// HEADROOM_GDRIVE_ENDPOINT, else `https://www.googleapis.com`).
     #[arg(long, value_name = "URL")]
     pub gdrive_endpoint: Option<String>,
 }

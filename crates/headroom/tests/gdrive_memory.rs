@@ -29,6 +29,7 @@ fn run_polled(args: &[&str], env: &[(&str, String)]) -> (bool, String, u64) {
     for (k, v) in env {
         cmd.env(k, v);
     }
+    let started = std::time::Instant::now();
     let mut child = cmd.spawn().unwrap();
     let pid = child.id();
     let mut peak = 0;
@@ -41,6 +42,7 @@ fn run_polled(args: &[&str], env: &[(&str, String)]) -> (bool, String, u64) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    eprintln!("{args:?}: {:.1} s", started.elapsed().as_secs_f64());
     (
         status.success(),
         std::fs::read_to_string(&err_path).unwrap_or_default(),

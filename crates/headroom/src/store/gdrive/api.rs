@@ -1,7 +1,7 @@
 //! The Drive v3 requests headroom makes, through one pacer.
 //!
 //! Every request waits for its turn at the [`Pacer`], carries a bearer
-//! token from the [`TokenSource`](super::auth::TokenSource), and is
+//! token from the [`TokenSource`] and is
 //! classified by its answer:
 //!
 //! * 2xx: the pacer speeds up a little;
