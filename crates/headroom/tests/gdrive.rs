@@ -429,6 +429,15 @@ fn a_third_of_requests_refused_for_rate_slows_the_copy_and_loses_nothing() {
         .unwrap_or_default()
         .to_string();
     eprintln!("slowest pacing: {slowest}");
+    let remark = stderr
+        .lines()
+        .find(|l| l.contains("Google Drive: "))
+        .unwrap_or_else(|| panic!("the copy says how it was paced: {stderr}"));
+    eprintln!("{remark}");
+    assert!(
+        remark.contains(&format!("{refused} refused for rate")),
+        "{remark}"
+    );
 }
 
 #[test]

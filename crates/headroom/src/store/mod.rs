@@ -297,6 +297,26 @@ impl Store {
         }
     }
 
+    /// What a job should say about this store when it ends, if anything:
+    /// for Google Drive, how many requests were sent and how Google paced
+    /// them.
+    pub fn remark(&self) -> Option<String> {
+        match self {
+            Store::Local(_) | Store::S3(_) => None,
+            Store::GDrive(s) => {
+                let p = s.pacer_stats();
+                Some(format!(
+                    "Google Drive: {} requests, {} refused for rate ({:.1} %), requests spaced {} ms apart at the slowest, {} ms at the end",
+                    p.requests,
+                    p.pushbacks,
+                    p.pushbacks as f64 * 100.0 / p.requests.max(1) as f64,
+                    p.slowest.as_millis(),
+                    p.interval.as_millis()
+                ))
+            }
+        }
+    }
+
     /// Keys one [`delete`](Store::delete) call takes at most.
     pub fn delete_batch_keys(&self) -> usize {
         match self {

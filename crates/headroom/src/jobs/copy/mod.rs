@@ -365,6 +365,9 @@ pub async fn execute(
     controller.abort();
     let all = limit.limit.load(Ordering::Relaxed).max(1) as u32;
     let _ = limit.slots.acquire_many(all).await;
+    if let Some(remark) = ctx.src.remark() {
+        tracing::info!("{remark}");
+    }
     let outcome = Outcome::collect(&counters.failures, &gov, &probe, started.elapsed());
     let summary = CopySummary::collect(&counters, args.dry_run, outcome);
     if let Err(e) = listed {
