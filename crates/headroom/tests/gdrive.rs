@@ -870,3 +870,39 @@ fn content_that_does_not_match_drives_md5_is_never_stored() {
     assert_eq!(tree(&local), only_good);
     assert!(visible_files(&local).all(|(rel, _)| !rel.contains("partial")));
 }
+
+#[test]
+fn a_per_second_quota_is_found_and_kept() {
+    let server = DriveServer::start();
+    let d = &server.drive;
+    let top = d.folder(&d.root(ALICE), "Quota");
+    let want = small_tree(d, &top, 10, 40);
+    d.faults.quota_per_second.store(60, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut env = drive_env(&server, None);
+    env.push(("GOOGLE_OAUTH_ACCESS_TOKEN", server.access_token(ALICE)));
+    env.push(("RUST_LOG", "info".into()));
+    let o = headroom(
+        &[
+            "copy",
+            "--memory",
+            "64MiB",
+            "gdrive://root/Quota",
+            out.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_ok(&o);
+    assert_eq!(tree(&out), want);
+    let requests = d.counts.requests.load(Ordering::Relaxed);
+    let refused = d.counts.rate_limited.load(Ordering::Relaxed);
+    eprintln!("quota 60/s: {requests} requests, {refused} refused");
+    for (second, (answered, refused)) in server.timeline().iter().enumerate() {
+        eprintln!("second {second}: {answered} answered, {refused} refused");
+    }
+    let stderr = text(&o.stderr);
+    if let Some(remark) = stderr.lines().find(|l| l.contains("Google Drive: ")) {
+        eprintln!("{remark}");
+    }
+}

@@ -165,6 +165,9 @@ pub struct DriveFaults {
     pub drop_percent: AtomicU32,
     /// Every download starts this late.
     pub download_delay_ms: AtomicU64,
+    /// Requests answered per second at most, as a Google quota is
+    /// enforced: more in the last second are refused for rate (0: none).
+    pub quota_per_second: AtomicU32,
 }
 
 /// Counts of what the server answered.
@@ -208,6 +211,8 @@ struct Inner {
     timeline: Vec<(u64, u64)>,
     /// alt=media GETs and exports per file id.
     downloads: HashMap<String, u64>,
+    /// When the requests answered in the last second were.
+    recent: std::collections::VecDeque<Instant>,
 }
 
 /// The server's shared state.
@@ -1043,9 +1048,25 @@ impl Drive {
         let roll = fastrand::u32(0..100);
         let rate = self.faults.rate_limit_percent.load(Ordering::Relaxed);
         let errors = self.faults.server_error_percent.load(Ordering::Relaxed);
-        let refused = roll < rate;
+        let quota = self.faults.quota_per_second.load(Ordering::Relaxed) as usize;
+        let mut refused = roll < rate;
         {
             let mut inner = self.inner.lock().unwrap();
+            if quota > 0 {
+                let now = Instant::now();
+                while inner
+                    .recent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+                {
+                    inner.recent.pop_front();
+                }
+                if inner.recent.len() >= quota {
+                    refused = true;
+                } else {
+                    inner.recent.push_back(now);
+                }
+            }
             if inner.timeline.len() <= second {
                 inner.timeline.resize(second + 1, (0, 0));
             }
