@@ -132,7 +132,7 @@ pub enum Command {
     ///
     /// Open http://127.0.0.1:8080 for the dashboard; the API is described
     /// at /api/openapi.json.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show the memory plan: the detected limit, the budget headroom would
     /// use, the circuit breaker's thresholds and current usage.
     Memory(MemoryArgs),
@@ -641,6 +641,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME=FILE", value_parser = parse_named_file)]
     pub gdrive_credentials: Vec<(String, std::path::PathBuf)>,
 
+    /// This replica's id among the services on one PostgreSQL database
+    /// (default: host name and process id; give each replica its own).
+    #[arg(long, env = "HEADROOM_REPLICA_ID", value_name = "ID")]
+    pub replica_id: Option<String>,
+
+    /// How long a task's lease lasts unless renewed (every second): how
+    /// long a task of a replica that died waits before another takes it
+    /// over.
+    #[arg(long, default_value_t = crate::serve::tasks::DEFAULT_LEASE_TTL.into(), value_name = "DURATION")]
+    pub lease_ttl: humantime::Duration,
+
     /// The Drive API's base URL for tasks (default:
     /// HEADROOM_GDRIVE_ENDPOINT, else `https://www.googleapis.com`).
     #[arg(long, value_name = "URL")]
@@ -694,6 +705,8 @@ impl ServeArgs {
                 endpoint: self.gdrive_endpoint.clone(),
                 credentials: self.gdrive_credentials.iter().cloned().collect(),
             },
+            replica_id: self.replica_id.clone(),
+            lease_ttl: self.lease_ttl.into(),
         }
     }
 }

@@ -969,11 +969,12 @@ fn a_read_only_database_is_not_ready_and_an_answered_cancel_survives_a_crash() {
     let (status, body) = api.post(&cancel, json!({}));
     assert_eq!(status, 200, "{body}");
     // Killed before the task's end could be written: the answered cancel
-    // still holds at the next start.
+    // still holds at the next start (a new process, so a new replica id:
+    // the task is cancelled when the dead one's lease expires, never run
+    // again).
     svc.kill();
     svc.restart();
-    std::thread::sleep(Duration::from_secs(2));
-    let (_, t) = api.get(&svc.url(&format!("/api/tasks/{}", id(&task))));
+    let t = api.wait_task(&svc, &id(&task), LONG, ended);
     assert_eq!(t["status"], "cancelled", "{t}");
     assert_eq!(t["attempts"], 1, "not run again: {t}");
 }

@@ -69,6 +69,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/tasks/{id}", get(get_task).delete(delete_task))
         .route("/api/tasks/{id}/cancel", post(cancel_task))
         .route("/api/tasks/{id}/resume", post(resume_task))
+        .route("/api/fleet", get(fleet))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -329,6 +330,8 @@ fn view(state: &AppState, row: TaskRow) -> serde_json::Value {
         "attempts": row.attempts,
         "checkpoint_key": row.checkpoint_key,
         "error": row.error,
+        "replica": (row.status == Status::Running).then_some(row.lease_owner),
+        "lease_expires_at": (row.status == Status::Running).then_some(row.lease_expires_at),
         "live": state.tasks.live(&row.id),
     });
     v[names.done] = json!(row.items_done);
@@ -517,6 +520,52 @@ async fn readyz(State(state): State<Shared>) -> Response {
     }
 }
 
+/// Replicas whose heartbeat is older than this many leases are not shown.
+const FLEET_WINDOW_LEASES: u32 = 4;
+
+/// The replicas on this database (those heard from within four leases),
+/// each with its memory and the tasks it holds, and which one answered.
+async fn fleet_view(state: &AppState) -> Result<serde_json::Value, ApiError> {
+    let now = crate::telemetry::now_ms() as i64;
+    let ttl = state.tasks.lease_ttl();
+    let window = (ttl * FLEET_WINDOW_LEASES).as_millis() as i64;
+    let replicas = state.db.replicas(now - window).await?;
+    let leases = state.db.leases().await?;
+    let list: Vec<serde_json::Value> = replicas
+        .into_iter()
+        .map(|r| {
+            let held: Vec<&str> = leases
+                .iter()
+                .filter(|(_, owner, _)| *owner == r.id)
+                .map(|(id, _, _)| id.as_str())
+                .collect();
+            let age = now - r.heartbeat_at;
+            json!({
+                "id": r.id,
+                "started_at": r.started_at,
+                "heartbeat_at": r.heartbeat_at,
+                "heartbeat_age_ms": age,
+                "alive": r.stopped_at.is_none() && age < ttl.as_millis() as i64,
+                "stopped_at": r.stopped_at,
+                "memory_budget": r.memory_budget,
+                "memory_reserved": r.memory_reserved,
+                "tasks_running": r.tasks_running,
+                "tasks_held": held,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "replica": state.tasks.replica(),
+        "lease_ttl_ms": ttl.as_millis() as u64,
+        "running_here": state.tasks.running_ids(),
+        "replicas": list,
+    }))
+}
+
+async fn fleet(State(state): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(fleet_view(&state).await?))
+}
+
 /// Sets the gauges from the database, the governor and the probe, then
 /// renders them (metrics-exporter-prometheus).
 async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
@@ -543,6 +592,22 @@ async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
     metrics::gauge!("headroom_memory_waiters").set(stats.waiters as f64);
     metrics::gauge!("headroom_rss_bytes").set(sample.rss.unwrap_or(0) as f64);
     metrics::gauge!("headroom_tasks_running_here").set(state.tasks.running_count() as f64);
+    let fleet = fleet_view(&state).await?;
+    let replicas = fleet["replicas"].as_array().cloned().unwrap_or_default();
+    metrics::gauge!("headroom_fleet_replicas_alive")
+        .set(replicas.iter().filter(|r| r["alive"] == true).count() as f64);
+    for r in &replicas {
+        let id = r["id"].as_str().unwrap_or_default().to_string();
+        let n = |k: &str| r[k].as_i64().unwrap_or(0) as f64;
+        metrics::gauge!("headroom_replica_heartbeat_age_seconds", "replica" => id.clone())
+            .set(n("heartbeat_age_ms") / 1000.0);
+        metrics::gauge!("headroom_replica_memory_budget_bytes", "replica" => id.clone())
+            .set(n("memory_budget"));
+        metrics::gauge!("headroom_replica_memory_reserved_bytes", "replica" => id.clone())
+            .set(n("memory_reserved"));
+        metrics::gauge!("headroom_replica_tasks_held", "replica" => id)
+            .set(r["tasks_held"].as_array().map_or(0, |a| a.len()) as f64);
+    }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -594,6 +659,26 @@ pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::Promethe
         (
             "headroom_tasks_running_here",
             "Tasks this process runs now.",
+        ),
+        (
+            "headroom_fleet_replicas_alive",
+            "Replicas on this database whose heartbeat is younger than a lease.",
+        ),
+        (
+            "headroom_replica_heartbeat_age_seconds",
+            "Per replica: how long ago it last wrote its heartbeat.",
+        ),
+        (
+            "headroom_replica_memory_budget_bytes",
+            "Per replica: its governor's budget.",
+        ),
+        (
+            "headroom_replica_memory_reserved_bytes",
+            "Per replica: what its running tasks reserve.",
+        ),
+        (
+            "headroom_replica_tasks_held",
+            "Per replica: the running tasks whose lease it holds.",
         ),
     ] {
         metrics::describe_gauge!(name, help);

@@ -127,6 +127,40 @@ pub struct TaskRow {
     pub attempt_bytes_done: i64,
     pub checkpoint_key: Option<String>,
     pub error: Option<String>,
+    /// The replica whose lease holds the running attempt, and until when.
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+}
+
+/// The lease a replica holds on a running attempt: writes for the attempt
+/// name both, and do nothing once another replica (or attempt) holds it.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    /// The replica.
+    pub owner: String,
+    /// The attempt (`attempts` when it was claimed).
+    pub attempt: i64,
+}
+
+/// What renewing a lease found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// Still held; whether a cancel was recorded (by any replica).
+    Held { cancel_requested: bool },
+    /// Taken over, ended or deleted: stop working for it.
+    Lost,
+}
+
+/// One replica of the fleet, as it last wrote itself.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaRow {
+    pub id: String,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+    pub memory_budget: i64,
+    pub memory_reserved: i64,
+    pub tasks_running: i64,
+    pub stopped_at: Option<i64>,
 }
 
 fn row(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
@@ -154,6 +188,8 @@ fn row(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
         attempt_bytes_done: r.try_get("attempt_bytes_done")?,
         checkpoint_key: r.try_get("checkpoint_key")?,
         error: r.try_get("error")?,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_expires_at: r.try_get("lease_expires_at")?,
     })
 }
 
@@ -198,6 +234,8 @@ pub struct Db {
     pool: AnyPool,
     /// Shown in logs, without a password.
     pub display: String,
+    /// PostgreSQL (a fleet's database) rather than SQLite (one machine's).
+    postgres: bool,
 }
 
 /// Turns `--db` into a sqlx URL: postgres:// and sqlite: URLs as given, a
@@ -243,7 +281,18 @@ impl Db {
             .run(&pool)
             .await
             .with_context(|| format!("cannot migrate the task database {display}"))?;
-        Ok(Db { pool, display })
+        let postgres = url.starts_with("postgres");
+        Ok(Db {
+            pool,
+            display,
+            postgres,
+        })
+    }
+
+    /// Whether this is PostgreSQL, where replicas share tasks; SQLite is
+    /// one machine's.
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
     }
 
     /// Whether the database answers and takes writes (a read-only
@@ -396,47 +445,112 @@ impl Db {
         Ok(r.rows_affected())
     }
 
-    /// Claims the oldest queued task for running: starts a new attempt.
-    pub async fn claim_next(&self) -> sqlx::Result<Option<TaskRow>> {
-        loop {
-            let Some(next) = sqlx::query(
-                "SELECT id FROM tasks WHERE status = 'queued' ORDER BY created_at, id LIMIT 1",
-            )
-            .fetch_optional(&self.pool)
-            .await?
-            else {
-                return Ok(None);
+    /// Marks the `running` tasks whose lease `owner` held (this replica's
+    /// previous process: a restart under the same replica id) as `to`, but
+    /// those whose cancel was recorded as `cancelled`. Other replicas'
+    /// tasks are theirs until their leases expire.
+    pub async fn recover_owner(&self, owner: &str, to: Status) -> sqlx::Result<u64> {
+        let now = now_ms() as i64;
+        let r = sqlx::query(
+            "UPDATE tasks SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE $1 END, \
+             finished_at = CASE WHEN cancel_requested = 1 THEN COALESCE(finished_at, $2) ELSE finished_at END, \
+             updated_at = $3, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE status = 'running' AND lease_owner = $4",
+        )
+        .bind(to.as_str())
+        .bind(now)
+        .bind(now)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Ends the leases that expired (their replica died, froze or lost the
+    /// database): those tasks become `to` (queued, to be claimed again, or
+    /// interrupted), or `cancelled` if a cancel was recorded. Returns each
+    /// task with the replica that held it and when its lease expired (the
+    /// lease columns keep the last holder until the next claim).
+    pub async fn expire_leases(&self, to: Status) -> sqlx::Result<Vec<(String, String, i64)>> {
+        let now = now_ms() as i64;
+        let rows = sqlx::query(
+            "UPDATE tasks SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE $1 END, \
+             finished_at = CASE WHEN cancel_requested = 1 THEN COALESCE(finished_at, $2) ELSE finished_at END, \
+             updated_at = $3 \
+             WHERE status = 'running' AND lease_expires_at < $4 \
+             RETURNING id, COALESCE(lease_owner, '') AS owner, COALESCE(lease_expires_at, 0) AS expired",
+        )
+        .bind(to.as_str())
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("owner")?, r.try_get("expired")?)))
+            .collect()
+    }
+
+    /// Claims the oldest queued task for `owner`, with a lease of `ttl_ms`:
+    /// starts a new attempt. One statement; on PostgreSQL the row is taken
+    /// with `FOR UPDATE SKIP LOCKED`, so replicas claiming at once each get
+    /// a different task and never wait for each other.
+    pub async fn claim_next(&self, owner: &str, ttl_ms: i64) -> sqlx::Result<Option<TaskRow>> {
+        // The same statement but for the row lock, which SQLite (one
+        // writer at a time) neither needs nor has.
+        macro_rules! claim {
+            ($lock:literal) => {
+                concat!(
+                    "UPDATE tasks SET status = 'running', started_at = COALESCE(started_at, $1), updated_at = $2, ",
+                    "attempts = attempts + 1, attempt_items_done = 0, attempt_bytes_done = 0, ",
+                    "items_listed = 0, items_skipped = 0, items_failed = 0, error = NULL, ",
+                    "lease_owner = $3, lease_expires_at = $4 ",
+                    "WHERE id = (SELECT id FROM tasks WHERE status = 'queued' ORDER BY created_at, id LIMIT 1",
+                    $lock,
+                    ") AND status = 'queued' RETURNING id"
+                )
             };
-            let id: String = next.try_get("id")?;
-            let now = now_ms() as i64;
-            let claimed = sqlx::query(
-                "UPDATE tasks SET status = 'running', started_at = COALESCE(started_at, $1), updated_at = $2, \
-                 attempts = attempts + 1, attempt_items_done = 0, attempt_bytes_done = 0, \
-                 items_listed = 0, items_skipped = 0, items_failed = 0, error = NULL \
-                 WHERE id = $3 AND status = 'queued'",
-            )
+        }
+        let sql = if self.postgres {
+            claim!(" FOR UPDATE SKIP LOCKED")
+        } else {
+            claim!("")
+        };
+        let now = now_ms() as i64;
+        let claimed = sqlx::query(sql)
             .bind(now)
             .bind(now)
-            .bind(&id)
-            .execute(&self.pool)
+            .bind(owner)
+            .bind(now + ttl_ms)
+            .fetch_optional(&self.pool)
             .await?;
-            if claimed.rows_affected() == 1 {
-                return self.get(&id).await;
-            }
-            // Cancelled or deleted in between: look again.
+        match claimed {
+            Some(r) => self.get(&r.try_get::<String, _>("id")?).await,
+            None => Ok(None),
         }
     }
 
-    /// Writes a running attempt's progress. `base` is what earlier
-    /// attempts copied. Does nothing to a task no longer running, and says
-    /// so: `false` when the row is gone or not `running`.
-    pub async fn progress(&self, id: &str, base: (i64, i64), p: &Progress) -> sqlx::Result<bool> {
+    /// Writes a running attempt's progress and renews its lease by
+    /// `ttl_ms`. `base` is what earlier attempts copied. Nothing is
+    /// written unless `lease` still holds the attempt; the answer says
+    /// whether it does, and whether a cancel was recorded.
+    pub async fn progress(
+        &self,
+        id: &str,
+        lease: &Lease,
+        ttl_ms: i64,
+        base: (i64, i64),
+        p: &Progress,
+    ) -> sqlx::Result<Heartbeat> {
+        let now = now_ms() as i64;
         let r = sqlx::query(
             "UPDATE tasks SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, \
              attempt_items_done = $5, attempt_bytes_done = $6, items_done = $7, bytes_done = $8, \
-             checkpoint_key = COALESCE($9, checkpoint_key) WHERE id = $10 AND status = 'running'",
+             checkpoint_key = COALESCE($9, checkpoint_key), lease_expires_at = $10 \
+             WHERE id = $11 AND status = 'running' AND lease_owner = $12 AND attempts = $13 \
+             RETURNING CAST(cancel_requested AS BIGINT) AS cancel_requested",
         )
-        .bind(now_ms() as i64)
+        .bind(now)
         .bind(p.items_listed)
         .bind(p.items_skipped)
         .bind(p.items_failed)
@@ -445,34 +559,150 @@ impl Db {
         .bind(base.0 + p.attempt_items_done)
         .bind(base.1 + p.attempt_bytes_done)
         .bind(p.checkpoint_key.as_deref())
+        .bind(now + ttl_ms)
         .bind(id)
+        .bind(&lease.owner)
+        .bind(lease.attempt)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match r {
+            Some(r) => Heartbeat::Held {
+                cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
+            },
+            None => Heartbeat::Lost,
+        })
+    }
+
+    /// Ends a running attempt with its final progress, in one fenced
+    /// write; whether `lease` still held it.
+    pub async fn finish(
+        &self,
+        id: &str,
+        lease: &Lease,
+        base: (i64, i64),
+        p: &Progress,
+        status: Status,
+        error: Option<&str>,
+    ) -> sqlx::Result<bool> {
+        self.end_attempt(id, lease, base, p, status, error).await
+    }
+
+    /// Hands a running attempt back (a replica stopping for SIGTERM): the
+    /// task is queued again with its progress and checkpoint, for any
+    /// replica (or this one's next start) to resume; whether `lease` still
+    /// held it.
+    pub async fn release(
+        &self,
+        id: &str,
+        lease: &Lease,
+        base: (i64, i64),
+        p: &Progress,
+    ) -> sqlx::Result<bool> {
+        self.end_attempt(id, lease, base, p, Status::Queued, None)
+            .await
+    }
+
+    async fn end_attempt(
+        &self,
+        id: &str,
+        lease: &Lease,
+        base: (i64, i64),
+        p: &Progress,
+        status: Status,
+        error: Option<&str>,
+    ) -> sqlx::Result<bool> {
+        let now = now_ms() as i64;
+        let finished = (status != Status::Queued).then_some(now);
+        let r = sqlx::query(
+            "UPDATE tasks SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, \
+             attempt_items_done = $5, attempt_bytes_done = $6, items_done = $7, bytes_done = $8, \
+             checkpoint_key = COALESCE($9, checkpoint_key), status = $10, error = $11, \
+             finished_at = COALESCE($12, finished_at), lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = $13 AND status = 'running' AND lease_owner = $14 AND attempts = $15",
+        )
+        .bind(now)
+        .bind(p.items_listed)
+        .bind(p.items_skipped)
+        .bind(p.items_failed)
+        .bind(p.attempt_items_done)
+        .bind(p.attempt_bytes_done)
+        .bind(base.0 + p.attempt_items_done)
+        .bind(base.1 + p.attempt_bytes_done)
+        .bind(p.checkpoint_key.as_deref())
+        .bind(status.as_str())
+        .bind(error)
+        .bind(finished)
+        .bind(id)
+        .bind(&lease.owner)
+        .bind(lease.attempt)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
     }
 
-    /// Ends a running attempt with its final progress.
-    pub async fn finish(
-        &self,
-        id: &str,
-        base: (i64, i64),
-        p: &Progress,
-        status: Status,
-        error: Option<&str>,
-    ) -> sqlx::Result<()> {
-        self.progress(id, base, p).await?;
-        let now = now_ms() as i64;
+    /// Writes this replica's row of the fleet.
+    pub async fn beat(&self, r: &ReplicaRow) -> sqlx::Result<()> {
         sqlx::query(
-            "UPDATE tasks SET status = $1, error = $2, finished_at = $3, updated_at = $4 WHERE id = $5 AND status = 'running'",
+            "INSERT INTO replicas (id, started_at, heartbeat_at, memory_budget, memory_reserved, tasks_running, stopped_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET \
+             started_at = $8, heartbeat_at = $9, memory_budget = $10, memory_reserved = $11, \
+             tasks_running = $12, stopped_at = $13",
         )
-        .bind(status.as_str())
-        .bind(error)
-        .bind(now)
-        .bind(now)
-        .bind(id)
+        .bind(&r.id)
+        .bind(r.started_at)
+        .bind(r.heartbeat_at)
+        .bind(r.memory_budget)
+        .bind(r.memory_reserved)
+        .bind(r.tasks_running)
+        .bind(r.stopped_at)
+        .bind(r.started_at)
+        .bind(r.heartbeat_at)
+        .bind(r.memory_budget)
+        .bind(r.memory_reserved)
+        .bind(r.tasks_running)
+        .bind(r.stopped_at)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The replicas that wrote their row since `since` (Unix ms).
+    pub async fn replicas(&self, since: i64) -> sqlx::Result<Vec<ReplicaRow>> {
+        let rows = sqlx::query("SELECT * FROM replicas WHERE heartbeat_at >= $1 ORDER BY id")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReplicaRow {
+                    id: r.try_get("id")?,
+                    started_at: r.try_get("started_at")?,
+                    heartbeat_at: r.try_get("heartbeat_at")?,
+                    memory_budget: r.try_get("memory_budget")?,
+                    memory_reserved: r.try_get("memory_reserved")?,
+                    tasks_running: r.try_get("tasks_running")?,
+                    stopped_at: r.try_get("stopped_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The running tasks and the replica holding each.
+    pub async fn leases(&self) -> sqlx::Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, lease_owner, lease_expires_at FROM tasks WHERE status = 'running' AND lease_owner IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("lease_owner")?,
+                    r.try_get("lease_expires_at")?,
+                ))
+            })
+            .collect()
     }
 
     /// Deletes one task; whether it existed.

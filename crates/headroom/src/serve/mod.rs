@@ -46,6 +46,10 @@ pub struct ServeOptions {
     pub resume: bool,
     /// The Google Drive credentials tasks may name, and the endpoint.
     pub gdrive: tasks::DriveAccess,
+    /// This replica's id in a fleet (default: host name and process id).
+    pub replica_id: Option<String>,
+    /// How long a task's lease lasts unless renewed.
+    pub lease_ttl: std::time::Duration,
 }
 
 impl Default for ServeOptions {
@@ -60,6 +64,8 @@ impl Default for ServeOptions {
             max_running: 4,
             resume: true,
             gdrive: tasks::DriveAccess::default(),
+            replica_id: None,
+            lease_ttl: tasks::DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -169,16 +175,43 @@ pub async fn run(
     } else {
         db::Status::Interrupted
     };
-    let recovered = db.recover_running(to).await?;
+    let fleet = tasks::FleetOptions {
+        replica: args
+            .replica_id
+            .clone()
+            .unwrap_or_else(tasks::default_replica_id),
+        lease_ttl: args.lease_ttl,
+        resume: args.resume,
+    };
+    if fleet.lease_ttl < std::time::Duration::from_secs(3) {
+        bail!("--lease-ttl must be at least 3s (leases are renewed every second)");
+    }
+    // SQLite is one machine's: every task left running was this service's.
+    // On PostgreSQL other replicas may be running theirs: only this
+    // replica's own (a restart under the same id) are taken back now, the
+    // rest when their leases expire.
+    let recovered = if db.is_postgres() {
+        db.recover_owner(&fleet.replica, to).await?
+    } else {
+        db.recover_running(to).await?
+    };
     if recovered > 0 {
         tracing::info!("{recovered} tasks were running when the service stopped: now {to}");
     }
+    tracing::info!(
+        replica = %fleet.replica,
+        "replica {} on {} (leases of {:?})",
+        fleet.replica,
+        db.display,
+        fleet.lease_ttl
+    );
     let tasks = tasks::Tasks::new(
         db.clone(),
         memory.governor.clone(),
         args.max_running,
         access.paths.clone(),
         access.drive.clone(),
+        fleet,
     );
     let scheduler = tokio::spawn(tasks.clone().schedule());
     let state = Arc::new(api::AppState {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
-use super::db::{Db, Kind, Progress, Status, TaskRow};
+use super::db::{Db, Heartbeat, Kind, Lease, Progress, ReplicaRow, Status, TaskRow};
 use crate::jobs::copy::{self, CopyCounters, CopyEnv, CopyOptions, Watermark};
 use crate::jobs::purge::{self, PurgeCounters, PurgeEnv, PurgeOptions};
 use crate::store::Location;
@@ -474,6 +474,50 @@ pub struct Tasks {
     roots: Arc<Vec<std::path::PathBuf>>,
     /// The Drive credentials tasks may name.
     drive: Arc<DriveAccess>,
+    /// Who this replica is, how long its leases last, and what expired
+    /// leases' tasks become.
+    fleet: FleetOptions,
+    started_at: i64,
+}
+
+/// How a replica takes part in the fleet of services on one database.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    /// This replica's id, unique among live replicas (default: host name
+    /// and process id). A restart under the same id takes its previous
+    /// process's tasks back at once; others wait for their leases to
+    /// expire.
+    pub replica: String,
+    /// How long a lease lasts unless renewed (every second, with the
+    /// task's progress).
+    pub lease_ttl: Duration,
+    /// Whether a task whose lease expired is queued again (else it becomes
+    /// `interrupted`).
+    pub resume: bool,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            replica: default_replica_id(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            resume: true,
+        }
+    }
+}
+
+/// A lease's life unless renewed.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// `HOST-PID`: unique among live processes, and the same for a container
+/// restarted in its pod (the host name is the pod's, the pid is 1).
+pub fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "headroom".into());
+    format!("{host}-{}", std::process::id())
 }
 
 impl Tasks {
@@ -483,6 +527,7 @@ impl Tasks {
         max_running: usize,
         roots: Arc<Vec<std::path::PathBuf>>,
         drive: Arc<DriveAccess>,
+        fleet: FleetOptions,
     ) -> Arc<Self> {
         let default_share = (gov.budget() / max_running.max(1) as u64).max(8 << 20);
         Arc::new(Tasks {
@@ -495,7 +540,41 @@ impl Tasks {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             roots,
             drive,
+            fleet,
+            started_at: crate::telemetry::now_ms() as i64,
         })
+    }
+
+    /// This replica's id.
+    pub fn replica(&self) -> &str {
+        &self.fleet.replica
+    }
+
+    /// The lease time-to-live.
+    pub fn lease_ttl(&self) -> Duration {
+        self.fleet.lease_ttl
+    }
+
+    /// The ids of the tasks running in this process.
+    pub fn running_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.lock().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// This replica's row of the fleet, as of now.
+    fn replica_row(&self, stopped: bool) -> ReplicaRow {
+        let stats = self.gov.stats();
+        let now = crate::telemetry::now_ms() as i64;
+        ReplicaRow {
+            id: self.fleet.replica.clone(),
+            started_at: self.started_at,
+            heartbeat_at: now,
+            memory_budget: stats.budget as i64,
+            memory_reserved: stats.reserved as i64,
+            tasks_running: self.running_count() as i64,
+            stopped_at: stopped.then_some(now),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Running>>> {
@@ -551,9 +630,9 @@ impl Tasks {
     }
 
     /// Stops every running task for a shutdown (SIGTERM): each stops
-    /// cleanly (partial files removed, multipart uploads aborted), keeps
-    /// its checkpoint and stays `running`, to resume at the next start.
-    /// Waits up to `grace` for them.
+    /// cleanly (partial files removed, multipart uploads aborted) and is
+    /// handed back, queued with its checkpoint, for another replica or
+    /// the next start to resume. Waits up to `grace` for them.
     pub async fn shutdown(&self, grace: Duration) {
         self.shutting_down.store(true, Ordering::SeqCst);
         for r in self.lock().values() {
@@ -566,8 +645,11 @@ impl Tasks {
         let left = self.running_count();
         if left > 0 {
             tracing::warn!(
-                "{left} tasks did not stop within {grace:?}; they resume at the next start"
+                "{left} tasks did not stop within {grace:?}; their leases expire and another replica (or the next start) resumes them"
             );
+        }
+        if let Err(e) = self.db.beat(&self.replica_row(true)).await {
+            tracing::warn!("cannot record this replica's stop: {e}");
         }
     }
 
@@ -575,11 +657,38 @@ impl Tasks {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Claims and starts queued tasks while there is room, forever.
+    /// Every second, forever: writes this replica's row, ends expired
+    /// leases, and claims queued tasks while there is room.
     pub async fn schedule(self: Arc<Self>) {
+        let ttl = self.fleet.lease_ttl.as_millis() as i64;
+        let expired_to = if self.fleet.resume {
+            Status::Queued
+        } else {
+            Status::Interrupted
+        };
         loop {
+            if self.shutting_down() {
+                return;
+            }
+            if let Err(e) = self.db.beat(&self.replica_row(false)).await {
+                tracing::warn!("cannot write this replica's heartbeat: {e}");
+            }
+            match self.db.expire_leases(expired_to).await {
+                Ok(expired) => {
+                    let now = crate::telemetry::now_ms() as i64;
+                    for (id, owner, at) in expired {
+                        tracing::warn!(
+                            task = %id,
+                            replica = %owner,
+                            "task {id}: the lease of replica {owner} expired {} ms ago; the task is {expired_to}",
+                            now - at
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("cannot end expired leases: {e}"),
+            }
             while !self.shutting_down() && self.running_count() < self.max_running {
-                match self.db.claim_next().await {
+                match self.db.claim_next(&self.fleet.replica, ttl).await {
                     Ok(Some(task)) => self.clone().start(task),
                     Ok(None) => break,
                     Err(e) => {
@@ -589,7 +698,7 @@ impl Tasks {
                 }
             }
             // Woken by a new task or a finished one; polls as a fallback.
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.wake.notified()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
         }
     }
 
@@ -628,10 +737,14 @@ impl Tasks {
         task: TaskRow,
         validated: Result<Validated, String>,
         running: Arc<Running>,
-        mut cancelled: watch::Receiver<bool>,
+        cancelled: watch::Receiver<bool>,
         share: u64,
     ) {
         let id = task.id.clone();
+        let lease = Lease {
+            owner: self.fleet.replica.clone(),
+            attempt: task.attempts,
+        };
         let base = (
             task.items_done - task.attempt_items_done,
             task.bytes_done - task.attempt_bytes_done,
@@ -639,9 +752,10 @@ impl Tasks {
         let v = match validated {
             Ok(v) => v,
             Err(e) => {
+                let p = Progress::default();
                 let _ = self
                     .db
-                    .finish(&id, base, &Progress::default(), Status::Failed, Some(&e))
+                    .finish(&id, &lease, base, &p, Status::Failed, Some(&e))
                     .await;
                 return;
             }
@@ -655,56 +769,102 @@ impl Tasks {
                 .as_deref()
                 .map_or(String::new(), |k| format!(", resuming after {k:?}"))
         );
-        // The task's share of the service's memory, waited for in turn.
-        let _share = tokio::select! {
-            p = self.gov.acquire(share, "serve.task") => p,
-            _ = crate::cancel::until_set(&mut cancelled) => {
-                let _ = self.db.finish(&id, base, &Progress::default(), Status::Cancelled, None).await;
-                return;
-            }
-        };
         let watermark = Arc::new(Watermark::new(task.checkpoint_key.clone()));
         let progress = |w: &Watermark| running.counters.progress(w.key());
-        let job = run_job(&v.job, &running, &cancelled, &task, &watermark);
+        // The task's share of the service's memory is waited for in turn,
+        // under the lease: the heartbeat below renews it meanwhile.
+        let job = async {
+            let mut waiting = cancelled.clone();
+            let _share = tokio::select! {
+                p = self.gov.acquire(share, "serve.task") => p,
+                _ = crate::cancel::until_set(&mut waiting) => {
+                    return Err(anyhow::anyhow!("cancelled before it started"));
+                }
+            };
+            run_job(&v.job, &running, &cancelled, &task, &watermark).await
+        };
         tokio::pin!(job);
+        let ttl = self.fleet.lease_ttl;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = tokio::time::Instant::now();
+        // Set when this replica no longer holds the attempt: nothing more
+        // is written for it.
+        let mut lost = false;
         let result = loop {
             tokio::select! {
                 r = &mut job => break r,
-                _ = tick.tick() => {
-                    match self.db.progress(&id, base, &progress(&watermark)).await {
-                        Ok(true) => {}
-                        // Deleted (or changed) under us, e.g. deleted in
-                        // the moment it was claimed: stop working for it.
-                        Ok(false) => {
-                            if !*cancelled.borrow() {
-                                tracing::info!("task {id}: no longer in the database as running; stopping");
+                _ = tick.tick(), if !lost => {
+                    // A write that hangs (the database unreachable without
+                    // an error) counts as failed after a third of the lease.
+                    let beat = tokio::time::timeout(
+                        ttl / 3,
+                        self.db.progress(&id, &lease, ttl.as_millis() as i64, base, &progress(&watermark)),
+                    )
+                    .await;
+                    match beat {
+                        Ok(Ok(Heartbeat::Held { cancel_requested })) => {
+                            renewed = tokio::time::Instant::now();
+                            if cancel_requested && !*cancelled.borrow() {
+                                tracing::info!("task {id}: cancelled (recorded by another replica)");
                                 let _ = running.cancel.send(true);
                             }
                         }
-                        Err(e) => tracing::warn!("task {id}: cannot save progress: {e}"),
+                        Ok(Ok(Heartbeat::Lost)) => {
+                            tracing::warn!(
+                                "task {id}: this replica no longer holds its attempt {} (taken over, ended or deleted): stopping without writing",
+                                lease.attempt
+                            );
+                            lost = true;
+                            let _ = running.cancel.send(true);
+                        }
+                        Ok(Err(e)) => tracing::warn!("task {id}: cannot renew its lease: {e}"),
+                        Err(_) => tracing::warn!("task {id}: renewing its lease took over {:?}", ttl / 3),
+                    }
+                    // Fencing on this side too: past two thirds of the
+                    // lease without a renewal, another replica may take the
+                    // task over at any moment, so this one stops its work.
+                    if !lost && renewed.elapsed() > ttl * 2 / 3 {
+                        tracing::warn!(
+                            "task {id}: its lease was not renewed for {:?}: stopping; another replica resumes it when the lease expires",
+                            renewed.elapsed()
+                        );
+                        lost = true;
+                        let _ = running.cancel.send(true);
                     }
                 }
             }
         };
+        if lost {
+            return;
+        }
         let p = progress(&watermark);
         if self.shutting_down() {
-            // Left `running` with its checkpoint: the next start resumes it.
-            if let Err(e) = self.db.progress(&id, base, &p).await {
-                tracing::warn!("task {id}: cannot save progress at shutdown: {e}");
+            match self.db.release(&id, &lease, base, &p).await {
+                Ok(true) => tracing::info!(
+                    "task {id}: stopped for shutdown and handed back (queued with its checkpoint)"
+                ),
+                Ok(false) => {
+                    tracing::info!("task {id}: stopped for shutdown; its lease was no longer held")
+                }
+                Err(e) => tracing::warn!(
+                    "task {id}: cannot hand it back at shutdown ({e}); its lease expires and another replica resumes it"
+                ),
             }
-            tracing::info!("task {id}: stopped for shutdown; it resumes at the next start");
             return;
         }
         let (status, error) = ending(task.kind, result, *cancelled.borrow());
         tracing::info!("task {id}: {status}");
-        if let Err(e) = self
+        match self
             .db
-            .finish(&id, base, &p, status, error.as_deref())
+            .finish(&id, &lease, base, &p, status, error.as_deref())
             .await
         {
-            tracing::error!("task {id}: cannot save its end ({status}): {e}");
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "task {id}: its lease was lost before its end ({status}) was written; the replica holding it now writes the end"
+            ),
+            Err(e) => tracing::error!("task {id}: cannot save its end ({status}): {e}"),
         }
     }
 }
