@@ -15,3 +15,6 @@ CREATE TABLE replicas (
     tasks_running BIGINT NOT NULL,
     stopped_at BIGINT
 );
+-- The memory share a task asked for (NULL: the claiming replica's
+-- default), so a replica claims only what its own governor has room for.
+ALTER TABLE tasks ADD COLUMN memory_share BIGINT;

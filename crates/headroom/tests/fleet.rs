@@ -431,3 +431,85 @@ fn a_replica_cut_off_from_the_database_without_an_error_stops_and_never_overwrit
     assert_eq!(t["status"], "succeeded", "{t}");
     check_copied(&bucket, "d", &files);
 }
+
+#[test]
+fn each_replica_claims_only_what_its_own_memory_holds() {
+    const TASKS: usize = 8;
+    let work = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(Faults {
+        every: 1,
+        kinds: vec![Fault::Stall(Duration::from_millis(30))],
+        ..Faults::default()
+    });
+    let bucket = s3.bucket("shares");
+    let backend = Backend::postgres();
+    let env = s3.env();
+    let start = |id: &str, memory: &str| {
+        Service::start_with(
+            backend.clone(),
+            &[
+                "--replica-id",
+                id,
+                "--lease-ttl",
+                "5s",
+                "--max-running",
+                "4",
+                "--memory",
+                memory,
+            ],
+            &env,
+        )
+    };
+    // 40 MiB keeps 35 MiB reservable: two 16 MiB tasks. 256 MiB: four.
+    let small = start("small", "40MiB");
+    let large = start("large", "256MiB");
+    let (sa, la) = (small.api(), large.api());
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let src = work.path().join(format!("src{t}"));
+        let files = write_files(&src, 40, 16 << 10, 100 + t as u64);
+        let (status, task) = sa.post(
+            &small.url("/api/tasks"),
+            json!({"kind": "copy", "source": src, "destination": format!("s3://shares/t{t}"),
+                   "memory": "16MiB", "concurrency": 1}),
+        );
+        assert_eq!(status, 201, "{task}");
+        tasks.push((
+            task["id"].as_str().unwrap().to_string(),
+            format!("t{t}"),
+            files,
+        ));
+    }
+    let mut most = (0, 0);
+    let deadline = Instant::now() + LONG;
+    loop {
+        let (fs, fl) = (fleet(&sa, &small), fleet(&la, &large));
+        let (ns, nl) = (
+            fs["running_here"].as_array().unwrap().len(),
+            fl["running_here"].as_array().unwrap().len(),
+        );
+        assert!(
+            ns <= 2,
+            "the 40 MiB replica runs {ns} tasks of 16 MiB: {fs}"
+        );
+        most = (most.0.max(ns), most.1.max(nl));
+        let done = tasks
+            .iter()
+            .all(|(id, _, _)| ended(&sa.get(&small.url(&format!("/api/tasks/{id}"))).1));
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{fs}\n{fl}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "most tasks at once: 40 MiB replica {}, 256 MiB replica {}",
+        most.0, most.1
+    );
+    assert_eq!(most, (2, 4), "each replica filled its own memory, no more");
+    for (id, prefix, files) in &tasks {
+        let t = sa.wait_task(&small, id, LONG, ended);
+        assert_eq!(t["status"], "succeeded", "{t}");
+        check_copied(&bucket, prefix, files);
+    }
+}

@@ -353,17 +353,18 @@ async fn create_task(
     let v = validate(spec, &state.access.paths, &state.access.drive).map_err(bad)?;
     let id = new_id();
     let spec = serde_json::to_string(&v.spec).map_err(|e| bad(e.to_string()))?;
-    let row = state.db.insert(&id, v.spec.kind(), &spec).await?;
+    let row = state.db.insert(&id, v.spec.kind(), &spec, v.share).await?;
     state.tasks.wake();
     Ok((StatusCode::CREATED, Json(view(&state, row))))
 }
 
-/// A new task id: time-ordered, unique enough for one service.
+/// A new task id: time-ordered, with 48 random bits, so replicas
+/// creating tasks in the same millisecond do not collide.
 fn new_id() -> String {
     format!(
-        "t{:x}{:06x}",
+        "t{:x}{:012x}",
         crate::telemetry::now_ms() as i64,
-        fastrand::u32(..) & 0xff_ffff
+        fastrand::u64(..) & 0xffff_ffff_ffff
     )
 }
 

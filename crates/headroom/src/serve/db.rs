@@ -142,6 +142,17 @@ pub struct Lease {
     pub attempt: i64,
 }
 
+/// What a replica has room for when it claims a task.
+#[derive(Clone, Copy, Debug)]
+pub struct Room {
+    /// Its governor's budget not reserved now.
+    pub available: u64,
+    /// Its governor's budget.
+    pub budget: u64,
+    /// The share of a task that asked for none.
+    pub default_share: u64,
+}
+
 /// What renewing a lease found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Heartbeat {
@@ -319,16 +330,25 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn insert(&self, id: &str, kind: Kind, spec: &str) -> sqlx::Result<TaskRow> {
+    /// Queues a new task; `share` is the memory it asked for (`None`: the
+    /// default of the replica that claims it).
+    pub async fn insert(
+        &self,
+        id: &str,
+        kind: Kind,
+        spec: &str,
+        share: Option<u64>,
+    ) -> sqlx::Result<TaskRow> {
         let now = now_ms() as i64;
         sqlx::query(
-            "INSERT INTO tasks (id, kind, status, spec, created_at, updated_at) VALUES ($1, $2, 'queued', $3, $4, $5)",
+            "INSERT INTO tasks (id, kind, status, spec, created_at, updated_at, memory_share) VALUES ($1, $2, 'queued', $3, $4, $5, $6)",
         )
         .bind(id)
         .bind(kind.as_str())
         .bind(spec)
         .bind(now)
         .bind(now)
+        .bind(share.map(|s| s as i64))
         .execute(&self.pool)
         .await?;
         self.get(id).await?.ok_or_else(|| sqlx::Error::RowNotFound)
@@ -491,11 +511,18 @@ impl Db {
             .collect()
     }
 
-    /// Claims the oldest queued task for `owner`, with a lease of `ttl_ms`:
-    /// starts a new attempt. One statement; on PostgreSQL the row is taken
-    /// with `FOR UPDATE SKIP LOCKED`, so replicas claiming at once each get
-    /// a different task and never wait for each other.
-    pub async fn claim_next(&self, owner: &str, ttl_ms: i64) -> sqlx::Result<Option<TaskRow>> {
+    /// Claims, for `owner` with a lease of `ttl_ms`, the oldest queued
+    /// task whose memory share fits in its `room` (a task without one takes
+    /// the replica's default; a share above the budget runs within the
+    /// budget): starts a new attempt. One statement; on PostgreSQL the row
+    /// is taken with `FOR UPDATE SKIP LOCKED`, so replicas claiming at once
+    /// each get a different task and never wait for each other.
+    pub async fn claim_next(
+        &self,
+        owner: &str,
+        ttl_ms: i64,
+        room: Room,
+    ) -> sqlx::Result<Option<TaskRow>> {
         // The same statement but for the row lock, which SQLite (one
         // writer at a time) neither needs nor has.
         macro_rules! claim {
@@ -505,7 +532,9 @@ impl Db {
                     "attempts = attempts + 1, attempt_items_done = 0, attempt_bytes_done = 0, ",
                     "items_listed = 0, items_skipped = 0, items_failed = 0, error = NULL, ",
                     "lease_owner = $3, lease_expires_at = $4 ",
-                    "WHERE id = (SELECT id FROM tasks WHERE status = 'queued' ORDER BY created_at, id LIMIT 1",
+                    "WHERE id = (SELECT id FROM tasks WHERE status = 'queued' ",
+                    "AND CASE WHEN memory_share IS NULL THEN $5 WHEN memory_share > $6 THEN $7 ELSE memory_share END <= $8 ",
+                    "ORDER BY created_at, id LIMIT 1",
                     $lock,
                     ") AND status = 'queued' RETURNING id"
                 )
@@ -522,6 +551,10 @@ impl Db {
             .bind(now)
             .bind(owner)
             .bind(now + ttl_ms)
+            .bind(room.default_share as i64)
+            .bind(room.budget as i64)
+            .bind(room.budget as i64)
+            .bind(room.available as i64)
             .fetch_optional(&self.pool)
             .await?;
         match claimed {

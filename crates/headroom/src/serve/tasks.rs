@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
-use super::db::{Db, Heartbeat, Kind, Lease, Progress, ReplicaRow, Status, TaskRow};
+use super::db::{Db, Heartbeat, Kind, Lease, Progress, ReplicaRow, Room, Status, TaskRow};
 use crate::jobs::copy::{self, CopyCounters, CopyEnv, CopyOptions, Watermark};
 use crate::jobs::purge::{self, PurgeCounters, PurgeEnv, PurgeOptions};
 use crate::store::Location;
@@ -687,9 +687,18 @@ impl Tasks {
                 }
                 Err(e) => tracing::warn!("cannot end expired leases: {e}"),
             }
+            // Shares of tasks claimed in this round, which they may not
+            // have reserved yet.
+            let mut claimed = 0u64;
             while !self.shutting_down() && self.running_count() < self.max_running {
-                match self.db.claim_next(&self.fleet.replica, ttl).await {
-                    Ok(Some(task)) => self.clone().start(task),
+                let stats = self.gov.stats();
+                let room = Room {
+                    available: stats.budget.saturating_sub(stats.reserved + claimed),
+                    budget: stats.budget,
+                    default_share: self.default_share,
+                };
+                match self.db.claim_next(&self.fleet.replica, ttl, room).await {
+                    Ok(Some(task)) => claimed += self.clone().start(task),
                     Ok(None) => break,
                     Err(e) => {
                         tracing::error!("cannot claim a queued task: {e}");
@@ -702,7 +711,8 @@ impl Tasks {
         }
     }
 
-    fn start(self: Arc<Self>, task: TaskRow) {
+    /// Starts a claimed task; the memory share it runs with.
+    fn start(self: Arc<Self>, task: TaskRow) -> u64 {
         let (cancel, cancelled) = watch::channel(false);
         let validated = TaskSpec::from_stored(task.spec.clone())
             .map_err(|e| format!("the stored spec cannot be read: {e}"))
@@ -730,6 +740,7 @@ impl Tasks {
             self.lock().remove(&id);
             self.wake();
         });
+        share
     }
 
     async fn run(
