@@ -45,6 +45,8 @@ try {
   console.log("failed tasks cleaned up");
 
   await page.waitForFunction(() => document.querySelector("#memory").textContent.includes("RSS"));
+  await page.waitForSelector('#fleet tr:has-text("(this one)"):has-text("alive")');
+  console.log("the fleet table shows this replica");
   await page.screenshot({ path: screenshot, fullPage: true });
   if (errors.length) throw new Error("page errors: " + errors.join("; "));
   console.log("screenshot " + screenshot);
