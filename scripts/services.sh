@@ -58,3 +58,14 @@ if [ ! -x target/s3tests/bin/moto_server ] || [ ! -x target/s3tests/bin/pytest ]
 fi
 export HEADROOM_TEST_S3TESTS="$PWD/target/s3tests/bin"
 "$HEADROOM_TEST_S3TESTS/python" -c 'import moto, pytest, munch; print("moto", moto.__version__, "pytest", pytest.__version__)'
+
+# The Kubernetes deployment (deploy/kubernetes) is rendered by kubectl's
+# kustomize and checked against the Kubernetes schemas by
+# kubernetes-validate (PyPI), offline, by tests/deploy.rs.
+need kubectl kubernetes-client
+if [ ! -x target/k8s/bin/kubernetes-validate ]; then
+  python3 -m venv target/k8s
+  target/k8s/bin/pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+export HEADROOM_TEST_K8S="$PWD/target/k8s/bin"
+kubectl version --client 2>/dev/null | head -1
