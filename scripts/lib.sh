@@ -33,3 +33,25 @@ proxy_stack() {
   proxy=$(sed -n 's/^listening on //p' "$work/proxy.out")
   proxy_pid=$(cat "$work/proxy.pid")
 }
+
+# start_postgres: Debian's PostgreSQL cluster, installed if missing and
+# started on loopback, with a role (headroom_test) that may create
+# databases; exports HEADROOM_TEST_POSTGRES, its URL.
+start_postgres() {
+  need pg_ctlcluster postgresql
+  cluster=$(pg_lsclusters --no-header | awk 'NR == 1 { print $1, $2 }')
+  if [ -z "$cluster" ]; then
+    version=$(ls /usr/lib/postgresql | sort -n | tail -1)
+    pg_createcluster "$version" main
+    cluster="$version main"
+  fi
+  # shellcheck disable=SC2086
+  if ! pg_lsclusters --no-header | awk '$4 == "online"' | grep -q .; then
+    if [ "$(id -u)" = 0 ]; then pg_ctlcluster $cluster start; else sudo pg_ctlcluster $cluster start; fi
+  fi
+  port=$(pg_lsclusters --no-header | awk 'NR == 1 { print $3 }')
+  as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
+  as_postgres psql -p "$port" -v ON_ERROR_STOP=1 -qc \
+    "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'headroom_test') THEN CREATE ROLE headroom_test LOGIN SUPERUSER PASSWORD 'headroom_test'; END IF; END \$\$;"
+  export HEADROOM_TEST_POSTGRES="postgres://headroom_test:headroom_test@127.0.0.1:$port/postgres"
+}
