@@ -513,3 +513,60 @@ fn each_replica_claims_only_what_its_own_memory_holds() {
         check_copied(&bucket, prefix, files);
     }
 }
+
+#[test]
+fn a_cancel_or_a_delete_sent_to_any_replica_stops_the_one_running_the_task() {
+    let work = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(Faults {
+        every: 1,
+        kinds: vec![Fault::Stall(Duration::from_millis(40))],
+        ..Faults::default()
+    });
+    s3.bucket("fenced");
+    let backend = Backend::postgres();
+    let env = s3.env();
+    let a = replica(&backend, "runner", "5s", &env);
+    let aa = a.api();
+    let (cancelled, _) = slow_task(&aa, &a, work.path(), 300);
+    wait_held_by(&aa, &a, &cancelled, "runner");
+    let b = replica(&backend, "other", "5s", &env);
+    let ab = b.api();
+    let (status, t) = ab.post(&b.url(&format!("/api/tasks/{cancelled}/cancel")), json!({}));
+    assert_eq!(status, 200, "{t}");
+    let sent = Instant::now();
+    let t = ab.wait_task(&b, &cancelled, LONG, ended);
+    assert_eq!(t["status"], "cancelled", "{t}");
+    eprintln!(
+        "cancelled through another replica in {:.1} s",
+        sent.elapsed().as_secs_f64()
+    );
+    assert!(
+        fleet(&aa, &a)["running_here"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let (deleted, _) = slow_task(&aa, &a, &work.path().join("second"), 300);
+    wait_held_by(&aa, &a, &deleted, "runner");
+    let (status, _) = ab.call("DELETE", &b.url(&format!("/api/tasks/{deleted}")), None);
+    assert_eq!(status, 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fleet(&aa, &a)["running_here"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the runner still runs a deleted task:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        ab.get(&b.url(&format!("/api/tasks/{deleted}"))).0,
+        404,
+        "and it is gone for good"
+    );
+}
