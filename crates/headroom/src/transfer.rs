@@ -280,8 +280,24 @@ fn changed_size(src: &Store, entry: &Entry, got: u64) -> StoreError {
 
 impl Transfers<'_> {
     /// Streams the object into a local file through one chunk buffer. A broken
-    /// read resumes from the last byte written.
-    async fn to_local(&self, entry: &Entry, chunk: u64, _permit: Permit) -> Result<(), StoreError> {
+    /// read resumes from the last byte written. The bytes counted as it
+    /// goes are taken back if it fails.
+    async fn to_local(&self, entry: &Entry, chunk: u64, permit: Permit) -> Result<(), StoreError> {
+        let mut sent = 0u64;
+        let r = self.to_local_counted(entry, chunk, permit, &mut sent).await;
+        if r.is_err() {
+            self.bytes_done.fetch_sub(sent, Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn to_local_counted(
+        &self,
+        entry: &Entry,
+        chunk: u64,
+        _permit: Permit,
+        sent: &mut u64,
+    ) -> Result<(), StoreError> {
         let (src, cfg, bytes_done) = (self.src, self.cfg, self.bytes_done);
         let size = entry.size;
         let mut writer = self.dst.create(&entry.key).await?;
@@ -310,6 +326,7 @@ impl Transfers<'_> {
             w?;
             offset += n as u64;
             bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+            *sent += n as u64;
         }
         drop(buf);
         if let Some(h) = hasher {
@@ -537,8 +554,11 @@ impl Transfers<'_> {
             dst.create_upload(&entry.key, mtime, entry.mode)
         })
         .await?;
+        // Bytes this upload added to the progress counter: taken back if it
+        // fails, so the totals count only objects that arrived.
+        let mut sent = 0u64;
         let result = self
-            .upload_parts(entry, &upload_id, part, count, first)
+            .upload_parts(entry, &upload_id, part, count, first, &mut sent)
             .await;
         let outcome = match result {
             Ok(parts) => {
@@ -557,6 +577,7 @@ impl Transfers<'_> {
             Err(e) => Err(e),
         };
         if let Err(e) = &outcome {
+            self.bytes_done.fetch_sub(sent, Ordering::Relaxed);
             // Never leave an incomplete upload (and its stored parts) behind.
             let aborted =
                 with_retries(&cfg.retry, || dst.abort_upload(&entry.key, &upload_id)).await;
@@ -578,6 +599,7 @@ impl Transfers<'_> {
         part: u64,
         count: usize,
         first: Permit,
+        sent: &mut u64,
     ) -> Result<Vec<PartId>, StoreError> {
         let (src, dst, gov, cfg, bytes_done) =
             (self.src, self.dst, self.gov, self.cfg, self.bytes_done);
@@ -632,6 +654,7 @@ impl Transfers<'_> {
                 })) => {
                     let len = part.min(size - index as u64 * part);
                     bytes_done.fetch_add(len, Ordering::Relaxed);
+                    *sent += len;
                     done[index] = Some(id);
                     let freed = match hashing.as_mut() {
                         Some(h) => h.offer(index, data, permit),

@@ -860,6 +860,10 @@ fn content_that_does_not_match_drives_md5_is_never_stored() {
             "{dst}: {out}"
         );
         assert!(out.contains("integrity check failed"), "{dst}: {out}");
+        assert!(
+            out.contains("copied 1 objects (1000 B)"),
+            "only what arrived is counted: {dst}: {out}"
+        );
     }
     let only_good = Tree::from([("good.txt".into(), (1000, md5_hex(&good)))]);
     assert_eq!(tree(&bucket), only_good, "nothing unverified was stored");
