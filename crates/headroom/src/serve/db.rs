@@ -236,8 +236,10 @@ pub struct Progress {
 
 /// Connections to the database at most.
 const MAX_CONNECTIONS: u32 = 4;
-/// SQLite's page cache per connection: 1 MiB (the default is 2 MiB).
-const SQLITE_CACHE_PRAGMA: &str = "PRAGMA cache_size = -1024";
+/// SQLite's page cache per connection: 512 KiB (the default is 2 MiB).
+/// The scheduler's queries every second spread work over every pooled
+/// connection, so all of their caches fill: 2 MiB in all.
+const SQLITE_CACHE_PRAGMA: &str = "PRAGMA cache_size = -512";
 
 /// The task database.
 #[derive(Clone, Debug)]
@@ -260,6 +262,20 @@ pub fn database_url(db: &str) -> String {
     }
 }
 
+/// Leases are stamped and compared with the database's clock, never a
+/// replica's: replicas whose clocks disagree still agree on when a lease
+/// expires. `$sql!(NOW)` expands to the statement for each backend, with
+/// `NOW` the current Unix time in milliseconds by that database's clock.
+macro_rules! on_db_clock {
+    ($db:expr, $sql:ident) => {
+        if $db.postgres {
+            $sql!("CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
+        } else {
+            $sql!("CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)")
+        }
+    };
+}
+
 impl Db {
     /// Connects and brings the schema up to date.
     pub async fn open(db: &str) -> anyhow::Result<Self> {
@@ -277,7 +293,7 @@ impl Db {
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // SQLite's page cache is per connection: a fixed
-                    // SQLITE_CACHE_KIB each, whatever the history's size.
+                    // 512 KiB each, whatever the history's size.
                     if conn.backend_name().eq_ignore_ascii_case("sqlite") {
                         sqlx::query(SQLITE_CACHE_PRAGMA).execute(conn).await?;
                     }
@@ -489,25 +505,38 @@ impl Db {
     /// Ends the leases that expired (their replica died, froze or lost the
     /// database): those tasks become `to` (queued, to be claimed again, or
     /// interrupted), or `cancelled` if a cancel was recorded. Returns each
-    /// task with the replica that held it and when its lease expired (the
-    /// lease columns keep the last holder until the next claim).
+    /// task with the replica that held it and how many milliseconds ago its
+    /// lease expired (the lease columns keep the last holder until the next
+    /// claim).
     pub async fn expire_leases(&self, to: Status) -> sqlx::Result<Vec<(String, String, i64)>> {
+        macro_rules! expire {
+            ($now:literal) => {
+                concat!(
+                    "UPDATE tasks SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE $1 END, ",
+                    "finished_at = CASE WHEN cancel_requested = 1 THEN COALESCE(finished_at, $2) ELSE finished_at END, ",
+                    "updated_at = $3 WHERE status = 'running' AND lease_expires_at < ",
+                    $now,
+                    " RETURNING id, COALESCE(lease_owner, '') AS owner, ",
+                    $now,
+                    " - COALESCE(lease_expires_at, 0) AS expired_ms_ago"
+                )
+            };
+        }
         let now = now_ms() as i64;
-        let rows = sqlx::query(
-            "UPDATE tasks SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE $1 END, \
-             finished_at = CASE WHEN cancel_requested = 1 THEN COALESCE(finished_at, $2) ELSE finished_at END, \
-             updated_at = $3 \
-             WHERE status = 'running' AND lease_expires_at < $4 \
-             RETURNING id, COALESCE(lease_owner, '') AS owner, COALESCE(lease_expires_at, 0) AS expired",
-        )
-        .bind(to.as_str())
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(on_db_clock!(self, expire))
+            .bind(to.as_str())
+            .bind(now)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("owner")?, r.try_get("expired")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("owner")?,
+                    r.try_get::<i64, _>("expired_ms_ago")?,
+                ))
+            })
             .collect()
     }
 
@@ -526,12 +555,14 @@ impl Db {
         // The same statement but for the row lock, which SQLite (one
         // writer at a time) neither needs nor has.
         macro_rules! claim {
-            ($lock:literal) => {
+            ($now:literal, $lock:literal) => {
                 concat!(
                     "UPDATE tasks SET status = 'running', started_at = COALESCE(started_at, $1), updated_at = $2, ",
                     "attempts = attempts + 1, attempt_items_done = 0, attempt_bytes_done = 0, ",
                     "items_listed = 0, items_skipped = 0, items_failed = 0, error = NULL, ",
-                    "lease_owner = $3, lease_expires_at = $4 ",
+                    "lease_owner = $3, lease_expires_at = ",
+                    $now,
+                    " + $4 ",
                     "WHERE id = (SELECT id FROM tasks WHERE status = 'queued' ",
                     "AND CASE WHEN memory_share IS NULL THEN $5 WHEN memory_share > $6 THEN $7 ELSE memory_share END <= $8 ",
                     "ORDER BY created_at, id LIMIT 1",
@@ -541,16 +572,22 @@ impl Db {
             };
         }
         let sql = if self.postgres {
-            claim!(" FOR UPDATE SKIP LOCKED")
+            claim!(
+                "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+                " FOR UPDATE SKIP LOCKED"
+            )
         } else {
-            claim!("")
+            claim!(
+                "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+                ""
+            )
         };
         let now = now_ms() as i64;
         let claimed = sqlx::query(sql)
             .bind(now)
             .bind(now)
             .bind(owner)
-            .bind(now + ttl_ms)
+            .bind(ttl_ms)
             .bind(room.default_share as i64)
             .bind(room.budget as i64)
             .bind(room.budget as i64)
@@ -575,29 +612,35 @@ impl Db {
         base: (i64, i64),
         p: &Progress,
     ) -> sqlx::Result<Heartbeat> {
+        macro_rules! renew {
+            ($now:literal) => {
+                concat!(
+                    "UPDATE tasks SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, ",
+                    "attempt_items_done = $5, attempt_bytes_done = $6, items_done = $7, bytes_done = $8, ",
+                    "checkpoint_key = COALESCE($9, checkpoint_key), lease_expires_at = ",
+                    $now,
+                    " + $10 WHERE id = $11 AND status = 'running' AND lease_owner = $12 AND attempts = $13 ",
+                    "RETURNING CAST(cancel_requested AS BIGINT) AS cancel_requested"
+                )
+            };
+        }
         let now = now_ms() as i64;
-        let r = sqlx::query(
-            "UPDATE tasks SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, \
-             attempt_items_done = $5, attempt_bytes_done = $6, items_done = $7, bytes_done = $8, \
-             checkpoint_key = COALESCE($9, checkpoint_key), lease_expires_at = $10 \
-             WHERE id = $11 AND status = 'running' AND lease_owner = $12 AND attempts = $13 \
-             RETURNING CAST(cancel_requested AS BIGINT) AS cancel_requested",
-        )
-        .bind(now)
-        .bind(p.items_listed)
-        .bind(p.items_skipped)
-        .bind(p.items_failed)
-        .bind(p.attempt_items_done)
-        .bind(p.attempt_bytes_done)
-        .bind(base.0 + p.attempt_items_done)
-        .bind(base.1 + p.attempt_bytes_done)
-        .bind(p.checkpoint_key.as_deref())
-        .bind(now + ttl_ms)
-        .bind(id)
-        .bind(&lease.owner)
-        .bind(lease.attempt)
-        .fetch_optional(&self.pool)
-        .await?;
+        let r = sqlx::query(on_db_clock!(self, renew))
+            .bind(now)
+            .bind(p.items_listed)
+            .bind(p.items_skipped)
+            .bind(p.items_failed)
+            .bind(p.attempt_items_done)
+            .bind(p.attempt_bytes_done)
+            .bind(base.0 + p.attempt_items_done)
+            .bind(base.1 + p.attempt_bytes_done)
+            .bind(p.checkpoint_key.as_deref())
+            .bind(ttl_ms)
+            .bind(id)
+            .bind(&lease.owner)
+            .bind(lease.attempt)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(match r {
             Some(r) => Heartbeat::Held {
                 cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,

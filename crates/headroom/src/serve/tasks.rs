@@ -675,13 +675,11 @@ impl Tasks {
             }
             match self.db.expire_leases(expired_to).await {
                 Ok(expired) => {
-                    let now = crate::telemetry::now_ms() as i64;
-                    for (id, owner, at) in expired {
+                    for (id, owner, ago) in expired {
                         tracing::warn!(
                             task = %id,
                             replica = %owner,
-                            "task {id}: the lease of replica {owner} expired {} ms ago; the task is {expired_to}",
-                            now - at
+                            "task {id}: the lease of replica {owner} expired {ago} ms ago; the task is {expired_to}"
                         );
                     }
                 }
