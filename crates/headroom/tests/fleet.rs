@@ -12,22 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::serve::{Api, Backend, Service, ended};
-use common::{Fault, Faults, S3Server, bytes};
+use common::{S3Server, write_numbered};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(240);
-
-fn write_files(dir: &std::path::Path, n: usize, size: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
-    std::fs::create_dir_all(dir).unwrap();
-    (0..n)
-        .map(|i| {
-            let name = format!("f{i:04}.bin");
-            let data = bytes(size, seed * 10_000 + i as u64);
-            std::fs::write(dir.join(&name), &data).unwrap();
-            (name, data)
-        })
-        .collect()
-}
 
 /// A replica with its own id and a short lease.
 fn replica(backend: &Backend, id: &str, ttl: &str, env: &[(&str, String)]) -> Service {
@@ -74,11 +62,7 @@ fn three_replicas_share_the_tasks_and_finish_them_through_a_kill_and_a_sigterm()
     const FILES: usize = 100;
     let work = tempfile::tempdir().unwrap();
     // Every other request stalls: tasks run long enough to be caught.
-    let s3 = S3Server::start(Faults {
-        every: 2,
-        kinds: vec![Fault::Stall(Duration::from_millis(60))],
-        ..Faults::default()
-    });
+    let s3 = S3Server::stalling(2, Duration::from_millis(60));
     let bucket = s3.bucket("fleet");
     let backend = Backend::postgres();
     let env = s3.env();
@@ -89,7 +73,7 @@ fn three_replicas_share_the_tasks_and_finish_them_through_a_kill_and_a_sigterm()
     let mut sources = Vec::new();
     for t in 0..TASKS {
         let src = work.path().join(format!("src{t}"));
-        let files = write_files(&src, FILES, 64 << 10, t as u64);
+        let files = write_numbered(&src, FILES, 64 << 10, t as u64);
         let (status, task) = a1.post(
             &r1.url("/api/tasks"),
             json!({"kind": "copy", "source": src, "destination": format!("s3://fleet/t{t}"),
@@ -251,7 +235,7 @@ fn slow_task(
     files: usize,
 ) -> (String, Vec<(String, Vec<u8>)>) {
     let src = work.join("src");
-    let data = write_files(&src, files, 32 << 10, 7);
+    let data = write_numbered(&src, files, 32 << 10, 7);
     let (status, task) = api.post(
         &svc.url("/api/tasks"),
         json!({"kind": "copy", "source": src, "destination": "s3://fenced/d",
@@ -264,22 +248,14 @@ fn slow_task(
 #[test]
 fn a_frozen_replica_that_lost_its_lease_never_writes_for_the_task_again() {
     let work = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(Faults {
-        every: 1,
-        kinds: vec![Fault::Stall(Duration::from_millis(40))],
-        ..Faults::default()
-    });
+    let s3 = S3Server::stalling(1, Duration::from_millis(40));
     let bucket = s3.bucket("fenced");
     let backend = Backend::postgres();
     let env = s3.env();
     let a = replica(&backend, "frozen", "3s", &env);
-    let (aa, id, files) = {
-        let aa = a.api();
-        let (id, files) = slow_task(&aa, &a, work.path(), 400);
-        wait_held_by(&aa, &a, &id, "frozen");
-        (aa, id, files)
-    };
-    let _ = aa;
+    let aa = a.api();
+    let (id, files) = slow_task(&aa, &a, work.path(), 400);
+    wait_held_by(&aa, &a, &id, "frozen");
     let b = replica(&backend, "standby", "3s", &env);
     let ab = b.api();
     signal(a.pid(), libc::SIGSTOP);
@@ -301,7 +277,7 @@ fn a_frozen_replica_that_lost_its_lease_never_writes_for_the_task_again() {
         "the frozen replica saw it lost the task:\n{log}"
     );
     assert_eq!(
-        fleet(&a.api(), &a)["running_here"],
+        fleet(&aa, &a)["running_here"],
         json!([]),
         "and stopped running it"
     );
@@ -373,11 +349,7 @@ fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, stalled: &At
 #[test]
 fn a_replica_cut_off_from_the_database_without_an_error_stops_and_never_overwrites() {
     let work = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(Faults {
-        every: 1,
-        kinds: vec![Fault::Stall(Duration::from_millis(40))],
-        ..Faults::default()
-    });
+    let s3 = S3Server::stalling(1, Duration::from_millis(40));
     let bucket = s3.bucket("fenced");
     let backend = Backend::postgres();
     let Backend::Postgres(url) = &backend else {
@@ -436,11 +408,7 @@ fn a_replica_cut_off_from_the_database_without_an_error_stops_and_never_overwrit
 fn each_replica_claims_only_what_its_own_memory_holds() {
     const TASKS: usize = 8;
     let work = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(Faults {
-        every: 1,
-        kinds: vec![Fault::Stall(Duration::from_millis(30))],
-        ..Faults::default()
-    });
+    let s3 = S3Server::stalling(1, Duration::from_millis(30));
     let bucket = s3.bucket("shares");
     let backend = Backend::postgres();
     let env = s3.env();
@@ -467,7 +435,7 @@ fn each_replica_claims_only_what_its_own_memory_holds() {
     let mut tasks = Vec::new();
     for t in 0..TASKS {
         let src = work.path().join(format!("src{t}"));
-        let files = write_files(&src, 40, 16 << 10, 100 + t as u64);
+        let files = write_numbered(&src, 40, 16 << 10, 100 + t as u64);
         let (status, task) = sa.post(
             &small.url("/api/tasks"),
             json!({"kind": "copy", "source": src, "destination": format!("s3://shares/t{t}"),
@@ -517,11 +485,7 @@ fn each_replica_claims_only_what_its_own_memory_holds() {
 #[test]
 fn a_cancel_or_a_delete_sent_to_any_replica_stops_the_one_running_the_task() {
     let work = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(Faults {
-        every: 1,
-        kinds: vec![Fault::Stall(Duration::from_millis(40))],
-        ..Faults::default()
-    });
+    let s3 = S3Server::stalling(1, Duration::from_millis(40));
     s3.bucket("fenced");
     let backend = Backend::postgres();
     let env = s3.env();

@@ -80,8 +80,7 @@ fn the_peak_rss_does_not_grow_with_the_number_of_files_and_a_large_file_goes_in_
     let server = DriveServer::start();
     let d = &server.drive;
     let root = d.root(ALICE);
-    let empty = d.folder(&root, "Empty");
-    let _ = empty;
+    d.folder(&root, "Empty");
     let small = d.folder(&root, "Small");
     let small_want = generated_tree(d, &small, 100, 10);
     let large = d.folder(&root, "Large");

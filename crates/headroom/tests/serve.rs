@@ -7,31 +7,15 @@ mod common;
 use std::time::Duration;
 
 use common::serve::{Api, Backend, Service, ended, raw_get};
-use common::{Faults, S3Server, bytes};
+use common::{Faults, S3Server, write_numbered};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(180);
 
-fn write_files(dir: &std::path::Path, n: usize, size: usize) -> Vec<(String, Vec<u8>)> {
-    std::fs::create_dir_all(dir).unwrap();
-    (0..n)
-        .map(|i| {
-            let name = format!("f{i:04}.bin");
-            let data = bytes(size, i as u64 + 1);
-            std::fs::write(dir.join(&name), &data).unwrap();
-            (name, data)
-        })
-        .collect()
-}
-
 /// An S3 server that stalls every other request for `ms`: slow enough that
 /// a task is caught running.
 fn slow_s3(ms: u64) -> S3Server {
-    S3Server::start(Faults {
-        every: 2,
-        kinds: vec![common::Fault::Stall(Duration::from_millis(ms))],
-        ..Faults::default()
-    })
+    S3Server::stalling(2, Duration::from_millis(ms))
 }
 
 fn create(api: &Api, svc: &Service, spec: Value) -> Value {
@@ -70,7 +54,7 @@ fn api_suite(backend: Backend) {
 
     // A copy runs to completion and its files arrive.
     let src = work.path().join("src");
-    let files = write_files(&src, 12, 50_000);
+    let files = write_numbered(&src, 12, 50_000, 0);
     let dst = work.path().join("dst");
     let task = create(
         &api,
@@ -87,7 +71,7 @@ fn api_suite(backend: Backend) {
 
     // Live progress while running, then cancel: a slow copy to S3.
     let big = work.path().join("big");
-    write_files(&big, 40, 4 << 20);
+    write_numbered(&big, 40, 4 << 20, 0);
     let slow = create(
         &api,
         &svc,
@@ -577,7 +561,7 @@ fn a_killed_service_resumes_its_copy_without_copying_completed_objects_again() {
     let s3 = S3Server::start(Faults::default());
     let bucket = s3.bucket("resume-bucket");
     let src = work.path().join("src");
-    let files = write_files(&src, FILES, SIZE);
+    let files = write_numbered(&src, FILES, SIZE, 0);
     let mut svc = Service::start_with(Backend::sqlite(work.path()), &[], &s3.env());
     let api = svc.api();
     let task = create(
@@ -625,7 +609,7 @@ fn a_killed_service_resumes_its_copy_without_copying_completed_objects_again() {
 fn restart_suite(backend: Backend) {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
-    write_files(&src, 3, 1000);
+    write_numbered(&src, 3, 1000, 0);
     let mut svc = Service::start(backend);
     let api = svc.api();
     let spec =
@@ -700,7 +684,7 @@ fn with_no_resume_a_killed_task_waits_as_interrupted_until_resumed() {
     let s3 = slow_s3(200);
     let bucket = s3.bucket("later-bucket");
     let src = work.path().join("src");
-    let files = write_files(&src, 24, 3 << 20);
+    let files = write_numbered(&src, 24, 3 << 20, 0);
     let mut svc = Service::start_with(Backend::sqlite(work.path()), &["--no-resume"], &s3.env());
     let api = svc.api();
     let task = create(
@@ -867,7 +851,7 @@ fn a_resumed_copy_from_s3_lists_only_after_its_checkpoint() {
     let s3 = S3Server::start(Faults::default());
     let bucket = s3.bucket("from-bucket");
     // Objects written straight into the server's bucket directory.
-    let files = write_files(&bucket.join("in"), FILES, 3 << 20);
+    let files = write_numbered(&bucket.join("in"), FILES, 3 << 20, 0);
     let dst = work.path().join("dst");
     let mut svc = Service::start_with(Backend::sqlite(work.path()), &[], &s3.env());
     let api = svc.api();
@@ -924,7 +908,7 @@ fn a_read_only_database_is_not_ready_and_an_answered_cancel_survives_a_crash() {
     let s3 = slow_s3(300);
     s3.bucket("ro-bucket");
     let src = work.path().join("src");
-    write_files(&src, 40, 1 << 20);
+    write_numbered(&src, 40, 1 << 20, 0);
     let backend = Backend::postgres();
     let Backend::Postgres(url) = &backend else {
         unreachable!()
@@ -994,7 +978,7 @@ fn a_share_too_small_fails_at_once_and_deleting_a_running_task_releases_its_shar
     let s3 = slow_s3(300);
     s3.bucket("share-bucket");
     let src = work.path().join("src");
-    write_files(&src, 30, 1 << 20);
+    write_numbered(&src, 30, 1 << 20, 0);
     let svc = Service::start_with(
         Backend::sqlite(work.path()),
         &["--memory", "64MiB"],
@@ -1063,7 +1047,7 @@ fn sigterm_stops_running_tasks_cleanly_and_they_resume_at_the_next_start() {
     let s3 = slow_s3(300);
     let bucket = s3.bucket("term-bucket");
     let src = work.path().join("src");
-    let files = write_files(&src, 4, 12 << 20);
+    let files = write_numbered(&src, 4, 12 << 20, 0);
     let mut svc = Service::start_with(Backend::sqlite(work.path()), &[], &s3.env());
     let api = svc.api();
     let task = create(

@@ -262,6 +262,24 @@ pub fn database_url(db: &str) -> String {
     }
 }
 
+/// Binds `$1`..`$9` of a progress write: the time and `p`'s counters,
+/// the totals over every attempt (`base` plus this one's), the checkpoint.
+fn bind_progress<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    base: (i64, i64),
+    p: &'q Progress,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    q.bind(now_ms() as i64)
+        .bind(p.items_listed)
+        .bind(p.items_skipped)
+        .bind(p.items_failed)
+        .bind(p.attempt_items_done)
+        .bind(p.attempt_bytes_done)
+        .bind(base.0 + p.attempt_items_done)
+        .bind(base.1 + p.attempt_bytes_done)
+        .bind(p.checkpoint_key.as_deref())
+}
+
 /// Leases are stamped and compared with the database's clock, never a
 /// replica's: replicas whose clocks disagree still agree on when a lease
 /// expires. `$sql!(NOW)` expands to the statement for each backend, with
@@ -624,17 +642,7 @@ impl Db {
                 )
             };
         }
-        let now = now_ms() as i64;
-        let r = sqlx::query(on_db_clock!(self, renew))
-            .bind(now)
-            .bind(p.items_listed)
-            .bind(p.items_skipped)
-            .bind(p.items_failed)
-            .bind(p.attempt_items_done)
-            .bind(p.attempt_bytes_done)
-            .bind(base.0 + p.attempt_items_done)
-            .bind(base.1 + p.attempt_bytes_done)
-            .bind(p.checkpoint_key.as_deref())
+        let r = bind_progress(sqlx::query(on_db_clock!(self, renew)), base, p)
             .bind(ttl_ms)
             .bind(id)
             .bind(&lease.owner)
@@ -649,20 +657,6 @@ impl Db {
         })
     }
 
-    /// Ends a running attempt with its final progress, in one fenced
-    /// write; whether `lease` still held it.
-    pub async fn finish(
-        &self,
-        id: &str,
-        lease: &Lease,
-        base: (i64, i64),
-        p: &Progress,
-        status: Status,
-        error: Option<&str>,
-    ) -> sqlx::Result<bool> {
-        self.end_attempt(id, lease, base, p, status, error).await
-    }
-
     /// Hands a running attempt back (a replica stopping for SIGTERM): the
     /// task is queued again with its progress and checkpoint, for any
     /// replica (or this one's next start) to resume; whether `lease` still
@@ -674,11 +668,12 @@ impl Db {
         base: (i64, i64),
         p: &Progress,
     ) -> sqlx::Result<bool> {
-        self.end_attempt(id, lease, base, p, Status::Queued, None)
-            .await
+        self.finish(id, lease, base, p, Status::Queued, None).await
     }
 
-    async fn end_attempt(
+    /// Ends a running attempt with its final progress (or, `queued`, hands
+    /// it back), in one fenced write; whether `lease` still held it.
+    pub async fn finish(
         &self,
         id: &str,
         lease: &Lease,
@@ -687,32 +682,23 @@ impl Db {
         status: Status,
         error: Option<&str>,
     ) -> sqlx::Result<bool> {
-        let now = now_ms() as i64;
-        let finished = (status != Status::Queued).then_some(now);
-        let r = sqlx::query(
+        let finished = (status != Status::Queued).then_some(now_ms() as i64);
+        let query = sqlx::query(
             "UPDATE tasks SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, \
              attempt_items_done = $5, attempt_bytes_done = $6, items_done = $7, bytes_done = $8, \
              checkpoint_key = COALESCE($9, checkpoint_key), status = $10, error = $11, \
              finished_at = COALESCE($12, finished_at), lease_owner = NULL, lease_expires_at = NULL \
              WHERE id = $13 AND status = 'running' AND lease_owner = $14 AND attempts = $15",
-        )
-        .bind(now)
-        .bind(p.items_listed)
-        .bind(p.items_skipped)
-        .bind(p.items_failed)
-        .bind(p.attempt_items_done)
-        .bind(p.attempt_bytes_done)
-        .bind(base.0 + p.attempt_items_done)
-        .bind(base.1 + p.attempt_bytes_done)
-        .bind(p.checkpoint_key.as_deref())
-        .bind(status.as_str())
-        .bind(error)
-        .bind(finished)
-        .bind(id)
-        .bind(&lease.owner)
-        .bind(lease.attempt)
-        .execute(&self.pool)
-        .await?;
+        );
+        let r = bind_progress(query, base, p)
+            .bind(status.as_str())
+            .bind(error)
+            .bind(finished)
+            .bind(id)
+            .bind(&lease.owner)
+            .bind(lease.attempt)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() == 1)
     }
 

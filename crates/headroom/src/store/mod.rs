@@ -531,6 +531,25 @@ impl Store {
     }
 }
 
+/// Moves what fits of a ranged read's unread network chunk into `buf`,
+/// advancing `pos`; the bytes moved.
+fn drain(pending: &mut bytes::Bytes, buf: &mut [u8], pos: &mut u64) -> usize {
+    let n = buf.len().min(pending.len());
+    buf[..n].copy_from_slice(&pending.split_to(n));
+    *pos += n as u64;
+    n
+}
+
+/// The error of a ranged read whose response ended `missing` bytes short:
+/// retryable, the reader resumes from where it stopped.
+fn ended_early(context: String, missing: u64) -> StoreError {
+    StoreError {
+        context,
+        message: format!("stream ended {missing} bytes early"),
+        retryable: true,
+    }
+}
+
 /// Sequential reads of one byte range into caller-owned buffers.
 pub enum RangeReader {
     /// `pread` on a local file, on the blocking pool.

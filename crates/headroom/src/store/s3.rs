@@ -705,18 +705,14 @@ impl S3Range {
                 }
                 None => {
                     self.stream = None;
-                    return Err(StoreError {
-                        context: format!("download {}", self.store.url_of(&self.key)),
-                        message: format!("stream ended {} bytes early", self.end - self.pos),
-                        retryable: true,
-                    });
+                    return Err(super::ended_early(
+                        format!("download {}", self.store.url_of(&self.key)),
+                        self.end - self.pos,
+                    ));
                 }
             }
         }
-        let n = room.min(self.pending.len());
-        buf[..n].copy_from_slice(&self.pending.split_to(n));
-        self.pos += n as u64;
-        Ok(n)
+        Ok(super::drain(&mut self.pending, buf, &mut self.pos))
     }
 
     async fn open(&mut self) -> Result<(), StoreError> {

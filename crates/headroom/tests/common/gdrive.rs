@@ -1041,6 +1041,14 @@ impl Drive {
         }
     }
 
+    /// An API request's way in: its user (or the 401), then its fault,
+    /// if one is due.
+    fn enter(&self, headers: &HeaderMap) -> Result<String, Response> {
+        let user = self.authorize(headers)?;
+        self.admit()?;
+        Ok(user)
+    }
+
     /// Counts the request and injects a fault into it, if one is due.
     fn admit(&self) -> Result<(), Response> {
         self.counts.requests.fetch_add(1, Ordering::Relaxed);
@@ -1126,13 +1134,10 @@ fn flag(p: &HashMap<String, String>, name: &str) -> bool {
 }
 
 async fn list(State(d): State<Arc<Drive>>, headers: HeaderMap, Query(p): Params) -> Response {
-    let user = match d.authorize(&headers) {
+    let user = match d.enter(&headers) {
         Ok(u) => u,
         Err(r) => return r,
     };
-    if let Err(r) = d.admit() {
-        return r;
-    }
     let page_size: usize = match p.get("pageSize").map(|s| s.parse::<usize>()) {
         None => 100,
         Some(Ok(n)) if (1..=1000).contains(&n) => n,
@@ -1316,13 +1321,10 @@ async fn file(
     headers: HeaderMap,
     Query(p): Params,
 ) -> Response {
-    let user = match d.authorize(&headers) {
+    let user = match d.enter(&headers) {
         Ok(u) => u,
         Err(r) => return r,
     };
-    if let Err(r) = d.admit() {
-        return r;
-    }
     let f = match d.visible_file(&id, &user, flag(&p, "supportsAllDrives")) {
         Ok(f) => f,
         Err(r) => return r,
@@ -1428,13 +1430,10 @@ async fn export(
     headers: HeaderMap,
     Query(p): Params,
 ) -> Response {
-    let user = match d.authorize(&headers) {
+    let user = match d.enter(&headers) {
         Ok(u) => u,
         Err(r) => return r,
     };
-    if let Err(r) = d.admit() {
-        return r;
-    }
     let f = match d.visible_file(&id, &user, true) {
         Ok(f) => f,
         Err(r) => return r,
@@ -1451,13 +1450,10 @@ async fn export_link(
     headers: HeaderMap,
     Query(p): Params,
 ) -> Response {
-    let user = match d.authorize(&headers) {
+    let user = match d.enter(&headers) {
         Ok(u) => u,
         Err(r) => return r,
     };
-    if let Err(r) = d.admit() {
-        return r;
-    }
     let (Some(id), Some(ext)) = (p.get("id"), p.get("exportFormat")) else {
         return (StatusCode::BAD_REQUEST, "missing id or exportFormat").into_response();
     };
@@ -1482,13 +1478,10 @@ async fn drive_get(
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    let user = match d.authorize(&headers) {
+    let user = match d.enter(&headers) {
         Ok(u) => u,
         Err(r) => return r,
     };
-    if let Err(r) = d.admit() {
-        return r;
-    }
     let inner = d.inner.lock().unwrap();
     match inner
         .drives
@@ -1507,13 +1500,10 @@ async fn drive_get(
 }
 
 async fn drives(State(d): State<Arc<Drive>>, headers: HeaderMap, Query(p): Params) -> Response {
-    let user = match d.authorize(&headers) {
+    let user = match d.enter(&headers) {
         Ok(u) => u,
         Err(r) => return r,
     };
-    if let Err(r) = d.admit() {
-        return r;
-    }
     let wanted = match p.get("q").map(|q| parse_q(q)).transpose() {
         Ok(q) => q,
         Err(e) => return invalid("q", &format!("Invalid Value: {e}")),

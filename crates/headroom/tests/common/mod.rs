@@ -126,6 +126,16 @@ impl S3Server {
         }
     }
 
+    /// A server that answers every `every`-th request only after `delay`:
+    /// slow enough that a task is caught running, and latency-bound.
+    pub fn stalling(every: u64, delay: Duration) -> Self {
+        Self::start(Faults {
+            every,
+            kinds: vec![Fault::Stall(delay)],
+            ..Faults::default()
+        })
+    }
+
     /// Faults injected so far.
     pub fn faults_injected(&self) -> u64 {
         std::fs::read_to_string(self.root.path().join(".faults-injected"))
@@ -279,6 +289,20 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
             x ^= x >> 7;
             x ^= x << 17;
             x as u8
+        })
+        .collect()
+}
+
+/// Writes `n` files `f0000.bin`... of `size` deterministic bytes (from
+/// `seed`) into `dir`; their names and contents.
+pub fn write_numbered(dir: &Path, n: usize, size: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let name = format!("f{i:04}.bin");
+            let data = bytes(size, seed * 10_000 + i as u64 + 1);
+            std::fs::write(dir.join(&name), &data).unwrap();
+            (name, data)
         })
         .collect()
 }

@@ -180,15 +180,20 @@ impl TokenSource {
     }
 
     fn grant_of_file(path: &Path, config: &CredentialsConfig) -> Result<Grant, StoreError> {
-        // A key file is a few KiB; anything much larger is not one.
-        let meta = std::fs::metadata(path).map_err(|e| bad_file(path, e))?;
-        if meta.len() > 1 << 20 {
+        // A key file is a few KiB; anything larger than 1 MiB is not one,
+        // and is never read further than that.
+        use std::io::Read;
+        let file = std::fs::File::open(path).map_err(|e| bad_file(path, e))?;
+        let mut text = String::new();
+        file.take((1 << 20) + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| bad_file(path, e))?;
+        if text.len() > 1 << 20 {
             return Err(bad_file(
                 path,
                 "it is larger than 1 MiB: not a credentials file",
             ));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| bad_file(path, e))?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| bad_file(path, format!("it is not JSON: {e}")))?;
         let token_uri = json

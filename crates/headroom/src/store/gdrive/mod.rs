@@ -565,8 +565,10 @@ impl Inner {
                     .filter(|x| x.name == d)
                     .map(|x| x.id),
             );
+            // Ten are enough to say the name is ambiguous.
+            found.truncate(10);
             match list.next_page_token {
-                Some(t) if !t.is_empty() => token = Some(t),
+                Some(t) if !t.is_empty() && found.len() < 10 => token = Some(t),
                 _ => break,
             }
         }
@@ -826,18 +828,15 @@ impl DriveRange {
                 }
                 None => {
                     self.stream = None;
-                    return Err(StoreError {
-                        context: self.what(),
-                        message: format!("stream ended {} bytes early", self.end - self.pos),
-                        retryable: true,
-                    });
+                    return Err(super::ended_early(self.what(), self.end - self.pos));
                 }
             }
         }
-        let n = room.min(self.pending.len());
-        buf[..n].copy_from_slice(&self.pending.split_to(n));
-        self.pos += n as u64;
-        Ok(n)
+        Ok(super::drain(
+            &mut self.pending,
+            &mut buf[..room],
+            &mut self.pos,
+        ))
     }
 }
 
