@@ -32,7 +32,7 @@ if [ ! -x target/pyclients/bin/aws ]; then
 fi
 export HEADROOM_TEST_PYCLIENTS="$PWD/target/pyclients/bin"
 "$HEADROOM_TEST_PYCLIENTS/aws" --version
-rclone version | head -1
+rclone version | sed -n 1p
 
 # moto_server (a second S3 server the proxy is tested against) and the
 # Python dependencies of the Ceph s3-tests (vendor/ceph-s3-tests), pinned
@@ -53,4 +53,4 @@ if [ ! -x target/k8s/bin/kubernetes-validate ]; then
   target/k8s/bin/pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
 fi
 export HEADROOM_TEST_K8S="$PWD/target/k8s/bin"
-kubectl version --client 2>/dev/null | head -1
+kubectl version --client 2>/dev/null | sed -n 1p
