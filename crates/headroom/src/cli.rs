@@ -652,6 +652,17 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::serve::tasks::DEFAULT_LEASE_TTL.into(), value_name = "DURATION")]
     pub lease_ttl: humantime::Duration,
 
+    /// A copy task is cut into shards of this many keys (in key order),
+    /// which replicas run in parallel; a shard is also cut once its keys
+    /// hold --shard-bytes.
+    #[arg(long, default_value_t = crate::serve::tasks::DEFAULT_SHARD_OBJECTS, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub shard_objects: u64,
+
+    /// See --shard-objects.
+    #[arg(long, default_value_t = ByteSize(crate::serve::tasks::DEFAULT_SHARD_BYTES), value_name = "SIZE")]
+    pub shard_bytes: ByteSize,
+
     /// The Drive API's base URL for tasks (default:
     /// HEADROOM_GDRIVE_ENDPOINT, else `https://www.googleapis.com`).
     #[arg(long, value_name = "URL")]
@@ -707,6 +718,8 @@ impl ServeArgs {
             },
             replica_id: self.replica_id.clone(),
             lease_ttl: self.lease_ttl.into(),
+            shard_objects: self.shard_objects,
+            shard_bytes: self.shard_bytes.0.max(1),
         }
     }
 }

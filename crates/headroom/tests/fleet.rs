@@ -180,7 +180,9 @@ fn three_replicas_share_the_tasks_and_finish_them_through_a_kill_and_a_sigterm()
     let log = r3.log();
     for id in &on_r1 {
         assert!(
-            log.contains(&format!("task {id}: the lease of replica r1 expired")),
+            log.contains(&format!(
+                "task {id} shard 0: the lease of replica r1 expired"
+            )),
             "{log}"
         );
     }
@@ -272,8 +274,8 @@ fn a_frozen_replica_that_lost_its_lease_never_writes_for_the_task_again() {
     let log = a.log();
     assert!(
         log.contains(&format!(
-            "task {id}: this replica no longer holds its attempt 1"
-        )) || log.contains(&format!("task {id}: its lease was not renewed")),
+            "task {id} shard 0: this replica no longer holds its attempt 1"
+        )) || log.contains(&format!("task {id} shard 0: its lease was not renewed")),
         "the frozen replica saw it lost the task:\n{log}"
     );
     assert_eq!(
@@ -388,7 +390,7 @@ fn a_replica_cut_off_from_the_database_without_an_error_stops_and_never_overwrit
     // The cut-off replica stopped on its own, before the lease expired.
     let log = a.log();
     assert!(
-        log.contains(&format!("task {id}: its lease was not renewed")),
+        log.contains(&format!("task {id} shard 0: its lease was not renewed")),
         "{log}"
     );
     // Its writes still in flight reach the database now: none lands.

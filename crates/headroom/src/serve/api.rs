@@ -68,6 +68,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/api/tasks/{id}", get(get_task).delete(delete_task))
         .route("/api/tasks/{id}/cancel", post(cancel_task))
+        .route("/api/tasks/{id}/shards", get(list_shards))
         .route("/api/tasks/{id}/resume", post(resume_task))
         .route("/api/fleet", get(fleet))
         .route("/metrics", get(metrics))
@@ -332,6 +333,7 @@ fn view(state: &AppState, row: TaskRow) -> serde_json::Value {
         "error": row.error,
         "replica": (row.status == Status::Running).then_some(row.lease_owner),
         "lease_expires_at": (row.status == Status::Running).then_some(row.lease_expires_at),
+        "shards": row.shards,
         "live": state.tasks.live(&row.id),
     });
     v[names.done] = json!(row.items_done);
@@ -379,11 +381,8 @@ fn check_status(s: &str) -> Result<Status, ApiError> {
     s.parse().map_err(|e| bad(format!("status: {e}")))
 }
 
-async fn list_tasks(
-    State(state): State<Shared>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let status = q.status.as_deref().map(check_status).transpose()?;
+/// A page's `limit` (default 50, at most 500) and `offset`, checked.
+fn page(q: &ListQuery) -> Result<(i64, i64), ApiError> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(bad("limit: must be between 1 and 500"));
@@ -392,6 +391,15 @@ async fn list_tasks(
     if offset < 0 {
         return Err(bad("offset: must not be negative"));
     }
+    Ok((limit, offset))
+}
+
+async fn list_tasks(
+    State(state): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = q.status.as_deref().map(check_status).transpose()?;
+    let (limit, offset) = page(&q)?;
     let (rows, total) = state.db.list(status, limit, offset).await?;
     let tasks: Vec<_> = rows.into_iter().map(|r| view(&state, r)).collect();
     Ok(Json(
@@ -405,6 +413,56 @@ async fn get_task(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let row = state.db.get(&id).await?.ok_or_else(|| not_found(&id))?;
     Ok(Json(view(&state, row)))
+}
+
+/// A task's shards, in key order, a page at a time: each one's range of
+/// keys, status, the replica holding it (or that last held it), and its
+/// counters under the task's kind's names.
+async fn list_shards(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let row = state.db.get(&id).await?.ok_or_else(|| not_found(&id))?;
+    if q.status.is_some() {
+        return Err(bad("status: shards are listed in key order, not by status"));
+    }
+    let (limit, offset) = page(&q)?;
+    let names = CounterNames::of(row.kind, row.spec["dry_run"].as_bool().unwrap_or(false));
+    let shards: Vec<serde_json::Value> = state
+        .db
+        .shards(&id, limit, offset)
+        .await?
+        .into_iter()
+        .map(|s| {
+            let mut v = json!({
+                "no": s.no,
+                "after_key": s.after_key,
+                "through_key": s.through_key,
+                "status": s.status,
+                "attempts": s.attempts,
+                "replica": s.lease_owner,
+                "lease_expires_at": (s.status == Status::Running).then_some(s.lease_expires_at),
+                "checkpoint_key": s.checkpoint_key,
+                "error": s.error,
+                "started_at": s.started_at,
+                "updated_at": s.updated_at,
+            });
+            v[names.done] = json!(s.items_done);
+            v[names.bytes] = json!(s.bytes_done);
+            v[names.listed] = json!(s.items_listed);
+            v[names.skipped] = json!(s.items_skipped);
+            v[names.failed] = json!(s.items_failed);
+            v
+        })
+        .collect();
+    Ok(Json(json!({
+        "task": id,
+        "shards": shards,
+        "total": row.shards.total,
+        "limit": limit,
+        "offset": offset,
+    })))
 }
 
 async fn cancel_task(
@@ -535,11 +593,17 @@ async fn fleet_view(state: &AppState) -> Result<serde_json::Value, ApiError> {
     let list: Vec<serde_json::Value> = replicas
         .into_iter()
         .map(|r| {
-            let held: Vec<&str> = leases
+            let held: Vec<String> = leases
                 .iter()
-                .filter(|(_, owner, _)| *owner == r.id)
-                .map(|(id, _, _)| id.as_str())
+                .filter(|(_, _, owner, _)| *owner == r.id)
+                .map(|(id, no, _, _)| format!("{id}/{no}"))
                 .collect();
+            let mut tasks: Vec<&str> = leases
+                .iter()
+                .filter(|(_, _, owner, _)| *owner == r.id)
+                .map(|(id, _, _, _)| id.as_str())
+                .collect();
+            tasks.dedup();
             let age = now - r.heartbeat_at;
             json!({
                 "id": r.id,
@@ -550,8 +614,9 @@ async fn fleet_view(state: &AppState) -> Result<serde_json::Value, ApiError> {
                 "stopped_at": r.stopped_at,
                 "memory_budget": r.memory_budget,
                 "memory_reserved": r.memory_reserved,
-                "tasks_running": r.tasks_running,
-                "tasks_held": held,
+                "shards_running": r.tasks_running,
+                "tasks_held": tasks,
+                "shards_held": held,
             })
         })
         .collect();

@@ -5,6 +5,16 @@
 //! The database is the truth: only running tasks are also in memory, and
 //! every change of status is a conditional `UPDATE … WHERE status = …`, so
 //! a deleted task is never written back and a cancelled one never runs.
+//!
+//! A task's work is in its shards (`shards`): ranges of the source's keys
+//! that replicas claim under leases, renew, split and end. A task's
+//! counters are the sums of its shards' (one aggregate per read), and its
+//! status follows them: `running` while a shard runs, `queued` when none
+//! runs and some wait, and at the end `succeeded`, `failed` (a shard
+//! failed), `interrupted` (a shard was) or `cancelled`. Every change that
+//! can end or re-queue a task takes the task's row first (an `UPDATE` of
+//! it), so two replicas ending its last two shards at once cannot both
+//! miss the other's end, and a claim never races a task's settling.
 
 use crate::telemetry::now_ms;
 use anyhow::Context;
@@ -127,19 +137,71 @@ pub struct TaskRow {
     pub attempt_bytes_done: i64,
     pub checkpoint_key: Option<String>,
     pub error: Option<String>,
-    /// The replica whose lease holds the running attempt, and until when.
+    /// A replica holding one of its running shards (the first by id), and
+    /// the earliest of their leases' expiries.
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<i64>,
+    /// Its shards by status.
+    pub shards: ShardCounts,
 }
 
-/// The lease a replica holds on a running attempt: writes for the attempt
-/// name both, and do nothing once another replica (or attempt) holds it.
+/// How many shards a task has, by status.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ShardCounts {
+    pub total: i64,
+    pub queued: i64,
+    pub running: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    /// Running on this many replicas.
+    pub replicas: i64,
+}
+
+/// One row of `shards`: a range of a task's keys and its progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardRow {
+    pub task_id: String,
+    pub no: i64,
+    /// Keys after this one; `None`: from the first.
+    pub after_key: Option<String>,
+    /// Keys up to this one; `None`: to the last (the shard that may split).
+    pub through_key: Option<String>,
+    pub status: Status,
+    pub attempts: i64,
+    pub items_done: i64,
+    pub bytes_done: i64,
+    pub items_listed: i64,
+    pub items_skipped: i64,
+    pub items_failed: i64,
+    pub attempt_items_done: i64,
+    pub attempt_bytes_done: i64,
+    pub checkpoint_key: Option<String>,
+    pub error: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// The lease a replica holds on a running attempt of a shard: writes for
+/// the attempt name all of it, and do nothing once another replica (or
+/// attempt) holds it.
 #[derive(Clone, Debug)]
 pub struct Lease {
+    /// The task.
+    pub task: String,
+    /// Its shard.
+    pub shard: i64,
     /// The replica.
     pub owner: String,
-    /// The attempt (`attempts` when it was claimed).
+    /// The shard's attempt (its `attempts` when it was claimed).
     pub attempt: i64,
+}
+
+impl std::fmt::Display for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "task {} shard {}", self.task, self.shard)
+    }
 }
 
 /// What a replica has room for when it claims a task.
@@ -170,6 +232,7 @@ pub struct ReplicaRow {
     pub heartbeat_at: i64,
     pub memory_budget: i64,
     pub memory_reserved: i64,
+    /// Shards it runs.
     pub tasks_running: i64,
     pub stopped_at: Option<i64>,
 }
@@ -201,7 +264,160 @@ fn row(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
         error: r.try_get("error")?,
         lease_owner: r.try_get("lease_owner")?,
         lease_expires_at: r.try_get("lease_expires_at")?,
+        shards: ShardCounts {
+            total: r.try_get("shards_total")?,
+            queued: r.try_get("shards_queued")?,
+            running: r.try_get("shards_running")?,
+            succeeded: r.try_get("shards_succeeded")?,
+            failed: r.try_get("shards_failed")?,
+            replicas: r.try_get("shards_replicas")?,
+        },
     })
+}
+
+fn shard_row(r: &AnyRow) -> Result<ShardRow, sqlx::Error> {
+    let status: String = r.try_get("status")?;
+    Ok(ShardRow {
+        task_id: r.try_get("task_id")?,
+        no: r.try_get("no")?,
+        after_key: r.try_get("after_key")?,
+        through_key: r.try_get("through_key")?,
+        status: status
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        attempts: r.try_get("attempts")?,
+        items_done: r.try_get("items_done")?,
+        bytes_done: r.try_get("bytes_done")?,
+        items_listed: r.try_get("items_listed")?,
+        items_skipped: r.try_get("items_skipped")?,
+        items_failed: r.try_get("items_failed")?,
+        attempt_items_done: r.try_get("attempt_items_done")?,
+        attempt_bytes_done: r.try_get("attempt_bytes_done")?,
+        checkpoint_key: r.try_get("checkpoint_key")?,
+        error: r.try_get("error")?,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_expires_at: r.try_get("lease_expires_at")?,
+        started_at: r.try_get("started_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+/// A select of tasks with their shards' sums: `$from` is the tasks (a
+/// table or a page of it, as `t`), `$which` the shards' condition (the
+/// same tasks). Sums are cast because PostgreSQL's SUM of BIGINT is
+/// NUMERIC.
+macro_rules! tasks_with_sums {
+    ($from:literal, $which:literal) => {
+        concat!(
+            "SELECT t.*, ",
+            "CAST(COALESCE(a.items_done, 0) AS BIGINT) AS items_done, ",
+            "CAST(COALESCE(a.bytes_done, 0) AS BIGINT) AS bytes_done, ",
+            "CAST(COALESCE(a.items_listed, 0) AS BIGINT) AS items_listed, ",
+            "CAST(COALESCE(a.items_skipped, 0) AS BIGINT) AS items_skipped, ",
+            "CAST(COALESCE(a.items_failed, 0) AS BIGINT) AS items_failed, ",
+            "CAST(COALESCE(a.attempt_items_done, 0) AS BIGINT) AS attempt_items_done, ",
+            "CAST(COALESCE(a.attempt_bytes_done, 0) AS BIGINT) AS attempt_bytes_done, ",
+            "CAST(COALESCE(a.shards_total, 0) AS BIGINT) AS shards_total, ",
+            "CAST(COALESCE(a.shards_queued, 0) AS BIGINT) AS shards_queued, ",
+            "CAST(COALESCE(a.shards_running, 0) AS BIGINT) AS shards_running, ",
+            "CAST(COALESCE(a.shards_succeeded, 0) AS BIGINT) AS shards_succeeded, ",
+            "CAST(COALESCE(a.shards_failed, 0) AS BIGINT) AS shards_failed, ",
+            "CAST(COALESCE(a.shards_replicas, 0) AS BIGINT) AS shards_replicas, ",
+            "a.checkpoint_key, a.lease_owner, a.lease_expires_at ",
+            "FROM ",
+            $from,
+            " t LEFT JOIN (SELECT task_id, SUM(items_done) AS items_done, SUM(bytes_done) AS bytes_done, ",
+            "SUM(items_listed) AS items_listed, SUM(items_skipped) AS items_skipped, ",
+            "SUM(items_failed) AS items_failed, SUM(attempt_items_done) AS attempt_items_done, ",
+            "SUM(attempt_bytes_done) AS attempt_bytes_done, COUNT(*) AS shards_total, ",
+            "SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS shards_queued, ",
+            "SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS shards_running, ",
+            "SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END) AS shards_succeeded, ",
+            "SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS shards_failed, ",
+            "COUNT(DISTINCT CASE WHEN status = 'running' THEN lease_owner END) AS shards_replicas, ",
+            "CASE WHEN COUNT(*) = 1 THEN MAX(checkpoint_key) END AS checkpoint_key, ",
+            "MIN(CASE WHEN status = 'running' THEN lease_owner END) AS lease_owner, ",
+            "MIN(CASE WHEN status = 'running' THEN lease_expires_at END) AS lease_expires_at ",
+            "FROM shards WHERE ",
+            $which,
+            " GROUP BY task_id) a ON a.task_id = t.id"
+        )
+    };
+}
+
+/// The status a task whose shards all stopped running takes: cancelled if
+/// a cancel was recorded, queued while a shard waits, else by its shards'
+/// ends (a failed one fails it, an interrupted one interrupts it).
+macro_rules! settled_status {
+    () => {
+        concat!(
+            "CASE WHEN cancel_requested = 1 THEN 'cancelled' ",
+            "WHEN EXISTS (SELECT 1 FROM shards s WHERE s.task_id = tasks.id AND s.status = 'queued') THEN 'queued' ",
+            "WHEN EXISTS (SELECT 1 FROM shards s WHERE s.task_id = tasks.id AND s.status = 'failed') THEN 'failed' ",
+            "WHEN EXISTS (SELECT 1 FROM shards s WHERE s.task_id = tasks.id AND s.status = 'interrupted') THEN 'interrupted' ",
+            "ELSE 'succeeded' END"
+        )
+    };
+}
+
+/// Settles task `id` if no shard of it runs any more: its status follows
+/// its shards (see [`settled_status`]), its error is its first failed
+/// shard's, and a cancelled task's waiting shards are cancelled too. The
+/// first write takes the task's row (PostgreSQL waits for a claim or
+/// another settling in progress; the next statement then sees it).
+/// Returns the status it took, `None` when it was not running or a shard
+/// still runs.
+async fn settle(conn: &mut sqlx::AnyConnection, id: &str) -> sqlx::Result<Option<Status>> {
+    let now = now_ms() as i64;
+    let locked =
+        sqlx::query("UPDATE tasks SET updated_at = $1 WHERE id = $2 AND status = 'running'")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    if locked.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let settled = sqlx::query(concat!(
+        "UPDATE tasks SET status = ",
+        settled_status!(),
+        ", error = CASE WHEN ",
+        settled_status!(),
+        " = 'failed' THEN (SELECT s.error FROM shards s WHERE s.task_id = tasks.id AND s.status = 'failed' ",
+        "ORDER BY s.no LIMIT 1) ELSE NULL END, ",
+        "finished_at = CASE WHEN ",
+        settled_status!(),
+        " IN ('succeeded', 'failed', 'cancelled') THEN COALESCE(finished_at, $1) ELSE finished_at END ",
+        "WHERE id = $2 AND status = 'running' ",
+        "AND NOT EXISTS (SELECT 1 FROM shards s WHERE s.task_id = tasks.id AND s.status = 'running') ",
+        "RETURNING status"
+    ))
+    .bind(now)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(r) = settled else { return Ok(None) };
+    let status: Status = r
+        .try_get::<String, _>("status")?
+        .parse()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+    if status == Status::Cancelled {
+        sqlx::query(
+            "UPDATE shards SET status = 'cancelled', updated_at = $1 WHERE task_id = $2 AND status IN ('queued', 'interrupted')",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Some(status))
+}
+
+/// What a claim started: the task and the attempt of its shard.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub task: TaskRow,
+    pub shard: ShardRow,
 }
 
 /// What `/metrics` reads from the database.
@@ -364,8 +580,9 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Queues a new task; `share` is the memory it asked for (`None`: the
-    /// default of the replica that claims it).
+    /// Queues a new task, with one shard over all its keys; `share` is the
+    /// memory it asked for (`None`: the default of the replica that claims
+    /// it).
     pub async fn insert(
         &self,
         id: &str,
@@ -374,6 +591,7 @@ impl Db {
         share: Option<u64>,
     ) -> sqlx::Result<TaskRow> {
         let now = now_ms() as i64;
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO tasks (id, kind, status, spec, created_at, updated_at, memory_share) VALUES ($1, $2, 'queued', $3, $4, $5, $6)",
         )
@@ -383,16 +601,29 @@ impl Db {
         .bind(now)
         .bind(now)
         .bind(share.map(|s| s as i64))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO shards (task_id, no, status, updated_at) VALUES ($1, 0, 'queued', $2)",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         self.get(id).await?.ok_or_else(|| sqlx::Error::RowNotFound)
     }
 
+    /// A task, with its counters summed over its shards.
     pub async fn get(&self, id: &str) -> sqlx::Result<Option<TaskRow>> {
-        let r = sqlx::query("SELECT * FROM tasks WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let r = sqlx::query(concat!(
+            tasks_with_sums!("tasks", "task_id = $1"),
+            " WHERE t.id = $2"
+        ))
+        .bind(id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         r.as_ref().map(row).transpose()
     }
 
@@ -403,11 +634,20 @@ impl Db {
         limit: i64,
         offset: i64,
     ) -> sqlx::Result<(Vec<TaskRow>, i64)> {
+        // The page is chosen once for the tasks and once for their shards'
+        // sums, so only the page's shards are summed.
         let (rows, total) = match status {
             Some(s) => {
-                let rows = sqlx::query(
-                    "SELECT * FROM tasks WHERE status = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
-                )
+                let rows = sqlx::query(concat!(
+                    tasks_with_sums!(
+                        "(SELECT * FROM tasks WHERE status = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3)",
+                        "task_id IN (SELECT id FROM tasks WHERE status = $4 ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6)"
+                    ),
+                    " ORDER BY t.created_at DESC, t.id DESC"
+                ))
+                .bind(s.as_str())
+                .bind(limit)
+                .bind(offset)
                 .bind(s.as_str())
                 .bind(limit)
                 .bind(offset)
@@ -421,9 +661,15 @@ impl Db {
                 (rows, total)
             }
             None => {
-                let rows = sqlx::query(
-                    "SELECT * FROM tasks ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2",
-                )
+                let rows = sqlx::query(concat!(
+                    tasks_with_sums!(
+                        "(SELECT * FROM tasks ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2)",
+                        "task_id IN (SELECT id FROM tasks ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4)"
+                    ),
+                    " ORDER BY t.created_at DESC, t.id DESC"
+                ))
+                .bind(limit)
+                .bind(offset)
                 .bind(limit)
                 .bind(offset)
                 .fetch_all(&self.pool)
@@ -438,6 +684,18 @@ impl Db {
         Ok((rows.iter().map(row).collect::<Result<_, _>>()?, total))
     }
 
+    /// A page of task `id`'s shards, in key order.
+    pub async fn shards(&self, id: &str, limit: i64, offset: i64) -> sqlx::Result<Vec<ShardRow>> {
+        let rows =
+            sqlx::query("SELECT * FROM shards WHERE task_id = $1 ORDER BY no LIMIT $2 OFFSET $3")
+                .bind(id)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(shard_row).collect()
+    }
+
     /// Tasks per status, and per kind the totals of its tasks (items done
     /// and their bytes: copied, or deleted and freed).
     pub async fn stats(&self) -> sqlx::Result<DbStats> {
@@ -449,7 +707,8 @@ impl Db {
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect::<sqlx::Result<Vec<(String, i64)>>>()?;
         let rows = sqlx::query(
-            "SELECT kind, CAST(COALESCE(SUM(items_done), 0) AS BIGINT) AS o, CAST(COALESCE(SUM(bytes_done), 0) AS BIGINT) AS b FROM tasks GROUP BY kind",
+            "SELECT t.kind, CAST(COALESCE(SUM(s.items_done), 0) AS BIGINT) AS o, CAST(COALESCE(SUM(s.bytes_done), 0) AS BIGINT) AS b \
+             FROM shards s JOIN tasks t ON t.id = s.task_id GROUP BY t.kind",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -464,167 +723,233 @@ impl Db {
         Ok(DbStats { by_status, totals })
     }
 
-    /// Moves a task from one status to another; whether it was in `from`.
+    /// Moves a task that no shard runs from one status to another (a
+    /// cancel of a waiting task, a resume of an interrupted one); whether
+    /// it was in `from`. Its waiting shards follow: interrupted ones are
+    /// queued again on a resume, waiting ones cancelled on a cancel.
     pub async fn transition(&self, id: &str, from: Status, to: Status) -> sqlx::Result<bool> {
+        let now = now_ms() as i64;
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
-            "UPDATE tasks SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
+            "UPDATE tasks SET status = $1, updated_at = $2, finished_at = CASE WHEN $3 = 'cancelled' THEN COALESCE(finished_at, $4) ELSE finished_at END \
+             WHERE id = $5 AND status = $6",
+        )
+        .bind(to.as_str())
+        .bind(now)
+        .bind(to.as_str())
+        .bind(now)
+        .bind(id)
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let moved = match to {
+            Status::Queued => sqlx::query(
+                "UPDATE shards SET status = 'queued', updated_at = $1 WHERE task_id = $2 AND status = 'interrupted'",
+            ),
+            _ => sqlx::query(
+                "UPDATE shards SET status = $1, updated_at = $2 WHERE task_id = $3 AND status IN ('queued', 'interrupted')",
+            )
+            .bind(to.as_str()),
+        };
+        moved.bind(now).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Settles each task of `ids` in its own transaction (see [`settle`]).
+    async fn settle_all(&self, ids: Vec<String>) -> sqlx::Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for id in ids {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            settle(&mut tx, &id).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Marks every `running` shard (the service died under them: SQLite,
+    /// one machine) as `to`, and settles their tasks: queued or
+    /// interrupted, cancelled if a cancel was recorded. How many shards.
+    pub async fn recover_running(&self, to: Status) -> sqlx::Result<u64> {
+        let rows = sqlx::query(
+            "UPDATE shards SET status = $1, updated_at = $2, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE status = 'running' RETURNING task_id",
         )
         .bind(to.as_str())
         .bind(now_ms() as i64)
-        .bind(id)
-        .bind(from.as_str())
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(r.rows_affected() == 1)
+        let n = rows.len() as u64;
+        let mut ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get("task_id"))
+            .collect::<Result<_, _>>()?;
+        // Tasks left running without a running shard (an older version's).
+        let stranded = sqlx::query("SELECT id FROM tasks WHERE status = 'running'")
+            .fetch_all(&self.pool)
+            .await?;
+        for r in &stranded {
+            ids.push(r.try_get("id")?);
+        }
+        self.settle_all(ids).await?;
+        Ok(n)
     }
 
-    /// Marks every `running` task (the service died under them) as `to`,
-    /// but those whose cancel was recorded as `cancelled`.
-    pub async fn recover_running(&self, to: Status) -> sqlx::Result<u64> {
-        let now = now_ms() as i64;
-        sqlx::query(
-            "UPDATE tasks SET status = 'cancelled', updated_at = $1, finished_at = COALESCE(finished_at, $2) \
-             WHERE status = 'running' AND cancel_requested = 1",
-        )
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        let r =
-            sqlx::query("UPDATE tasks SET status = $1, updated_at = $2 WHERE status = 'running'")
-                .bind(to.as_str())
-                .bind(now_ms() as i64)
-                .execute(&self.pool)
-                .await?;
-        Ok(r.rows_affected())
-    }
-
-    /// Marks the `running` tasks whose lease `owner` held (this replica's
-    /// previous process: a restart under the same replica id) as `to`, but
-    /// those whose cancel was recorded as `cancelled`. Other replicas'
-    /// tasks are theirs until their leases expire.
+    /// Marks the `running` shards whose lease `owner` held (this replica's
+    /// previous process: a restart under the same replica id) as `to`, and
+    /// settles their tasks. Other replicas' shards are theirs until their
+    /// leases expire. How many shards.
     pub async fn recover_owner(&self, owner: &str, to: Status) -> sqlx::Result<u64> {
-        let now = now_ms() as i64;
-        let r = sqlx::query(
-            "UPDATE tasks SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE $1 END, \
-             finished_at = CASE WHEN cancel_requested = 1 THEN COALESCE(finished_at, $2) ELSE finished_at END, \
-             updated_at = $3, lease_owner = NULL, lease_expires_at = NULL \
-             WHERE status = 'running' AND lease_owner = $4",
+        let rows = sqlx::query(
+            "UPDATE shards SET status = $1, updated_at = $2, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE status = 'running' AND lease_owner = $3 RETURNING task_id",
         )
         .bind(to.as_str())
-        .bind(now)
-        .bind(now)
+        .bind(now_ms() as i64)
         .bind(owner)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(r.rows_affected())
+        let n = rows.len() as u64;
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get("task_id"))
+            .collect::<Result<_, _>>()?;
+        self.settle_all(ids).await?;
+        Ok(n)
     }
 
     /// Ends the leases that expired (their replica died, froze or lost the
-    /// database): those tasks become `to` (queued, to be claimed again, or
-    /// interrupted), or `cancelled` if a cancel was recorded. Returns each
-    /// task with the replica that held it and how many milliseconds ago its
-    /// lease expired (the lease columns keep the last holder until the next
-    /// claim).
-    pub async fn expire_leases(&self, to: Status) -> sqlx::Result<Vec<(String, String, i64)>> {
+    /// database): those shards become `to` (queued, to be claimed again,
+    /// or interrupted) and their tasks are settled (cancelled if a cancel
+    /// was recorded). Returns each shard with the replica that held it and
+    /// how many milliseconds ago its lease expired (the lease columns keep
+    /// the last holder until the next claim).
+    pub async fn expire_leases(&self, to: Status) -> sqlx::Result<Vec<(String, i64, String, i64)>> {
         macro_rules! expire {
             ($now:literal) => {
                 concat!(
-                    "UPDATE tasks SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE $1 END, ",
-                    "finished_at = CASE WHEN cancel_requested = 1 THEN COALESCE(finished_at, $2) ELSE finished_at END, ",
-                    "updated_at = $3 WHERE status = 'running' AND lease_expires_at < ",
+                    "UPDATE shards SET status = $1, updated_at = $2 WHERE status = 'running' AND lease_expires_at < ",
                     $now,
-                    " RETURNING id, COALESCE(lease_owner, '') AS owner, ",
+                    " RETURNING task_id, no, COALESCE(lease_owner, '') AS owner, ",
                     $now,
                     " - COALESCE(lease_expires_at, 0) AS expired_ms_ago"
                 )
             };
         }
-        let now = now_ms() as i64;
         let rows = sqlx::query(on_db_clock!(self, expire))
             .bind(to.as_str())
-            .bind(now)
-            .bind(now)
+            .bind(now_ms() as i64)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
+        let expired = rows
+            .iter()
             .map(|r| {
                 Ok((
-                    r.try_get("id")?,
+                    r.try_get("task_id")?,
+                    r.try_get("no")?,
                     r.try_get("owner")?,
                     r.try_get::<i64, _>("expired_ms_ago")?,
                 ))
             })
-            .collect()
+            .collect::<sqlx::Result<Vec<(String, i64, String, i64)>>>()?;
+        let ids: Vec<String> = expired.iter().map(|e| e.0.clone()).collect();
+        self.settle_all(ids).await?;
+        Ok(expired)
     }
 
-    /// Claims, for `owner` with a lease of `ttl_ms`, the oldest queued
-    /// task whose memory share fits in its `room` (a task without one takes
-    /// the replica's default; a share above the budget runs within the
-    /// budget): starts a new attempt. One statement; on PostgreSQL the row
-    /// is taken with `FOR UPDATE SKIP LOCKED`, so replicas claiming at once
-    /// each get a different task and never wait for each other.
+    /// Claims, for `owner` with a lease of `ttl_ms`, the first waiting
+    /// shard of the oldest task that has one and whose memory share fits
+    /// in its `room` (a task without one takes the replica's default; a
+    /// share above the budget runs within the budget): starts a new
+    /// attempt of the shard, and of the task if it was queued. The task's
+    /// row is taken first, on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so
+    /// replicas claiming at once never wait for each other.
     pub async fn claim_next(
         &self,
         owner: &str,
         ttl_ms: i64,
         room: Room,
-    ) -> sqlx::Result<Option<TaskRow>> {
+    ) -> sqlx::Result<Option<Claim>> {
         // The same statement but for the row lock, which SQLite (one
         // writer at a time) neither needs nor has.
-        macro_rules! claim {
-            ($now:literal, $lock:literal) => {
+        macro_rules! claim_task {
+            ($lock:literal) => {
                 concat!(
                     "UPDATE tasks SET status = 'running', started_at = COALESCE(started_at, $1), updated_at = $2, ",
-                    "attempts = attempts + 1, attempt_items_done = 0, attempt_bytes_done = 0, ",
-                    "items_listed = 0, items_skipped = 0, items_failed = 0, error = NULL, ",
-                    "lease_owner = $3, lease_expires_at = ",
-                    $now,
-                    " + $4 ",
-                    "WHERE id = (SELECT id FROM tasks WHERE status = 'queued' ",
-                    "AND CASE WHEN memory_share IS NULL THEN $5 WHEN memory_share > $6 THEN $7 ELSE memory_share END <= $8 ",
-                    "ORDER BY created_at, id LIMIT 1",
+                    "attempts = attempts + CASE WHEN status = 'queued' THEN 1 ELSE 0 END, ",
+                    "error = CASE WHEN status = 'queued' THEN NULL ELSE error END ",
+                    "WHERE id = (SELECT t.id FROM tasks t WHERE t.status IN ('queued', 'running') AND t.cancel_requested = 0 ",
+                    "AND CASE WHEN t.memory_share IS NULL THEN $3 WHEN t.memory_share > $4 THEN $5 ELSE t.memory_share END <= $6 ",
+                    "AND EXISTS (SELECT 1 FROM shards s WHERE s.task_id = t.id AND s.status = 'queued') ",
+                    "ORDER BY t.created_at, t.id LIMIT 1",
                     $lock,
-                    ") AND status = 'queued' RETURNING id"
+                    ") AND status IN ('queued', 'running') RETURNING id"
                 )
             };
         }
         let sql = if self.postgres {
-            claim!(
-                "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-                " FOR UPDATE SKIP LOCKED"
-            )
+            claim_task!(" FOR UPDATE OF t SKIP LOCKED")
         } else {
-            claim!(
-                "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
-                ""
-            )
+            claim_task!("")
         };
         let now = now_ms() as i64;
-        let claimed = sqlx::query(sql)
+        let mut tx = self.pool.begin().await?;
+        let task = sqlx::query(sql)
             .bind(now)
             .bind(now)
-            .bind(owner)
-            .bind(ttl_ms)
             .bind(room.default_share as i64)
             .bind(room.budget as i64)
             .bind(room.budget as i64)
             .bind(room.available as i64)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
-        match claimed {
-            Some(r) => self.get(&r.try_get::<String, _>("id")?).await,
+        let Some(task) = task else { return Ok(None) };
+        let id: String = task.try_get("id")?;
+        macro_rules! claim_shard {
+            ($now:literal) => {
+                concat!(
+                    "UPDATE shards SET status = 'running', attempts = attempts + 1, attempt_items_done = 0, ",
+                    "attempt_bytes_done = 0, items_listed = 0, items_skipped = 0, items_failed = 0, error = NULL, ",
+                    "lease_owner = $1, lease_expires_at = ",
+                    $now,
+                    " + $2, started_at = COALESCE(started_at, $3), updated_at = $4 ",
+                    "WHERE task_id = $5 AND no = (SELECT MIN(no) FROM shards WHERE task_id = $6 AND status = 'queued') ",
+                    "AND status = 'queued' RETURNING *"
+                )
+            };
+        }
+        let shard = sqlx::query(on_db_clock!(self, claim_shard))
+            .bind(owner)
+            .bind(ttl_ms)
+            .bind(now)
+            .bind(now)
+            .bind(&id)
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        // Claimed by another replica since the task was chosen: nothing is
+        // changed (the rollback undoes the task's write).
+        let Some(shard) = shard else { return Ok(None) };
+        let shard = shard_row(&shard)?;
+        tx.commit().await?;
+        match self.get(&id).await? {
+            Some(task) => Ok(Some(Claim { task, shard })),
             None => Ok(None),
         }
     }
 
-    /// Writes a running attempt's progress and renews its lease by
-    /// `ttl_ms`. `base` is what earlier attempts copied. Nothing is
-    /// written unless `lease` still holds the attempt; the answer says
-    /// whether it does, and whether a cancel was recorded.
+    /// Writes a running shard's progress and renews its lease by `ttl_ms`.
+    /// `base` is what earlier attempts of it did. Nothing is written
+    /// unless `lease` still holds the attempt; the answer says whether it
+    /// does, and whether a cancel of the task was recorded.
     pub async fn progress(
         &self,
-        id: &str,
         lease: &Lease,
         ttl_ms: i64,
         base: (i64, i64),
@@ -633,18 +958,19 @@ impl Db {
         macro_rules! renew {
             ($now:literal) => {
                 concat!(
-                    "UPDATE tasks SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, ",
+                    "UPDATE shards SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, ",
                     "attempt_items_done = $5, attempt_bytes_done = $6, items_done = $7, bytes_done = $8, ",
                     "checkpoint_key = COALESCE($9, checkpoint_key), lease_expires_at = ",
                     $now,
-                    " + $10 WHERE id = $11 AND status = 'running' AND lease_owner = $12 AND attempts = $13 ",
-                    "RETURNING CAST(cancel_requested AS BIGINT) AS cancel_requested"
+                    " + $10 WHERE task_id = $11 AND no = $12 AND status = 'running' AND lease_owner = $13 AND attempts = $14 ",
+                    "RETURNING CAST(COALESCE((SELECT cancel_requested FROM tasks WHERE tasks.id = shards.task_id), 1) AS BIGINT) AS cancel_requested"
                 )
             };
         }
         let r = bind_progress(sqlx::query(on_db_clock!(self, renew)), base, p)
             .bind(ttl_ms)
-            .bind(id)
+            .bind(&lease.task)
+            .bind(lease.shard)
             .bind(&lease.owner)
             .bind(lease.attempt)
             .fetch_optional(&self.pool)
@@ -657,49 +983,90 @@ impl Db {
         })
     }
 
-    /// Hands a running attempt back (a replica stopping for SIGTERM): the
-    /// task is queued again with its progress and checkpoint, for any
-    /// replica (or this one's next start) to resume; whether `lease` still
-    /// held it.
+    /// Cuts the running shard of `lease`, which has no end yet, after key
+    /// `at`: the shard ends there and the keys after it are queued as the
+    /// next shard, in one fenced transaction. Whether `lease` still held
+    /// the shard (and it had no end).
+    pub async fn split(&self, lease: &Lease, at: &str) -> sqlx::Result<bool> {
+        let now = now_ms() as i64;
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE shards SET through_key = $1, updated_at = $2 WHERE task_id = $3 AND no = $4 \
+             AND status = 'running' AND lease_owner = $5 AND attempts = $6 AND through_key IS NULL",
+        )
+        .bind(at)
+        .bind(now)
+        .bind(&lease.task)
+        .bind(lease.shard)
+        .bind(&lease.owner)
+        .bind(lease.attempt)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO shards (task_id, no, after_key, status, updated_at) VALUES ($1, $2, $3, 'queued', $4)",
+        )
+        .bind(&lease.task)
+        .bind(lease.shard + 1)
+        .bind(at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Hands a running shard back (a replica stopping for SIGTERM): it is
+    /// queued again with its progress and checkpoint, for any replica (or
+    /// this one's next start) to resume; whether `lease` still held it.
     pub async fn release(
         &self,
-        id: &str,
         lease: &Lease,
         base: (i64, i64),
         p: &Progress,
-    ) -> sqlx::Result<bool> {
-        self.finish(id, lease, base, p, Status::Queued, None).await
+    ) -> sqlx::Result<Option<Status>> {
+        self.finish(lease, base, p, Status::Queued, None).await
     }
 
-    /// Ends a running attempt with its final progress (or, `queued`, hands
-    /// it back), in one fenced write; whether `lease` still held it.
+    /// Ends a running shard's attempt with its final progress (or,
+    /// `queued`, hands it back), fenced by `lease`, and settles its task
+    /// in the same transaction. `None` when `lease` no longer held it;
+    /// else the task's status after.
     pub async fn finish(
         &self,
-        id: &str,
         lease: &Lease,
         base: (i64, i64),
         p: &Progress,
         status: Status,
         error: Option<&str>,
-    ) -> sqlx::Result<bool> {
-        let finished = (status != Status::Queued).then_some(now_ms() as i64);
+    ) -> sqlx::Result<Option<Status>> {
+        let mut tx = self.pool.begin().await?;
         let query = sqlx::query(
-            "UPDATE tasks SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, \
+            "UPDATE shards SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, \
              attempt_items_done = $5, attempt_bytes_done = $6, items_done = $7, bytes_done = $8, \
              checkpoint_key = COALESCE($9, checkpoint_key), status = $10, error = $11, \
-             finished_at = COALESCE($12, finished_at), lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = $13 AND status = 'running' AND lease_owner = $14 AND attempts = $15",
+             lease_owner = CASE WHEN $12 = 'queued' THEN NULL ELSE lease_owner END, lease_expires_at = NULL \
+             WHERE task_id = $13 AND no = $14 AND status = 'running' AND lease_owner = $15 AND attempts = $16",
         );
         let r = bind_progress(query, base, p)
             .bind(status.as_str())
             .bind(error)
-            .bind(finished)
-            .bind(id)
+            .bind(status.as_str())
+            .bind(&lease.task)
+            .bind(lease.shard)
             .bind(&lease.owner)
             .bind(lease.attempt)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(r.rows_affected() == 1)
+        if r.rows_affected() == 0 {
+            return Ok(None);
+        }
+        settle(&mut tx, &lease.task).await?;
+        tx.commit().await?;
+        let now = self.get(&lease.task).await?;
+        Ok(Some(now.map_or(status, |t| t.status)))
     }
 
     /// Writes this replica's row of the fleet.
@@ -749,17 +1116,19 @@ impl Db {
             .collect()
     }
 
-    /// The running tasks and the replica holding each.
-    pub async fn leases(&self) -> sqlx::Result<Vec<(String, String, i64)>> {
+    /// The running shards: task, shard, the replica holding it and until
+    /// when.
+    pub async fn leases(&self) -> sqlx::Result<Vec<(String, i64, String, i64)>> {
         let rows = sqlx::query(
-            "SELECT id, lease_owner, lease_expires_at FROM tasks WHERE status = 'running' AND lease_owner IS NOT NULL ORDER BY id",
+            "SELECT task_id, no, lease_owner, lease_expires_at FROM shards WHERE status = 'running' AND lease_owner IS NOT NULL ORDER BY task_id, no",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
                 Ok((
-                    r.try_get("id")?,
+                    r.try_get("task_id")?,
+                    r.try_get("no")?,
                     r.try_get("lease_owner")?,
                     r.try_get("lease_expires_at")?,
                 ))
@@ -767,21 +1136,34 @@ impl Db {
             .collect()
     }
 
-    /// Deletes one task; whether it existed.
+    /// Deletes one task and its shards; whether it existed. A replica
+    /// still running a shard of it finds no row at its next write.
     pub async fn delete(&self, id: &str) -> sqlx::Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query("DELETE FROM tasks WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM shards WHERE task_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() == 1)
     }
 
-    /// Deletes every task in `status`; how many.
+    /// Deletes every task in `status`, with their shards; how many tasks.
     pub async fn delete_status(&self, status: Status) -> sqlx::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM shards WHERE task_id IN (SELECT id FROM tasks WHERE status = $1)")
+            .bind(status.as_str())
+            .execute(&mut *tx)
+            .await?;
         let r = sqlx::query("DELETE FROM tasks WHERE status = $1")
             .bind(status.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(r.rows_affected())
     }
 }

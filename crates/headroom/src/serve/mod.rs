@@ -50,6 +50,10 @@ pub struct ServeOptions {
     pub replica_id: Option<String>,
     /// How long a task's lease lasts unless renewed.
     pub lease_ttl: std::time::Duration,
+    /// A copy shard is cut after this many keys...
+    pub shard_objects: u64,
+    /// ...or once its keys hold this many bytes.
+    pub shard_bytes: u64,
 }
 
 impl Default for ServeOptions {
@@ -66,6 +70,8 @@ impl Default for ServeOptions {
             gdrive: tasks::DriveAccess::default(),
             replica_id: None,
             lease_ttl: tasks::DEFAULT_LEASE_TTL,
+            shard_objects: tasks::DEFAULT_SHARD_OBJECTS,
+            shard_bytes: tasks::DEFAULT_SHARD_BYTES,
         }
     }
 }
@@ -182,6 +188,8 @@ pub async fn run(
             .unwrap_or_else(tasks::default_replica_id),
         lease_ttl: args.lease_ttl,
         resume: args.resume,
+        shard_objects: args.shard_objects,
+        shard_bytes: args.shard_bytes,
     };
     if fleet.lease_ttl < std::time::Duration::from_secs(3) {
         bail!("--lease-ttl must be at least 3s (leases are renewed every second)");
@@ -196,7 +204,7 @@ pub async fn run(
         db.recover_running(to).await?
     };
     if recovered > 0 {
-        tracing::info!("{recovered} tasks were running when the service stopped: now {to}");
+        tracing::info!("{recovered} shards were running when the service stopped: now {to}");
     }
     tracing::info!(
         replica = %fleet.replica,

@@ -4,12 +4,17 @@
 //! listed, done, skipped, failed, bytes done); [`CounterNames`] says what
 //! each is called for a copy and for a purge in the API.
 //!
-//! Memory: the service has one governor. A task first reserves its share
-//! of it ("serve.task", FIFO like every reservation) and then runs its job
-//! inside a governor of exactly that share, so tasks cannot together hold
-//! more than the budget and one huge task cannot starve the others beyond
-//! its share. Only running tasks are in memory (at most `--max-running`);
-//! everything else is read from the database on demand.
+//! A task runs as shards (see `db`): the scheduler claims shards, and a
+//! copy shard with no end first cuts itself after `--shard-objects` keys
+//! or `--shard-bytes` bytes, queueing the rest as the next shard, so one
+//! task spreads over every replica with room, shard by shard.
+//!
+//! Memory: the service has one governor. A shard first reserves its task's
+//! share of it ("serve.task", FIFO like every reservation) and then runs
+//! its job inside a governor of exactly that share, so shards cannot
+//! together hold more than the budget and one huge task cannot starve the
+//! others beyond its share. Only running shards are in memory (at most
+//! `--max-running`); everything else is read from the database on demand.
 //!
 //! A new kind of task is a variant of [`TaskSpec`] (with its spec struct),
 //! of [`Job`] and of `db::Kind`; the compiler then names every place that
@@ -25,11 +30,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
-use super::db::{Db, Heartbeat, Kind, Lease, Progress, ReplicaRow, Room, Status, TaskRow};
+use super::db::{Claim, Db, Heartbeat, Kind, Lease, Progress, ReplicaRow, Room, ShardRow, Status};
 use crate::jobs::copy::{self, CopyCounters, CopyEnv, CopyOptions, Watermark};
 use crate::jobs::purge::{self, PurgeCounters, PurgeEnv, PurgeOptions};
-use crate::store::Location;
 use crate::store::gdrive::{CredentialsConfig, DriveConfig};
+use crate::store::{KeyRange, Location};
 use crate::telemetry::Outcome;
 
 /// What `POST /api/tasks` accepts, tagged by `kind`: a copy or a purge.
@@ -463,7 +468,8 @@ pub struct Running {
 pub struct Tasks {
     db: Db,
     gov: Governor,
-    running: Mutex<HashMap<String, Arc<Running>>>,
+    /// The shards running here, by task and shard number.
+    running: Mutex<HashMap<(String, i64), Arc<Running>>>,
     wake: Notify,
     max_running: usize,
     default_share: u64,
@@ -494,6 +500,10 @@ pub struct FleetOptions {
     /// Whether a task whose lease expired is queued again (else it becomes
     /// `interrupted`).
     pub resume: bool,
+    /// A copy shard is cut after this many keys...
+    pub shard_objects: u64,
+    /// ...or once its keys hold this many bytes.
+    pub shard_bytes: u64,
 }
 
 impl Default for FleetOptions {
@@ -502,12 +512,24 @@ impl Default for FleetOptions {
             replica: default_replica_id(),
             lease_ttl: DEFAULT_LEASE_TTL,
             resume: true,
+            shard_objects: DEFAULT_SHARD_OBJECTS,
+            shard_bytes: DEFAULT_SHARD_BYTES,
         }
     }
 }
 
 /// A lease's life unless renewed.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// Keys in a shard unless told otherwise: small enough that a few
+/// replicas share a bucket of tens of thousands of objects, large enough
+/// that a shard's start (a claim, a look-ahead of its keys) is a small
+/// part of its work.
+pub const DEFAULT_SHARD_OBJECTS: u64 = 5_000;
+
+/// Bytes in a shard unless told otherwise (large objects are shared out
+/// by bytes, not by count).
+pub const DEFAULT_SHARD_BYTES: u64 = 16 << 30;
 
 /// `HOST-PID`: unique among live processes, and the same for a container
 /// restarted in its pod (the host name is the pod's, the pid is 1).
@@ -555,11 +577,21 @@ impl Tasks {
         self.fleet.lease_ttl
     }
 
-    /// The ids of the tasks running in this process.
+    /// The ids of the tasks with shards running in this process.
     pub fn running_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.lock().keys().cloned().collect();
+        let mut ids: Vec<String> = self.lock().keys().map(|(id, _)| id.clone()).collect();
         ids.sort();
+        ids.dedup();
         ids
+    }
+
+    /// The shards of task `id` running in this process.
+    fn shards_here(&self, id: &str) -> Vec<Arc<Running>> {
+        self.lock()
+            .iter()
+            .filter(|((task, _), _)| task == id)
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     /// This replica's row of the fleet, as of now.
@@ -577,7 +609,7 @@ impl Tasks {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Running>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Arc<Running>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -586,19 +618,33 @@ impl Tasks {
         self.wake.notify_one();
     }
 
-    /// The live state of a running task: its counters under its kind's
-    /// names, transfers in flight, and its memory share, reserved and peak
-    /// reserved bytes.
+    /// The live state of a task's shards running here: their counters
+    /// under its kind's names, transfers in flight, and their memory
+    /// shares, reserved and peak reserved bytes, summed.
     pub fn live(&self, id: &str) -> Option<serde_json::Value> {
-        let r = self.lock().get(id)?.clone();
-        let stats = r.gov.stats();
-        let p = r.counters.progress(None);
-        let names = r.names;
+        let shards = self.shards_here(id);
+        let names = shards.first()?.names;
+        let (mut p, mut in_flight) = (Progress::default(), 0u64);
+        let (mut share, mut reserved, mut peak) = (0u64, 0u64, 0u64);
+        for r in &shards {
+            let q = r.counters.progress(None);
+            p.items_listed += q.items_listed;
+            p.items_skipped += q.items_skipped;
+            p.items_failed += q.items_failed;
+            p.attempt_items_done += q.attempt_items_done;
+            p.attempt_bytes_done += q.attempt_bytes_done;
+            in_flight += r.counters.in_flight();
+            let stats = r.gov.stats();
+            share += stats.budget;
+            reserved += stats.reserved;
+            peak += stats.peak_reserved;
+        }
         let mut v = json!({
-            "in_flight": r.counters.in_flight(),
-            "memory_share": stats.budget,
-            "memory_reserved": stats.reserved,
-            "memory_peak_reserved": stats.peak_reserved,
+            "shards_here": shards.len(),
+            "in_flight": in_flight,
+            "memory_share": share,
+            "memory_reserved": reserved,
+            "memory_peak_reserved": peak,
         });
         v[names.listed] = json!(p.items_listed);
         v[names.done] = json!(p.attempt_items_done);
@@ -608,25 +654,23 @@ impl Tasks {
         Some(v)
     }
 
-    /// Whether task `id` runs in this process.
+    /// Whether a shard of task `id` runs in this process.
     pub fn running_here(&self, id: &str) -> bool {
-        self.lock().contains_key(id)
+        !self.shards_here(id).is_empty()
     }
 
-    /// How many tasks run now.
+    /// How many shards run here now.
     pub fn running_count(&self) -> usize {
         self.lock().len()
     }
 
-    /// Asks a running task to stop; whether it was running here.
+    /// Asks the shards of task `id` running here to stop; whether any was.
     pub fn cancel(&self, id: &str) -> bool {
-        match self.lock().get(id) {
-            Some(r) => {
-                let _ = r.cancel.send(true);
-                true
-            }
-            None => false,
+        let shards = self.shards_here(id);
+        for r in &shards {
+            let _ = r.cancel.send(true);
         }
+        !shards.is_empty()
     }
 
     /// Stops every running task for a shutdown (SIGTERM): each stops
@@ -675,11 +719,11 @@ impl Tasks {
             }
             match self.db.expire_leases(expired_to).await {
                 Ok(expired) => {
-                    for (id, owner, ago) in expired {
+                    for (id, no, owner, ago) in expired {
                         tracing::warn!(
                             task = %id,
                             replica = %owner,
-                            "task {id}: the lease of replica {owner} expired {ago} ms ago; the task is {expired_to}"
+                            "task {id} shard {no}: the lease of replica {owner} expired {ago} ms ago; the shard is {expired_to}"
                         );
                     }
                 }
@@ -696,7 +740,7 @@ impl Tasks {
                     default_share: self.default_share,
                 };
                 match self.db.claim_next(&self.fleet.replica, ttl, room).await {
-                    Ok(Some(task)) => claimed += self.clone().start(task),
+                    Ok(Some(claim)) => claimed += self.clone().start(claim),
                     Ok(None) => break,
                     Err(e) => {
                         tracing::error!("cannot claim a queued task: {e}");
@@ -709,8 +753,9 @@ impl Tasks {
         }
     }
 
-    /// Starts a claimed task; the memory share it runs with.
-    fn start(self: Arc<Self>, task: TaskRow) -> u64 {
+    /// Starts a claimed shard; the memory share it runs with.
+    fn start(self: Arc<Self>, claim: Claim) -> u64 {
+        let Claim { task, shard } = claim;
         let (cancel, cancelled) = watch::channel(false);
         let validated = TaskSpec::from_stored(task.spec.clone())
             .map_err(|e| format!("the stored spec cannot be read: {e}"))
@@ -731,32 +776,96 @@ impl Tasks {
             ),
             cancel,
         });
-        self.lock().insert(task.id.clone(), running.clone());
+        let key = (task.id.clone(), shard.no);
+        self.lock().insert(key.clone(), running.clone());
         tokio::spawn(async move {
-            let id = task.id.clone();
-            self.run(task, validated, running, cancelled, share).await;
-            self.lock().remove(&id);
+            self.run(task.kind, shard, validated, running, cancelled, share)
+                .await;
+            self.lock().remove(&key);
             self.wake();
         });
         share
     }
 
+    /// The keys a copy shard covers: its range, cut first (when it has no
+    /// end) after `--shard-objects` keys or `--shard-bytes` bytes from
+    /// where it resumes, the rest queued as the next shard. `None`: the
+    /// job lists everything (a purge). An error: the lease was lost.
+    async fn shard_range(
+        &self,
+        job: &Job,
+        shard: &ShardRow,
+        lease: &Lease,
+        gov: &Governor,
+    ) -> anyhow::Result<Option<KeyRange>> {
+        let Job::Copy { src, options, .. } = job else {
+            return Ok(None);
+        };
+        let range = KeyRange {
+            after: shard.after_key.clone(),
+            through: shard.through_key.clone(),
+        };
+        let resumed = range.resumed_after(shard.checkpoint_key.as_deref());
+        if range.through.is_some() {
+            return Ok(Some(resumed));
+        }
+        let cut = crate::jobs::copy::split_point(
+            src,
+            options,
+            gov,
+            resumed.after.as_deref(),
+            self.fleet.shard_objects,
+            self.fleet.shard_bytes,
+        )
+        .await;
+        let at = match cut {
+            Ok(Some(at)) => at,
+            Ok(None) => return Ok(Some(resumed)),
+            // The copy reports what the listing cannot do.
+            Err(e) => {
+                tracing::debug!("{lease}: not cut: {e:#}");
+                return Ok(Some(resumed));
+            }
+        };
+        match self.db.split(lease, &at).await {
+            Ok(true) => {
+                tracing::info!(
+                    "{lease}: cut after {}; the keys after it are shard {}",
+                    crate::telemetry::escape(&at),
+                    lease.shard + 1
+                );
+                self.wake();
+                Ok(Some(KeyRange {
+                    after: resumed.after,
+                    through: Some(at),
+                }))
+            }
+            Ok(false) => anyhow::bail!("its lease was lost before it was cut"),
+            Err(e) => {
+                tracing::warn!("{lease}: cannot cut it ({e}); it runs to the end of the keys");
+                Ok(Some(resumed))
+            }
+        }
+    }
+
     async fn run(
         &self,
-        task: TaskRow,
+        kind: Kind,
+        shard: ShardRow,
         validated: Result<Validated, String>,
         running: Arc<Running>,
         cancelled: watch::Receiver<bool>,
         share: u64,
     ) {
-        let id = task.id.clone();
         let lease = Lease {
+            task: shard.task_id.clone(),
+            shard: shard.no,
             owner: self.fleet.replica.clone(),
-            attempt: task.attempts,
+            attempt: shard.attempts,
         };
         let base = (
-            task.items_done - task.attempt_items_done,
-            task.bytes_done - task.attempt_bytes_done,
+            shard.items_done - shard.attempt_items_done,
+            shard.bytes_done - shard.attempt_bytes_done,
         );
         let v = match validated {
             Ok(v) => v,
@@ -764,21 +873,22 @@ impl Tasks {
                 let p = Progress::default();
                 let _ = self
                     .db
-                    .finish(&id, &lease, base, &p, Status::Failed, Some(&e))
+                    .finish(&lease, base, &p, Status::Failed, Some(&e))
                     .await;
                 return;
             }
         };
         let what = v.job.describe();
         tracing::info!(
-            "task {id}: {what} (attempt {}, {} of memory{})",
-            task.attempts,
+            "{lease}: {what} (attempt {}, {} of memory{})",
+            shard.attempts,
             ByteSize(share),
-            task.checkpoint_key
+            shard
+                .checkpoint_key
                 .as_deref()
                 .map_or(String::new(), |k| format!(", resuming after {k:?}"))
         );
-        let watermark = Arc::new(Watermark::new(task.checkpoint_key.clone()));
+        let watermark = Arc::new(Watermark::new(shard.checkpoint_key.clone()));
         let progress = |w: &Watermark| running.counters.progress(w.key());
         // The task's share of the service's memory is waited for in turn,
         // under the lease: the heartbeat below renews it meanwhile.
@@ -790,7 +900,10 @@ impl Tasks {
                     return Err(anyhow::anyhow!("cancelled before it started"));
                 }
             };
-            run_job(&v.job, &running, &cancelled, &task, &watermark).await
+            let range = self
+                .shard_range(&v.job, &shard, &lease, &running.gov)
+                .await?;
+            run_job(&v.job, &running, &cancelled, range, &watermark).await
         };
         tokio::pin!(job);
         let ttl = self.fleet.lease_ttl;
@@ -808,34 +921,34 @@ impl Tasks {
                     // an error) counts as failed after a third of the lease.
                     let beat = tokio::time::timeout(
                         ttl / 3,
-                        self.db.progress(&id, &lease, ttl.as_millis() as i64, base, &progress(&watermark)),
+                        self.db.progress(&lease, ttl.as_millis() as i64, base, &progress(&watermark)),
                     )
                     .await;
                     match beat {
                         Ok(Ok(Heartbeat::Held { cancel_requested })) => {
                             renewed = tokio::time::Instant::now();
                             if cancel_requested && !*cancelled.borrow() {
-                                tracing::info!("task {id}: cancelled (recorded by another replica)");
+                                tracing::info!("{lease}: cancelled (recorded by another replica)");
                                 let _ = running.cancel.send(true);
                             }
                         }
                         Ok(Ok(Heartbeat::Lost)) => {
                             tracing::warn!(
-                                "task {id}: this replica no longer holds its attempt {} (taken over, ended or deleted): stopping without writing",
+                                "{lease}: this replica no longer holds its attempt {} (taken over, ended or deleted): stopping without writing",
                                 lease.attempt
                             );
                             lost = true;
                             let _ = running.cancel.send(true);
                         }
-                        Ok(Err(e)) => tracing::warn!("task {id}: cannot renew its lease: {e}"),
-                        Err(_) => tracing::warn!("task {id}: renewing its lease took over {:?}", ttl / 3),
+                        Ok(Err(e)) => tracing::warn!("{lease}: cannot renew its lease: {e}"),
+                        Err(_) => tracing::warn!("{lease}: renewing its lease took over {:?}", ttl / 3),
                     }
                     // Fencing on this side too: past two thirds of the
                     // lease without a renewal, another replica may take the
-                    // task over at any moment, so this one stops its work.
+                    // shard over at any moment, so this one stops its work.
                     if !lost && renewed.elapsed() > ttl * 2 / 3 {
                         tracing::warn!(
-                            "task {id}: its lease was not renewed for {:?}: stopping; another replica resumes it when the lease expires",
+                            "{lease}: its lease was not renewed for {:?}: stopping; another replica resumes it when the lease expires",
                             renewed.elapsed()
                         );
                         lost = true;
@@ -849,31 +962,35 @@ impl Tasks {
         }
         let p = progress(&watermark);
         if self.shutting_down() {
-            match self.db.release(&id, &lease, base, &p).await {
-                Ok(true) => tracing::info!(
-                    "task {id}: stopped for shutdown and handed back (queued with its checkpoint)"
+            match self.db.release(&lease, base, &p).await {
+                Ok(Some(_)) => tracing::info!(
+                    "{lease}: stopped for shutdown and handed back (queued with its checkpoint)"
                 ),
-                Ok(false) => {
-                    tracing::info!("task {id}: stopped for shutdown; its lease was no longer held")
+                Ok(None) => {
+                    tracing::info!("{lease}: stopped for shutdown; its lease was no longer held")
                 }
                 Err(e) => tracing::warn!(
-                    "task {id}: cannot hand it back at shutdown ({e}); its lease expires and another replica resumes it"
+                    "{lease}: cannot hand it back at shutdown ({e}); its lease expires and another replica resumes it"
                 ),
             }
             return;
         }
-        let (status, error) = ending(task.kind, result, *cancelled.borrow());
-        tracing::info!("task {id}: {status}");
+        let (status, error) = ending(kind, result, *cancelled.borrow());
         match self
             .db
-            .finish(&id, &lease, base, &p, status, error.as_deref())
+            .finish(&lease, base, &p, status, error.as_deref())
             .await
         {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                "task {id}: its lease was lost before its end ({status}) was written; the replica holding it now writes the end"
+            Ok(Some(task_status)) => {
+                tracing::info!("{lease}: {status}");
+                if task_status != Status::Running && task_status != Status::Queued {
+                    tracing::info!("task {}: {task_status}", lease.task);
+                }
+            }
+            Ok(None) => tracing::warn!(
+                "{lease}: its lease was lost before its end ({status}) was written; the replica holding it now writes the end"
             ),
-            Err(e) => tracing::error!("task {id}: cannot save its end ({status}): {e}"),
+            Err(e) => tracing::error!("{lease}: cannot save its end ({status}): {e}"),
         }
     }
 }
@@ -893,13 +1010,13 @@ impl Job {
     }
 }
 
-/// Runs a task's job inside its own governor, counting into its counters;
-/// a copy resumes after the task's checkpoint and moves `watermark`.
+/// Runs a shard's job inside its own governor, counting into its
+/// counters; a copy lists `range` and moves `watermark`.
 async fn run_job(
     job: &Job,
     running: &Running,
     cancelled: &watch::Receiver<bool>,
-    task: &TaskRow,
+    range: Option<KeyRange>,
     watermark: &Arc<Watermark>,
 ) -> anyhow::Result<Outcome> {
     match (job, &running.counters) {
@@ -909,7 +1026,7 @@ async fn run_job(
                 probe: MemoryProbe::detect(),
                 counters: counters.clone(),
                 cancel: cancelled.clone(),
-                start_after: task.checkpoint_key.clone(),
+                range,
                 watermark: Some(watermark.clone()),
             };
             Ok(copy::execute(src, dst, options, env).await?.outcome)

@@ -56,12 +56,18 @@ impl LocalStore {
     }
 
     /// See [`Store::list`](super::Store::list).
-    pub async fn list(&self, tx: channel::Sender<Listed>) -> Result<(), StoreError> {
+    pub async fn list(
+        &self,
+        tx: channel::Sender<Listed>,
+        range: Option<&super::KeyRange>,
+    ) -> Result<(), StoreError> {
         if let Some(only) = &self.only {
             let entry = self.stat(only).await?.ok_or_else(|| {
                 StoreError::permanent(self.path_of(only).display().to_string(), "no such file")
             })?;
-            let _ = tx.send(Ok(entry)).await;
+            if range.is_none_or(|r| r.contains(&entry.key)) {
+                let _ = tx.send(Ok(entry)).await;
+            }
             return Ok(());
         }
         let root = self.root.clone();
@@ -82,7 +88,8 @@ impl LocalStore {
             Err(e) => return Err(StoreError::io(root.display().to_string(), &e)),
         }
         let rt = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || walk(&root, &rt, &tx))
+        let range = range.cloned();
+        tokio::task::spawn_blocking(move || walk(&root, &rt, &tx, range.as_ref()))
             .await
             .map_err(|e| StoreError::permanent("directory walk", e))?;
         Ok(())
@@ -209,12 +216,43 @@ async fn blocking<T: Send + 'static>(
 
 /// The walk, on a blocking thread; `send` blocks while the channel is full,
 /// which is what pauses the walk when transfers are saturated.
-fn walk(root: &Path, rt: &tokio::runtime::Handle, tx: &channel::Sender<Listed>) {
-    let walker = walkdir::WalkDir::new(root)
+///
+/// With a `range`, each directory is sorted so that the walk yields keys
+/// in S3's order (a directory `d` sorts as `d/`: `d-x` comes before
+/// `d/x`), subtrees that cannot hold a key of the range are not entered,
+/// and the first key past its end ends the walk.
+fn walk(
+    root: &Path,
+    rt: &tokio::runtime::Handle,
+    tx: &channel::Sender<Listed>,
+    range: Option<&super::KeyRange>,
+) {
+    let mut walker = walkdir::WalkDir::new(root)
         .follow_links(false)
         .max_open(MAX_OPEN_DIRS)
         .min_depth(1);
-    for item in walker {
+    if range.is_some() {
+        walker = walker.sort_by(|a, b| sort_name(a).cmp(&sort_name(b)));
+    }
+    let in_range = |e: &walkdir::DirEntry| {
+        let Some(range) = range else { return true };
+        match key_of(root, e.path()) {
+            Ok(mut key) if e.file_type().is_dir() => {
+                key.push('/');
+                range.may_hold_prefix(&key)
+            }
+            Ok(key) => range.contains(&key) || range.is_past(&key),
+            // Reported by the walk below.
+            Err(_) => true,
+        }
+    };
+    for item in walker.into_iter().filter_entry(in_range) {
+        if let (Some(range), Ok(e)) = (range, &item)
+            && let Ok(key) = key_of(root, e.path())
+            && range.is_past(&key)
+        {
+            return;
+        }
         let listed = match item {
             // An interrupted earlier run's temporary file is not data.
             Ok(e) if e.file_type().is_file() && is_partial_file(e.file_name()) => {
@@ -271,6 +309,16 @@ fn walk(root: &Path, rt: &tokio::runtime::Handle, tx: &channel::Sender<Listed>) 
             return; // the consumer stopped
         }
     }
+}
+
+/// A directory entry's name as it sorts among keys: a directory's with the
+/// `/` its keys carry after it.
+fn sort_name(e: &walkdir::DirEntry) -> Vec<u8> {
+    let mut name = e.file_name().as_encoded_bytes().to_vec();
+    if e.file_type().is_dir() {
+        name.push(b'/');
+    }
+    name
 }
 
 /// `/`-separated UTF-8 key of `path` below `root`.
@@ -477,5 +525,59 @@ impl Drop for LocalWriter {
         if !self.temp.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.temp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KeyRange;
+
+    /// The keys a walk of `root` lists within `range`, in the order sent.
+    async fn keys(root: &Path, range: Option<KeyRange>) -> Vec<String> {
+        let (tx, mut rx) = channel::bounded::<Listed>(1 << 20, 1024);
+        let store = LocalStore::dir(root.to_path_buf());
+        let lister = tokio::spawn(async move { store.list(tx, range.as_ref()).await });
+        let mut out = Vec::new();
+        while let Some(l) = rx.recv().await {
+            out.push(l.expect("readable").key);
+        }
+        lister.await.unwrap().unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_ranged_walk_lists_in_s3_key_order_and_only_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        // `d-x` sorts before `d/...` ('-' < '/'), and `d0` after it.
+        let names = ["b", "d/a", "d/z/1", "d-x", "d0", "a/b/c", "e/f"];
+        for n in names {
+            let p = dir.path().join(n);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, n).unwrap();
+        }
+        let mut sorted: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        sorted.sort();
+        assert_eq!(keys(dir.path(), Some(KeyRange::default())).await, sorted);
+        let range = |a: Option<&str>, t: Option<&str>| KeyRange {
+            after: a.map(Into::into),
+            through: t.map(Into::into),
+        };
+        for (a, t) in [
+            (Some("b"), Some("d/z/1")),
+            (Some("a/b/c"), None),
+            (None, Some("d-x")),
+            (Some("d/a"), Some("d0")),
+            (Some("d"), Some("d/")),
+            (Some("e/f"), None),
+        ] {
+            let r = range(a, t);
+            let want: Vec<String> = sorted.iter().filter(|k| r.contains(k)).cloned().collect();
+            assert_eq!(keys(dir.path(), Some(r.clone())).await, want, "{r:?}");
+        }
+        // Without a range, every key (in the filesystem's order).
+        let mut all = keys(dir.path(), None).await;
+        all.sort();
+        assert_eq!(all, sorted);
     }
 }

@@ -108,6 +108,57 @@ pub fn is_md5_hex(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A part of a store's key space in key order (UTF-8 bytes, as S3 orders
+/// keys): the keys after `after` up to and including `through`; `None` is
+/// the start, or the end. What a shard of a copy covers, and what a resumed
+/// listing starts after.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyRange {
+    /// Keys after this one (exclusive); `None`: from the first.
+    pub after: Option<String>,
+    /// Keys up to this one (inclusive); `None`: to the last.
+    pub through: Option<String>,
+}
+
+impl KeyRange {
+    /// Whether `key` is in the range.
+    pub fn contains(&self, key: &str) -> bool {
+        self.after.as_deref().is_none_or(|a| key > a)
+            && self.through.as_deref().is_none_or(|t| key <= t)
+    }
+
+    /// Whether `key` is past the end (every later key in key order is too).
+    pub fn is_past(&self, key: &str) -> bool {
+        self.through.as_deref().is_some_and(|t| key > t)
+    }
+
+    /// Whether a subtree whose keys all start with `prefix` (a directory:
+    /// `dir/`) may hold keys in the range.
+    pub fn may_hold_prefix(&self, prefix: &str) -> bool {
+        let before = self
+            .after
+            .as_deref()
+            .is_some_and(|a| !a.starts_with(prefix) && prefix < a);
+        let beyond = self
+            .through
+            .as_deref()
+            .is_some_and(|t| !t.starts_with(prefix) && prefix > t);
+        !before && !beyond
+    }
+
+    /// The range resumed after `checkpoint` (a key of the range whose
+    /// listing before it is done).
+    pub fn resumed_after(&self, checkpoint: Option<&str>) -> KeyRange {
+        match checkpoint {
+            Some(c) if self.contains(c) => KeyRange {
+                after: Some(c.to_string()),
+                through: self.through.clone(),
+            },
+            _ => self.clone(),
+        }
+    }
+}
+
 /// Something a listing could not read, or passed over; the listing goes
 /// on.
 #[derive(Debug)]
@@ -334,27 +385,45 @@ impl Store {
         }
     }
 
-    /// Streams every object below the root into `tx`, in no particular
-    /// order, pausing while `tx` is full. Returns when the listing is done or
-    /// the receiver is gone. A failure to start (no such directory, no such
-    /// bucket) is an error; unreadable entries along the way are sent as
-    /// [`ListError`]s and the listing continues. A failed S3 page is
-    /// retried under `retry`, resuming after the last key listed.
+    /// Streams every object below the root into `tx`, pausing while `tx`
+    /// is full. Returns when the listing is done or the receiver is gone. A
+    /// failure to start (no such directory, no such bucket) is an error;
+    /// unreadable entries along the way are sent as [`ListError`]s and the
+    /// listing continues. A failed S3 page is retried under `retry`,
+    /// resuming after the last key listed.
     ///
-    /// `start_after` resumes an S3 listing after that key (S3 lists in
-    /// key order); a local or Drive walk has no order to resume in and
-    /// ignores it (a resumed copy finds what it finished up to date).
+    /// Without a `range`, objects come in no particular order (a local
+    /// walk streams each directory as the filesystem returns it). With
+    /// one, only the keys in it come, in key order: S3 lists so, a local
+    /// walk sorts each directory (holding one directory's names at a time)
+    /// and skips subtrees outside the range. A Drive walk has no key order:
+    /// it lists everything, and refuses a range with an end.
     pub async fn list(
         &self,
         tx: channel::Sender<Listed>,
         retry: &retry::Retry,
-        start_after: Option<&str>,
+        range: Option<&KeyRange>,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Local(s) => s.list(tx).await,
-            Store::S3(s) => s.list(tx, retry, start_after).await,
-            Store::GDrive(s) => s.list(tx, retry).await,
+            Store::Local(s) => s.list(tx, range).await,
+            Store::S3(s) => s.list(tx, retry, range).await,
+            Store::GDrive(s) => {
+                if range.is_some_and(|r| r.through.is_some()) {
+                    return Err(StoreError::permanent(
+                        s.url_of(""),
+                        "a Google Drive walk has no key order: it cannot list a range of keys",
+                    ));
+                }
+                s.list(tx, retry).await
+            }
         }
+    }
+
+    /// Whether [`list`](Store::list) can list a [`KeyRange`] in key order,
+    /// so that a copy can be cut into ranges (shards) and resumed after a
+    /// key.
+    pub fn lists_in_key_order(&self) -> bool {
+        !matches!(self, Store::GDrive(_))
     }
 
     /// The object at `key`, `None` if there is none.

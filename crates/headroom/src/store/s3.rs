@@ -287,13 +287,16 @@ impl S3Store {
         &self,
         tx: channel::Sender<Listed>,
         retry: &Retry,
-        start_after: Option<&str>,
+        range: Option<&super::KeyRange>,
     ) -> Result<(), StoreError> {
+        let range = range.cloned().unwrap_or_default();
         if let Some(only) = &self.only {
             let entry = with_retries(retry, || self.stat(only))
                 .await?
                 .ok_or_else(|| StoreError::permanent(self.url_of(only), "no such object"))?;
-            let _ = tx.send(Ok(entry)).await;
+            if range.contains(&entry.key) {
+                let _ = tx.send(Ok(entry)).await;
+            }
             return Ok(());
         }
         let strip = if self.prefix.is_empty() {
@@ -301,11 +304,12 @@ impl S3Store {
         } else {
             format!("{}/", self.prefix)
         };
-        // Resume after a checkpoint by key; then page by continuation
+        // Start after the range's first key; then page by continuation
         // token, and a failed page is asked for again with the same token,
         // so a retry neither repeats nor skips an object. One token, not a
-        // set of keys: memory stays constant.
-        let start_after = start_after.map(|k| format!("{strip}{k}"));
+        // set of keys: memory stays constant. S3 lists in key order, so
+        // the first key past the range's end ends the listing.
+        let start_after = range.after.as_ref().map(|k| format!("{strip}{k}"));
         let mut token: Option<String> = None;
         let mut listed_any = false;
         let mut backoff = Backoff::new(retry);
@@ -344,6 +348,11 @@ impl S3Store {
                 let Some(listed) = self.entry_of(item, &strip) else {
                     continue;
                 };
+                if let Ok(e) = &listed
+                    && range.is_past(&e.key)
+                {
+                    return Ok(());
+                }
                 if tx.send(listed).await.is_err() {
                     return Ok(());
                 }

@@ -241,7 +241,13 @@ impl Default for Api {
                 .enable_all()
                 .build()
                 .unwrap(),
-            http: reqwest::Client::new(),
+            // Idle connections are dropped before the service closes them
+            // (it does after its 10 s header timeout): a request sent on
+            // one the service is closing fails with an incomplete message.
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .expect("an HTTP client"),
             token: None,
         }
     }

@@ -30,7 +30,7 @@ use crate::jobs::filter::Filter;
 use crate::store::gdrive::DriveConfig;
 use crate::store::retry::{Retry, with_retries};
 use crate::store::s3::S3Config;
-use crate::store::{Entry, Listed, Location, Store, StoreError};
+use crate::store::{Entry, KeyRange, Listed, Location, Store, StoreError};
 use crate::telemetry::Outcome;
 use crate::transfer::{self, Kind, TransferConfig};
 
@@ -232,8 +232,9 @@ pub struct CopyEnv {
     pub counters: Arc<CopyCounters>,
     /// Becomes `true` to stop: no new object starts, running ones finish.
     pub cancel: watch::Receiver<bool>,
-    /// Resume an S3 listing after this key (a checkpoint's watermark).
-    pub start_after: Option<String>,
+    /// The keys to copy, in key order (a shard of a task, resumed after
+    /// its checkpoint); `None`: every key, in the listing's own order.
+    pub range: Option<KeyRange>,
     /// Tracks the completed prefix of the listing, for checkpoints.
     pub watermark: Option<Arc<Watermark>>,
 }
@@ -256,7 +257,7 @@ pub async fn run(
             probe: job.plan.probe.clone(),
             counters: job.counters.clone(),
             cancel: job.cancel.clone(),
-            start_after: None,
+            range: None,
             watermark: None,
         },
     )
@@ -280,7 +281,7 @@ pub async fn execute(
         probe,
         counters,
         mut cancel,
-        start_after,
+        range,
         watermark,
     } = env;
     let ceiling = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1);
@@ -311,7 +312,7 @@ pub async fn execute(
     let (tx, mut rx) = channel::bounded::<Listed>(queue_bytes, LISTING_QUEUE_ITEMS);
     let lister = {
         let (src, retry) = (src.clone(), cfg.retry);
-        tokio::spawn(async move { src.list(tx, &retry, start_after.as_deref()).await })
+        tokio::spawn(async move { src.list(tx, &retry, range.as_ref()).await })
     };
 
     let limit = AdaptiveLimit::new(ceiling.min(16), ceiling);
@@ -374,6 +375,65 @@ pub async fn execute(
         bail!("cannot list the source: {e}");
     }
     Ok(summary)
+}
+
+/// Bytes of listing a [`split_point`] looks ahead through at a time.
+const SPLIT_QUEUE_BYTES: u64 = 64 << 10;
+
+/// Where to cut `src`'s keys after `after` so that the first part holds
+/// `objects` keys or `bytes` bytes, whichever comes first: the last key of
+/// that part, or `None` when no more than that remains (or the source has
+/// no key order to cut by). Lists keys only, through a queue of
+/// [`SPLIT_QUEUE_BYTES`] paid for from `gov`; errors on the way are the
+/// copy's to report, not this look-ahead's.
+pub async fn split_point(
+    src: &Location,
+    args: &CopyOptions,
+    gov: &Governor,
+    after: Option<&str>,
+    objects: u64,
+    bytes: u64,
+) -> anyhow::Result<Option<String>> {
+    let store = Store::open_source(src, &args.s3, &args.gdrive).await?;
+    if !store.lists_in_key_order() {
+        return Ok(None);
+    }
+    let _queue = gov.acquire(SPLIT_QUEUE_BYTES, "copy.split").await;
+    let (tx, mut rx) = channel::bounded::<Listed>(SPLIT_QUEUE_BYTES, 1024);
+    let range = KeyRange {
+        after: after.map(str::to_string),
+        through: None,
+    };
+    let retry = Retry {
+        retries: args.retries,
+        ..Retry::default()
+    };
+    let lister = tokio::spawn(async move { store.list(tx, &retry, Some(&range)).await });
+    let (mut n, mut b) = (0u64, 0u64);
+    let mut cut = None;
+    while let Some(listed) = rx.recv().await {
+        let Ok(e) = listed else { continue };
+        n += 1;
+        b = b.saturating_add(e.size);
+        if n >= objects.max(1) || b >= bytes {
+            cut = Some(e.key);
+            break;
+        }
+    }
+    // Whether anything is left after the cut.
+    let more = match cut {
+        Some(_) => loop {
+            match rx.recv().await {
+                Some(Ok(_)) => break true,
+                Some(Err(_)) => continue,
+                None => break false,
+            }
+        },
+        None => false,
+    };
+    drop(rx);
+    lister.await.context("listing task")??;
+    Ok(cut.filter(|_| more))
 }
 
 /// Checks what a copy is asked before anything starts; the filter of its
