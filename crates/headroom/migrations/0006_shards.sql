@@ -13,17 +13,24 @@ CREATE TABLE shards (
     -- queued | running | succeeded | failed | cancelled | interrupted
     status TEXT NOT NULL,
     attempts BIGINT NOT NULL DEFAULT 0,
-    -- Totals over every attempt of the shard.
+    -- Totals over every attempt of the shard: a resumed attempt starts
+    -- from its checkpoint's counts, so each key is counted once.
+    items_listed BIGINT NOT NULL DEFAULT 0,
     items_done BIGINT NOT NULL DEFAULT 0,
+    items_skipped BIGINT NOT NULL DEFAULT 0,
     bytes_done BIGINT NOT NULL DEFAULT 0,
     -- The current (or last) attempt.
-    items_listed BIGINT NOT NULL DEFAULT 0,
-    items_skipped BIGINT NOT NULL DEFAULT 0,
     items_failed BIGINT NOT NULL DEFAULT 0,
+    attempt_items_listed BIGINT NOT NULL DEFAULT 0,
     attempt_items_done BIGINT NOT NULL DEFAULT 0,
     attempt_bytes_done BIGINT NOT NULL DEFAULT 0,
-    -- The last key of the shard's completed prefix.
+    -- The last key of the shard's completed prefix (every key up to it is
+    -- copied or up to date), and those keys' counts.
     checkpoint_key TEXT,
+    checkpoint_items_listed BIGINT NOT NULL DEFAULT 0,
+    checkpoint_items_done BIGINT NOT NULL DEFAULT 0,
+    checkpoint_items_skipped BIGINT NOT NULL DEFAULT 0,
+    checkpoint_bytes_done BIGINT NOT NULL DEFAULT 0,
     error TEXT,
     lease_owner TEXT,
     lease_expires_at BIGINT,
@@ -36,11 +43,11 @@ CREATE INDEX shards_by_status ON shards (status, lease_expires_at);
 -- Every task so far becomes its own single shard, with its counters,
 -- checkpoint and lease.
 INSERT INTO shards (task_id, no, status, attempts, items_done, bytes_done, items_listed,
-    items_skipped, items_failed, attempt_items_done, attempt_bytes_done, checkpoint_key,
-    error, lease_owner, lease_expires_at, started_at, updated_at)
+    items_skipped, items_failed, attempt_items_listed, attempt_items_done, attempt_bytes_done,
+    checkpoint_key, error, lease_owner, lease_expires_at, started_at, updated_at)
 SELECT id, 0, status, attempts, items_done, bytes_done, items_listed,
-    items_skipped, items_failed, attempt_items_done, attempt_bytes_done, checkpoint_key,
-    error, lease_owner, lease_expires_at, started_at, updated_at
+    items_skipped, items_failed, items_listed, attempt_items_done, attempt_bytes_done,
+    checkpoint_key, error, lease_owner, lease_expires_at, started_at, updated_at
 FROM tasks;
 
 -- A task's counters are the sums of its shards' (one aggregate), its

@@ -584,7 +584,7 @@ fn a_killed_service_resumes_its_copy_without_copying_completed_objects_again() {
     assert_eq!(done["attempts"], 2, "{done}");
     let skipped = done["objects_skipped"].as_u64().unwrap();
     let copied_after = done["attempt_objects_copied"].as_u64().unwrap();
-    let listed_after = done["objects_listed"].as_u64().unwrap();
+    let listed_after = done["attempt_objects_listed"].as_u64().unwrap();
     // The local walk is in key order, so the restart lists only after the
     // checkpoint, which is at least where the copy was seen.
     assert!(
@@ -596,9 +596,17 @@ fn a_killed_service_resumes_its_copy_without_copying_completed_objects_again() {
         "copied {copied_after} after the restart: completed objects were copied again"
     );
     assert_eq!(skipped + copied_after, listed_after, "{done}");
+    // The task's totals count each key once over both attempts.
+    let n = |k: &str| done[k].as_u64().unwrap();
+    assert_eq!(n("objects_listed"), FILES as u64, "{done}");
     assert_eq!(
-        done["objects_copied"].as_u64().unwrap() + skipped,
+        n("objects_copied") + n("objects_skipped"),
         FILES as u64,
+        "{done}"
+    );
+    assert_eq!(
+        n("bytes_copied") + n("objects_skipped") * SIZE as u64,
+        (FILES * SIZE) as u64,
         "{done}"
     );
     assert!(
@@ -887,7 +895,8 @@ fn a_resumed_copy_from_s3_lists_only_after_its_checkpoint() {
     svc.restart();
     let done = api.wait_task(&svc, &id(&task), LONG, ended);
     assert_eq!(done["status"], "succeeded", "{done}");
-    let listed = done["objects_listed"].as_u64().unwrap();
+    let listed = done["attempt_objects_listed"].as_u64().unwrap();
+    assert_eq!(done["objects_listed"], FILES, "every key once: {done}");
     let after_checkpoint = files
         .iter()
         .filter(|(n, _)| n.as_str() > checkpoint.as_str())

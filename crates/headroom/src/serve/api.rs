@@ -341,6 +341,7 @@ fn view(state: &AppState, row: TaskRow) -> serde_json::Value {
     v[names.listed] = json!(row.items_listed);
     v[names.skipped] = json!(row.items_skipped);
     v[names.failed] = json!(row.items_failed);
+    v[names.attempt_listed] = json!(row.attempt_items_listed);
     v[names.attempt_done] = json!(row.attempt_items_done);
     v[names.attempt_bytes] = json!(row.attempt_bytes_done);
     v

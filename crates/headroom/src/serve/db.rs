@@ -126,13 +126,15 @@ pub struct TaskRow {
     pub finished_at: Option<i64>,
     pub attempts: i64,
     /// The counters, for any kind (see `tasks::CounterNames` for what
-    /// each means to a copy and to a purge). Totals over every attempt:
-    pub items_done: i64,
-    pub bytes_done: i64,
-    /// The current (or last) attempt:
+    /// each means to a copy and to a purge), summed over its shards.
+    /// Totals over every attempt, each key counted once:
     pub items_listed: i64,
+    pub items_done: i64,
     pub items_skipped: i64,
+    pub bytes_done: i64,
+    /// The current (or last) attempts:
     pub items_failed: i64,
+    pub attempt_items_listed: i64,
     pub attempt_items_done: i64,
     pub attempt_bytes_done: i64,
     pub checkpoint_key: Option<String>,
@@ -173,9 +175,12 @@ pub struct ShardRow {
     pub items_listed: i64,
     pub items_skipped: i64,
     pub items_failed: i64,
+    pub attempt_items_listed: i64,
     pub attempt_items_done: i64,
     pub attempt_bytes_done: i64,
     pub checkpoint_key: Option<String>,
+    /// What the keys up to the checkpoint were, over every attempt.
+    pub checkpoint: Counts,
     pub error: Option<String>,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<i64>,
@@ -260,6 +265,7 @@ fn row(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
         items_failed: r.try_get("items_failed")?,
         attempt_items_done: r.try_get("attempt_items_done")?,
         attempt_bytes_done: r.try_get("attempt_bytes_done")?,
+        attempt_items_listed: r.try_get("attempt_items_listed")?,
         checkpoint_key: r.try_get("checkpoint_key")?,
         error: r.try_get("error")?,
         lease_owner: r.try_get("lease_owner")?,
@@ -291,9 +297,16 @@ fn shard_row(r: &AnyRow) -> Result<ShardRow, sqlx::Error> {
         items_listed: r.try_get("items_listed")?,
         items_skipped: r.try_get("items_skipped")?,
         items_failed: r.try_get("items_failed")?,
+        attempt_items_listed: r.try_get("attempt_items_listed")?,
         attempt_items_done: r.try_get("attempt_items_done")?,
         attempt_bytes_done: r.try_get("attempt_bytes_done")?,
         checkpoint_key: r.try_get("checkpoint_key")?,
+        checkpoint: Counts {
+            listed: r.try_get("checkpoint_items_listed")?,
+            done: r.try_get("checkpoint_items_done")?,
+            skipped: r.try_get("checkpoint_items_skipped")?,
+            bytes: r.try_get("checkpoint_bytes_done")?,
+        },
         error: r.try_get("error")?,
         lease_owner: r.try_get("lease_owner")?,
         lease_expires_at: r.try_get("lease_expires_at")?,
@@ -316,6 +329,7 @@ macro_rules! tasks_with_sums {
             "CAST(COALESCE(a.items_skipped, 0) AS BIGINT) AS items_skipped, ",
             "CAST(COALESCE(a.items_failed, 0) AS BIGINT) AS items_failed, ",
             "CAST(COALESCE(a.attempt_items_done, 0) AS BIGINT) AS attempt_items_done, ",
+            "CAST(COALESCE(a.attempt_items_listed, 0) AS BIGINT) AS attempt_items_listed, ",
             "CAST(COALESCE(a.attempt_bytes_done, 0) AS BIGINT) AS attempt_bytes_done, ",
             "CAST(COALESCE(a.shards_total, 0) AS BIGINT) AS shards_total, ",
             "CAST(COALESCE(a.shards_queued, 0) AS BIGINT) AS shards_queued, ",
@@ -329,7 +343,8 @@ macro_rules! tasks_with_sums {
             " t LEFT JOIN (SELECT task_id, SUM(items_done) AS items_done, SUM(bytes_done) AS bytes_done, ",
             "SUM(items_listed) AS items_listed, SUM(items_skipped) AS items_skipped, ",
             "SUM(items_failed) AS items_failed, SUM(attempt_items_done) AS attempt_items_done, ",
-            "SUM(attempt_bytes_done) AS attempt_bytes_done, COUNT(*) AS shards_total, ",
+            "SUM(attempt_bytes_done) AS attempt_bytes_done, SUM(attempt_items_listed) AS attempt_items_listed, ",
+            "COUNT(*) AS shards_total, ",
             "SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS shards_queued, ",
             "SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS shards_running, ",
             "SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END) AS shards_succeeded, ",
@@ -438,16 +453,38 @@ impl DbStats {
     }
 }
 
+/// Counts of a shard's keys: listed, done (copied, or deleted), skipped
+/// (up to date, or kept) and the bytes of those done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub listed: i64,
+    pub done: i64,
+    pub skipped: i64,
+    pub bytes: i64,
+}
+
+impl Counts {
+    /// These counts and a listing's completed prefix (its copies as done).
+    pub fn plus(self, p: crate::jobs::copy::PrefixCounts) -> Counts {
+        Counts {
+            listed: self.listed + p.listed as i64,
+            done: self.done + p.copied as i64,
+            skipped: self.skipped + p.skipped as i64,
+            bytes: self.bytes + p.bytes as i64,
+        }
+    }
+}
+
 /// Progress of a running attempt, written every second.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
-    pub items_listed: i64,
-    pub items_skipped: i64,
+    /// This attempt's counts; the shard's totals add them to what earlier
+    /// attempts left (see `tasks`: a resumed copy's checkpoint counts).
+    pub attempt: Counts,
     pub items_failed: i64,
-    /// This attempt's copies; the totals add them to earlier attempts'.
-    pub attempt_items_done: i64,
-    pub attempt_bytes_done: i64,
     pub checkpoint_key: Option<String>,
+    /// The keys up to `checkpoint_key` over every attempt.
+    pub checkpoint: Counts,
 }
 
 /// Connections to the database at most.
@@ -478,22 +515,43 @@ pub fn database_url(db: &str) -> String {
     }
 }
 
-/// Binds `$1`..`$9` of a progress write: the time and `p`'s counters,
-/// the totals over every attempt (`base` plus this one's), the checkpoint.
+/// The columns `$1`..`$14` of a progress write set, in [`bind_progress`]'s
+/// order.
+macro_rules! progress_columns {
+    () => {
+        concat!(
+            "updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, ",
+            "attempt_items_done = $5, attempt_bytes_done = $6, items_done = $7, bytes_done = $8, ",
+            "attempt_items_listed = $9, checkpoint_key = COALESCE($10, checkpoint_key), ",
+            "checkpoint_items_listed = $11, checkpoint_items_done = $12, ",
+            "checkpoint_items_skipped = $13, checkpoint_bytes_done = $14"
+        )
+    };
+}
+
+/// Binds `$1`..`$14` of a progress write: the time, the totals over every
+/// attempt (`base` plus this one's), this attempt's counters, the
+/// checkpoint and its counts.
 fn bind_progress<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    base: (i64, i64),
+    base: Counts,
     p: &'q Progress,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let a = &p.attempt;
     q.bind(now_ms() as i64)
-        .bind(p.items_listed)
-        .bind(p.items_skipped)
+        .bind(base.listed + a.listed)
+        .bind(base.skipped + a.skipped)
         .bind(p.items_failed)
-        .bind(p.attempt_items_done)
-        .bind(p.attempt_bytes_done)
-        .bind(base.0 + p.attempt_items_done)
-        .bind(base.1 + p.attempt_bytes_done)
+        .bind(a.done)
+        .bind(a.bytes)
+        .bind(base.done + a.done)
+        .bind(base.bytes + a.bytes)
+        .bind(a.listed)
         .bind(p.checkpoint_key.as_deref())
+        .bind(p.checkpoint.listed)
+        .bind(p.checkpoint.done)
+        .bind(p.checkpoint.skipped)
+        .bind(p.checkpoint.bytes)
 }
 
 /// Leases are stamped and compared with the database's clock, never a
@@ -915,7 +973,7 @@ impl Db {
             ($now:literal) => {
                 concat!(
                     "UPDATE shards SET status = 'running', attempts = attempts + 1, attempt_items_done = 0, ",
-                    "attempt_bytes_done = 0, items_listed = 0, items_skipped = 0, items_failed = 0, error = NULL, ",
+                    "attempt_bytes_done = 0, attempt_items_listed = 0, items_failed = 0, error = NULL, ",
                     "lease_owner = $1, lease_expires_at = ",
                     $now,
                     " + $2, started_at = COALESCE(started_at, $3), updated_at = $4 ",
@@ -945,24 +1003,24 @@ impl Db {
     }
 
     /// Writes a running shard's progress and renews its lease by `ttl_ms`.
-    /// `base` is what earlier attempts of it did. Nothing is written
+    /// `base` is what earlier attempts of it left. Nothing is written
     /// unless `lease` still holds the attempt; the answer says whether it
     /// does, and whether a cancel of the task was recorded.
     pub async fn progress(
         &self,
         lease: &Lease,
         ttl_ms: i64,
-        base: (i64, i64),
+        base: Counts,
         p: &Progress,
     ) -> sqlx::Result<Heartbeat> {
         macro_rules! renew {
             ($now:literal) => {
                 concat!(
-                    "UPDATE shards SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, ",
-                    "attempt_items_done = $5, attempt_bytes_done = $6, items_done = $7, bytes_done = $8, ",
-                    "checkpoint_key = COALESCE($9, checkpoint_key), lease_expires_at = ",
+                    "UPDATE shards SET ",
+                    progress_columns!(),
+                    ", lease_expires_at = ",
                     $now,
-                    " + $10 WHERE task_id = $11 AND no = $12 AND status = 'running' AND lease_owner = $13 AND attempts = $14 ",
+                    " + $15 WHERE task_id = $16 AND no = $17 AND status = 'running' AND lease_owner = $18 AND attempts = $19 ",
                     "RETURNING CAST(COALESCE((SELECT cancel_requested FROM tasks WHERE tasks.id = shards.task_id), 1) AS BIGINT) AS cancel_requested"
                 )
             };
@@ -1024,7 +1082,7 @@ impl Db {
     pub async fn release(
         &self,
         lease: &Lease,
-        base: (i64, i64),
+        base: Counts,
         p: &Progress,
     ) -> sqlx::Result<Option<Status>> {
         self.finish(lease, base, p, Status::Queued, None).await
@@ -1037,19 +1095,19 @@ impl Db {
     pub async fn finish(
         &self,
         lease: &Lease,
-        base: (i64, i64),
+        base: Counts,
         p: &Progress,
         status: Status,
         error: Option<&str>,
     ) -> sqlx::Result<Option<Status>> {
         let mut tx = self.pool.begin().await?;
-        let query = sqlx::query(
-            "UPDATE shards SET updated_at = $1, items_listed = $2, items_skipped = $3, items_failed = $4, \
-             attempt_items_done = $5, attempt_bytes_done = $6, items_done = $7, bytes_done = $8, \
-             checkpoint_key = COALESCE($9, checkpoint_key), status = $10, error = $11, \
-             lease_owner = CASE WHEN $12 = 'queued' THEN NULL ELSE lease_owner END, lease_expires_at = NULL \
-             WHERE task_id = $13 AND no = $14 AND status = 'running' AND lease_owner = $15 AND attempts = $16",
-        );
+        let query = sqlx::query(concat!(
+            "UPDATE shards SET ",
+            progress_columns!(),
+            ", status = $15, error = $16, ",
+            "lease_owner = CASE WHEN $17 = 'queued' THEN NULL ELSE lease_owner END, lease_expires_at = NULL ",
+            "WHERE task_id = $18 AND no = $19 AND status = 'running' AND lease_owner = $20 AND attempts = $21"
+        ));
         let r = bind_progress(query, base, p)
             .bind(status.as_str())
             .bind(error)

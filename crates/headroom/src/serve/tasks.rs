@@ -30,8 +30,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
-use super::db::{Claim, Db, Heartbeat, Kind, Lease, Progress, ReplicaRow, Room, ShardRow, Status};
-use crate::jobs::copy::{self, CopyCounters, CopyEnv, CopyOptions, Watermark};
+use super::db::{
+    Claim, Counts, Db, Heartbeat, Kind, Lease, Progress, ReplicaRow, Room, ShardRow, Status,
+};
+use crate::jobs::copy::{self, CopyCounters, CopyEnv, CopyOptions, PrefixCounts, Watermark};
 use crate::jobs::purge::{self, PurgeCounters, PurgeEnv, PurgeOptions};
 use crate::store::gdrive::{CredentialsConfig, DriveConfig};
 use crate::store::{KeyRange, Location};
@@ -368,7 +370,8 @@ pub struct CounterNames {
     pub failed: &'static str,
     /// Bytes of those done.
     pub bytes: &'static str,
-    /// `done` and `bytes` of the current attempt alone.
+    /// `listed`, `done` and `bytes` of the current attempts alone.
+    pub attempt_listed: &'static str,
     pub attempt_done: &'static str,
     /// See `attempt_done`.
     pub attempt_bytes: &'static str,
@@ -384,6 +387,7 @@ impl CounterNames {
                 skipped: "objects_skipped",
                 failed: "objects_failed",
                 bytes: "bytes_copied",
+                attempt_listed: "attempt_objects_listed",
                 attempt_done: "attempt_objects_copied",
                 attempt_bytes: "attempt_bytes_copied",
             },
@@ -394,6 +398,7 @@ impl CounterNames {
                 skipped: "files_kept",
                 failed: "files_failed",
                 bytes: "bytes_to_free",
+                attempt_listed: "attempt_files_scanned",
                 attempt_done: "attempt_files_to_delete",
                 attempt_bytes: "attempt_bytes_to_free",
             },
@@ -403,6 +408,7 @@ impl CounterNames {
                 skipped: "files_kept",
                 failed: "files_failed",
                 bytes: "bytes_freed",
+                attempt_listed: "attempt_files_scanned",
                 attempt_done: "attempt_files_deleted",
                 attempt_bytes: "attempt_bytes_freed",
             },
@@ -424,26 +430,35 @@ impl TaskCounters {
         }
     }
 
-    /// The counters as the database keeps them, for any kind.
-    fn progress(&self, checkpoint_key: Option<String>) -> Progress {
+    /// The counters as the database keeps them, for any kind, with the
+    /// checkpoint and its counts.
+    fn progress(&self, checkpoint_key: Option<String>, checkpoint: Counts) -> Progress {
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
-        match self {
-            TaskCounters::Copy(c) => Progress {
-                items_listed: n(&c.listed),
-                items_skipped: n(&c.skipped),
-                items_failed: c.failures.count() as i64,
-                attempt_items_done: n(&c.copied),
-                attempt_bytes_done: n(&c.bytes),
-                checkpoint_key,
-            },
-            TaskCounters::Purge(c) => Progress {
-                items_listed: n(&c.scanned),
-                items_skipped: n(&c.kept),
-                items_failed: c.failures.count() as i64,
-                attempt_items_done: n(&c.deleted),
-                attempt_bytes_done: n(&c.bytes_freed),
-                checkpoint_key,
-            },
+        let (attempt, failed) = match self {
+            TaskCounters::Copy(c) => (
+                Counts {
+                    listed: n(&c.listed),
+                    done: n(&c.copied),
+                    skipped: n(&c.skipped),
+                    bytes: n(&c.bytes),
+                },
+                c.failures.count(),
+            ),
+            TaskCounters::Purge(c) => (
+                Counts {
+                    listed: n(&c.scanned),
+                    done: n(&c.deleted),
+                    skipped: n(&c.kept),
+                    bytes: n(&c.bytes_freed),
+                },
+                c.failures.count(),
+            ),
+        };
+        Progress {
+            attempt,
+            items_failed: failed as i64,
+            checkpoint_key,
+            checkpoint,
         }
     }
 
@@ -627,12 +642,12 @@ impl Tasks {
         let (mut p, mut in_flight) = (Progress::default(), 0u64);
         let (mut share, mut reserved, mut peak) = (0u64, 0u64, 0u64);
         for r in &shards {
-            let q = r.counters.progress(None);
-            p.items_listed += q.items_listed;
-            p.items_skipped += q.items_skipped;
+            let q = r.counters.progress(None, Counts::default());
+            p.attempt.listed += q.attempt.listed;
+            p.attempt.skipped += q.attempt.skipped;
+            p.attempt.done += q.attempt.done;
+            p.attempt.bytes += q.attempt.bytes;
             p.items_failed += q.items_failed;
-            p.attempt_items_done += q.attempt_items_done;
-            p.attempt_bytes_done += q.attempt_bytes_done;
             in_flight += r.counters.in_flight();
             let stats = r.gov.stats();
             share += stats.budget;
@@ -646,11 +661,11 @@ impl Tasks {
             "memory_reserved": reserved,
             "memory_peak_reserved": peak,
         });
-        v[names.listed] = json!(p.items_listed);
-        v[names.done] = json!(p.attempt_items_done);
-        v[names.skipped] = json!(p.items_skipped);
+        v[names.listed] = json!(p.attempt.listed);
+        v[names.done] = json!(p.attempt.done);
+        v[names.skipped] = json!(p.attempt.skipped);
         v[names.failed] = json!(p.items_failed);
-        v[names.bytes] = json!(p.attempt_bytes_done);
+        v[names.bytes] = json!(p.attempt.bytes);
         Some(v)
     }
 
@@ -801,6 +816,9 @@ impl Tasks {
         let Job::Copy { src, options, .. } = job else {
             return Ok(None);
         };
+        if !src.lists_in_key_order() {
+            return Ok(None);
+        }
         let range = KeyRange {
             after: shard.after_key.clone(),
             through: shard.through_key.clone(),
@@ -863,20 +881,31 @@ impl Tasks {
             owner: self.fleet.replica.clone(),
             attempt: shard.attempts,
         };
-        let base = (
-            shard.items_done - shard.attempt_items_done,
-            shard.bytes_done - shard.attempt_bytes_done,
-        );
         let v = match validated {
             Ok(v) => v,
             Err(e) => {
                 let p = Progress::default();
                 let _ = self
                     .db
-                    .finish(&lease, base, &p, Status::Failed, Some(&e))
+                    .finish(&lease, Counts::default(), &p, Status::Failed, Some(&e))
                     .await;
                 return;
             }
+        };
+        // What earlier attempts left, each key counted once: a copy in key
+        // order resumes after its checkpoint, from the checkpoint's counts
+        // (objects copied beyond it are found up to date again); a Drive
+        // copy lists everything again (earlier copies are found up to
+        // date); a purge's deletions are not found again, so they add up.
+        let resumable = matches!(&v.job, Job::Copy { src, .. } if src.lists_in_key_order());
+        let base = match &v.job {
+            Job::Copy { .. } if resumable => shard.checkpoint,
+            Job::Copy { .. } => Counts::default(),
+            Job::Purge { .. } => Counts {
+                done: shard.items_done,
+                bytes: shard.bytes_done,
+                ..Counts::default()
+            },
         };
         let what = v.job.describe();
         tracing::info!(
@@ -889,7 +918,16 @@ impl Tasks {
                 .map_or(String::new(), |k| format!(", resuming after {k:?}"))
         );
         let watermark = Arc::new(Watermark::new(shard.checkpoint_key.clone()));
-        let progress = |w: &Watermark| running.counters.progress(w.key());
+        let progress = |w: &Watermark| {
+            let (key, prefix) = if resumable {
+                w.checkpoint()
+            } else {
+                (None, PrefixCounts::default())
+            };
+            running
+                .counters
+                .progress(key, shard.checkpoint.plus(prefix))
+        };
         // The task's share of the service's memory is waited for in turn,
         // under the lease: the heartbeat below renews it meanwhile.
         let job = async {

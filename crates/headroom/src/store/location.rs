@@ -104,6 +104,13 @@ impl fmt::Display for Location {
 }
 
 impl Location {
+    /// Whether a listing of this location can come in key order, so that
+    /// a copy from it can be cut into key ranges and resumed after a key
+    /// (a Drive walk cannot).
+    pub fn lists_in_key_order(&self) -> bool {
+        !matches!(self, Location::GDrive(_))
+    }
+
     /// The path of a local location.
     pub fn local_path(&self) -> Option<&std::path::Path> {
         match self {

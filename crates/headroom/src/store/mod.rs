@@ -419,13 +419,6 @@ impl Store {
         }
     }
 
-    /// Whether [`list`](Store::list) can list a [`KeyRange`] in key order,
-    /// so that a copy can be cut into ranges (shards) and resumed after a
-    /// key.
-    pub fn lists_in_key_order(&self) -> bool {
-        !matches!(self, Store::GDrive(_))
-    }
-
     /// The object at `key`, `None` if there is none.
     pub async fn stat(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         match self {

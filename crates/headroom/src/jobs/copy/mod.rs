@@ -343,6 +343,11 @@ pub async fn execute(
             continue;
         };
         let Some((kind, footprint)) = ctx.plan(&entry, read_overhead, working) else {
+            // Failed: admitted and never finished, it holds the watermark,
+            // so a resumed run tries it again.
+            if let Some(w) = &watermark {
+                w.admit(&entry.key);
+            }
             continue;
         };
         let admitted = async {
@@ -394,10 +399,10 @@ pub async fn split_point(
     objects: u64,
     bytes: u64,
 ) -> anyhow::Result<Option<String>> {
-    let store = Store::open_source(src, &args.s3, &args.gdrive).await?;
-    if !store.lists_in_key_order() {
+    if !src.lists_in_key_order() {
         return Ok(None);
     }
+    let store = Store::open_source(src, &args.s3, &args.gdrive).await?;
     let _queue = gov.acquire(SPLIT_QUEUE_BYTES, "copy.split").await;
     let (tx, mut rx) = channel::bounded::<Listed>(SPLIT_QUEUE_BYTES, 1024);
     let range = KeyRange {
@@ -455,24 +460,54 @@ fn check_options(src: &Location, dst: &Location, args: &CopyOptions) -> anyhow::
 }
 
 /// The completed prefix of a listing: the last key before which every
-/// admitted object finished (copied or up to date). A resumed S3 listing
-/// starts after it. Objects still in flight and finished ones behind a
-/// slow or failed one are held, at most [`WATERMARK_WINDOW`]; past that
-/// the watermark stops moving for the rest of the run (a resume then
-/// re-checks more objects, it never skips one that is not done).
+/// admitted object finished (copied or up to date), and what those
+/// objects were. A resumed listing starts after the key, and its counts
+/// start from the prefix's, so a task's totals stay exact across attempts
+/// (an object a dead attempt copied beyond its prefix is found up to date
+/// by the next one, and counted once). Objects still in flight and
+/// finished ones behind a slow or failed one are held, at most
+/// [`WATERMARK_WINDOW`]; past that the watermark stops moving for the rest
+/// of the run (a resume then re-checks more objects, it never skips one
+/// that is not done).
 #[derive(Debug, Default)]
 pub struct Watermark {
     state: std::sync::Mutex<WatermarkState>,
+}
+
+/// How an admitted object ended, for the watermark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Copied (in a dry run: would be), with its bytes.
+    Copied(u64),
+    /// Found up to date.
+    UpToDate,
+    /// Not done (failed or stopped): the watermark stays before it.
+    NotDone,
+}
+
+/// What the completed prefix of a listing holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixCounts {
+    /// Objects in it.
+    pub listed: u64,
+    /// Of those, copied, and their bytes.
+    pub copied: u64,
+    pub bytes: u64,
+    /// Of those, found up to date.
+    pub skipped: u64,
 }
 
 #[derive(Debug, Default)]
 struct WatermarkState {
     /// Sequence number of `pending[0]`.
     front: u64,
-    /// Admitted keys in listing order, with whether each is done.
-    pending: std::collections::VecDeque<(String, bool)>,
+    /// Admitted keys in listing order, with how each ended (`None`: not
+    /// yet, or not done).
+    pending: std::collections::VecDeque<(String, Option<Ended>)>,
     /// The watermark.
     done_key: Option<String>,
+    /// What this run's objects up to it were.
+    prefix: PrefixCounts,
     /// The window filled: nothing more is tracked this run.
     overflow: bool,
 }
@@ -503,14 +538,14 @@ impl Watermark {
             s.overflow = true;
             return None;
         }
-        s.pending.push_back((key.to_string(), false));
+        s.pending.push_back((key.to_string(), None));
         Some(s.front + s.pending.len() as u64 - 1)
     }
 
-    /// Records the end of object `seq`: done (copied or up to date) or
-    /// not (failed, which holds the watermark where it is).
-    pub fn finish(&self, seq: u64, done: bool) {
-        if !done {
+    /// Records the end of object `seq`; one not done holds the watermark
+    /// where it is.
+    pub fn finish(&self, seq: u64, ended: Ended) {
+        if ended == Ended::NotDone {
             return;
         }
         let mut s = self.lock();
@@ -518,18 +553,34 @@ impl Watermark {
             return;
         };
         if let Some(p) = s.pending.get_mut(i as usize) {
-            p.1 = true;
+            p.1 = Some(ended);
         }
-        while s.pending.front().is_some_and(|p| p.1) {
-            let (key, _) = s.pending.pop_front().expect("front exists");
+        while s.pending.front().is_some_and(|p| p.1.is_some()) {
+            let (key, ended) = s.pending.pop_front().expect("front exists");
             s.front += 1;
             s.done_key = Some(key);
+            s.prefix.listed += 1;
+            match ended {
+                Some(Ended::Copied(bytes)) => {
+                    s.prefix.copied += 1;
+                    s.prefix.bytes += bytes;
+                }
+                Some(Ended::UpToDate) => s.prefix.skipped += 1,
+                _ => {}
+            }
         }
     }
 
     /// The last key of the completed prefix.
     pub fn key(&self) -> Option<String> {
         self.lock().done_key.clone()
+    }
+
+    /// The last key of the completed prefix and what this run's objects
+    /// up to it were, read together.
+    pub fn checkpoint(&self) -> (Option<String>, PrefixCounts) {
+        let s = self.lock();
+        (s.done_key.clone(), s.prefix)
     }
 }
 
@@ -612,17 +663,17 @@ impl TaskContext {
         let ctx = self.clone();
         ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         drop(tokio::spawn(async move {
-            let done = ctx.copy_one(entry, kind, permit).await;
+            let ended = ctx.copy_one(entry, kind, permit).await;
             if let (Some(w), Some(seq)) = (watermark, seq) {
-                w.finish(seq, done);
+                w.finish(seq, ended);
             }
             ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         }));
     }
 
-    /// Copies one object; `true` when the destination now holds it.
-    async fn copy_one(&self, entry: Entry, kind: Kind, permit: headroom_governor::Permit) -> bool {
+    /// Copies one object; how it ended.
+    async fn copy_one(&self, entry: Entry, kind: Kind, permit: headroom_governor::Permit) -> Ended {
         let what = format!(
             "{} -> {}",
             self.src.display_key(&entry.key),
@@ -632,7 +683,7 @@ impl TaskContext {
             Ok(e) => e,
             Err(e) => {
                 self.counters.fail(what, e.to_string());
-                return false;
+                return Ended::NotDone;
             }
         };
         if let Some(existing) = existing {
@@ -654,12 +705,12 @@ impl TaskContext {
                     self.counters
                         .skipped_bytes
                         .fetch_add(entry.size, Ordering::Relaxed);
-                    return true;
+                    return Ended::UpToDate;
                 }
                 Ok(false) => {}
                 Err(e) => {
                     self.counters.fail(what, e.to_string());
-                    return false;
+                    return Ended::NotDone;
                 }
             }
         }
@@ -667,7 +718,7 @@ impl TaskContext {
             println!("would copy {what} ({})", ByteSize(entry.size));
             self.counters.copied.fetch_add(1, Ordering::Relaxed);
             self.counters.bytes.fetch_add(entry.size, Ordering::Relaxed);
-            return true;
+            return Ended::Copied(entry.size);
         }
         let transfers = transfer::Transfers {
             src: &self.src,
@@ -680,17 +731,17 @@ impl TaskContext {
         match transfers.copy_object(&entry, kind, permit).await {
             Ok(()) => {
                 self.counters.copied.fetch_add(1, Ordering::Relaxed);
-                true
+                Ended::Copied(entry.size)
             }
             // Stopped by a cancel or a signal, and cleaned up: not a
             // failure of the object (the job reports the interruption).
             Err(e) if *self.cancel.borrow() => {
                 tracing::info!("{what}: {}", e.message);
-                false
+                Ended::NotDone
             }
             Err(e) => {
                 self.counters.fail(what, e.to_string());
-                false
+                Ended::NotDone
             }
         }
     }
@@ -708,14 +759,24 @@ mod tests {
             w.admit("c").unwrap(),
             w.admit("d").unwrap(),
         );
-        w.finish(c, true);
+        w.finish(c, Ended::Copied(10));
         assert_eq!(w.key().as_deref(), Some("a"), "b is still running");
-        w.finish(b, true);
+        w.finish(b, Ended::UpToDate);
         assert_eq!(w.key().as_deref(), Some("c"));
-        w.finish(d, false);
+        w.finish(d, Ended::NotDone);
         let e = w.admit("e").unwrap();
-        w.finish(e, true);
+        w.finish(e, Ended::Copied(5));
         assert_eq!(w.key().as_deref(), Some("c"), "a failed d holds it");
+        assert_eq!(
+            w.checkpoint().1,
+            PrefixCounts {
+                listed: 2,
+                copied: 1,
+                bytes: 10,
+                skipped: 1
+            },
+            "the prefix counts b and c, not e beyond the failed d"
+        );
         for i in 0..WATERMARK_WINDOW {
             w.admit(&format!("z{i}"));
         }
