@@ -625,6 +625,7 @@ async fn fleet_view(state: &AppState) -> Result<serde_json::Value, ApiError> {
         "replica": state.tasks.replica(),
         "lease_ttl_ms": ttl.as_millis() as u64,
         "running_here": state.tasks.running_ids(),
+        "shards_here": state.tasks.running_shards(),
         "replicas": list,
     }))
 }

@@ -600,6 +600,17 @@ impl Tasks {
         ids
     }
 
+    /// The shards running in this process, as `TASK/NO`.
+    pub fn running_shards(&self) -> Vec<String> {
+        let mut shards: Vec<String> = self
+            .lock()
+            .keys()
+            .map(|(id, no)| format!("{id}/{no}"))
+            .collect();
+        shards.sort();
+        shards
+    }
+
     /// The shards of task `id` running in this process.
     fn shards_here(&self, id: &str) -> Vec<Arc<Running>> {
         self.lock()
