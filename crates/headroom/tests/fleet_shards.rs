@@ -94,7 +94,7 @@ impl Watch {
             }
         }
         self.now = here;
-        if self.checks % 5 == 0 {
+        if self.checks.is_multiple_of(5) {
             let overlapping = query(db, OVERLAPS);
             assert!(overlapping.is_empty(), "shards overlap: {overlapping:?}");
         }
