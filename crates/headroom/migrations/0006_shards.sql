@@ -63,3 +63,5 @@ ALTER TABLE tasks DROP COLUMN attempt_bytes_done;
 ALTER TABLE tasks DROP COLUMN checkpoint_key;
 ALTER TABLE tasks DROP COLUMN lease_owner;
 ALTER TABLE tasks DROP COLUMN lease_expires_at;
+-- A task's attempts are its shards' (the most any took).
+ALTER TABLE tasks DROP COLUMN attempts;

@@ -1106,3 +1106,70 @@ fn sigterm_stops_running_tasks_cleanly_and_they_resume_at_the_next_start() {
         );
     }
 }
+
+#[test]
+fn one_replica_runs_a_tasks_shards_side_by_side_and_a_later_task_does_not_wait_for_them() {
+    let work = tempfile::tempdir().unwrap();
+    let s3 = slow_s3(40);
+    let bucket = s3.bucket("shards-bucket");
+    let big = write_numbered(&work.path().join("big"), 600, 4 << 10, 1);
+    let small = write_numbered(&work.path().join("small"), 10, 4 << 10, 2);
+    let svc = Service::start_with(
+        Backend::sqlite(work.path()),
+        &["--max-running", "2", "--shard-objects", "20"],
+        &s3.env(),
+    );
+    let api = svc.api();
+    let a = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": work.path().join("big"), "destination": "s3://shards-bucket/big",
+               "memory": "8MiB", "concurrency": 2}),
+    );
+    // Both of this replica's slots run shards of the one task.
+    api.wait_task(&svc, &id(&a), LONG, |t| t["shards"]["running"] == 2);
+    let b = create(
+        &api,
+        &svc,
+        json!({"kind": "copy", "source": work.path().join("small"), "destination": "s3://shards-bucket/small",
+               "memory": "8MiB", "concurrency": 2}),
+    );
+    // The later task takes the next free slot, ahead of the big task's
+    // waiting shards.
+    let b_done = api.wait_task(&svc, &id(&b), LONG, ended);
+    assert_eq!(b_done["status"], "succeeded", "{b_done}");
+    let (_, a_now) = api.get(&svc.url(&format!("/api/tasks/{}", id(&a))));
+    assert!(
+        a_now["shards"]["succeeded"].as_u64().unwrap() < 20,
+        "the small task waited for most of the big one's 30 shards: {a_now}"
+    );
+    let a_done = api.wait_task(&svc, &id(&a), LONG, ended);
+    assert_eq!(a_done["status"], "succeeded", "{a_done}");
+    assert_eq!(a_done["shards"]["total"], 30, "{a_done}");
+    assert_eq!(a_done["shards"]["succeeded"], 30, "{a_done}");
+    assert_eq!(a_done["objects_copied"], 600, "{a_done}");
+    for (dir, files) in [("big", &big), ("small", &small)] {
+        for (name, data) in files {
+            assert!(
+                std::fs::read(bucket.join(dir).join(name)).unwrap() == *data,
+                "{dir}/{name}"
+            );
+        }
+    }
+    // The shards API pages through them in key order.
+    let (status, page) =
+        api.get(&svc.url(&format!("/api/tasks/{}/shards?limit=10&offset=10", id(&a))));
+    assert_eq!(status, 200, "{page}");
+    let shards = page["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 10, "{page}");
+    assert_eq!(shards[0]["no"], 10);
+    assert_eq!(shards[0]["objects_listed"], 20, "{page}");
+    assert_eq!(shards[0]["after_key"], big[199].0, "{page}");
+    let (_, last) = api.get(&svc.url(&format!("/api/tasks/{}/shards?offset=29", id(&a))));
+    assert!(
+        last["shards"][0]["through_key"].is_null(),
+        "the last runs to the end: {last}"
+    );
+    let (status, _) = api.get(&svc.url("/api/tasks/t0/shards"));
+    assert_eq!(status, 404);
+}

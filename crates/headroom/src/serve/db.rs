@@ -124,6 +124,7 @@ pub struct TaskRow {
     pub updated_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// The most attempts any of its shards took (1 when none was resumed).
     pub attempts: i64,
     /// The counters, for any kind (see `tasks::CounterNames` for what
     /// each means to a copy and to a purge), summed over its shards.
@@ -331,6 +332,7 @@ macro_rules! tasks_with_sums {
             "CAST(COALESCE(a.attempt_items_done, 0) AS BIGINT) AS attempt_items_done, ",
             "CAST(COALESCE(a.attempt_items_listed, 0) AS BIGINT) AS attempt_items_listed, ",
             "CAST(COALESCE(a.attempt_bytes_done, 0) AS BIGINT) AS attempt_bytes_done, ",
+            "CAST(COALESCE(a.attempts, 0) AS BIGINT) AS attempts, ",
             "CAST(COALESCE(a.shards_total, 0) AS BIGINT) AS shards_total, ",
             "CAST(COALESCE(a.shards_queued, 0) AS BIGINT) AS shards_queued, ",
             "CAST(COALESCE(a.shards_running, 0) AS BIGINT) AS shards_running, ",
@@ -344,7 +346,7 @@ macro_rules! tasks_with_sums {
             "SUM(items_listed) AS items_listed, SUM(items_skipped) AS items_skipped, ",
             "SUM(items_failed) AS items_failed, SUM(attempt_items_done) AS attempt_items_done, ",
             "SUM(attempt_bytes_done) AS attempt_bytes_done, SUM(attempt_items_listed) AS attempt_items_listed, ",
-            "COUNT(*) AS shards_total, ",
+            "COUNT(*) AS shards_total, MAX(attempts) AS attempts, ",
             "SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS shards_queued, ",
             "SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS shards_running, ",
             "SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END) AS shards_succeeded, ",
@@ -922,10 +924,12 @@ impl Db {
     }
 
     /// Claims, for `owner` with a lease of `ttl_ms`, the first waiting
-    /// shard of the oldest task that has one and whose memory share fits
-    /// in its `room` (a task without one takes the replica's default; a
-    /// share above the budget runs within the budget): starts a new
-    /// attempt of the shard, and of the task if it was queued. The task's
+    /// shard of a task whose memory share fits in its `room` (a task
+    /// without one takes the replica's default; a share above the budget
+    /// runs within the budget): of the task with the fewest shards running,
+    /// the oldest among those, so a large task's shards never keep a later
+    /// task waiting. Starts a new attempt of the shard, and of the task if
+    /// it was queued. The task's
     /// row is taken first, on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so
     /// replicas claiming at once never wait for each other.
     pub async fn claim_next(
@@ -940,12 +944,12 @@ impl Db {
             ($lock:literal) => {
                 concat!(
                     "UPDATE tasks SET status = 'running', started_at = COALESCE(started_at, $1), updated_at = $2, ",
-                    "attempts = attempts + CASE WHEN status = 'queued' THEN 1 ELSE 0 END, ",
                     "error = CASE WHEN status = 'queued' THEN NULL ELSE error END ",
                     "WHERE id = (SELECT t.id FROM tasks t WHERE t.status IN ('queued', 'running') AND t.cancel_requested = 0 ",
                     "AND CASE WHEN t.memory_share IS NULL THEN $3 WHEN t.memory_share > $4 THEN $5 ELSE t.memory_share END <= $6 ",
                     "AND EXISTS (SELECT 1 FROM shards s WHERE s.task_id = t.id AND s.status = 'queued') ",
-                    "ORDER BY t.created_at, t.id LIMIT 1",
+                    "ORDER BY (SELECT COUNT(*) FROM shards r WHERE r.task_id = t.id AND r.status = 'running'), ",
+                    "t.created_at, t.id LIMIT 1",
                     $lock,
                     ") AND status IN ('queued', 'running') RETURNING id"
                 )
