@@ -25,7 +25,8 @@ fn the_dashboard_creates_a_task_sees_it_complete_and_cleans_up_failures() {
     for i in 0..5 {
         std::fs::write(src.join(format!("page{i}.txt")), common::bytes(10_000, i)).unwrap();
     }
-    let svc = Service::start(Backend::sqlite(work.path()));
+    // A shard every two keys: the task has three to show.
+    let svc = Service::start_with(Backend::sqlite(work.path()), &["--shard-objects", "2"], &[]);
     let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
     let out = Command::new("node")
@@ -44,6 +45,7 @@ fn the_dashboard_creates_a_task_sees_it_complete_and_cleans_up_failures() {
         String::from_utf8_lossy(&out.stderr),
         svc.log()
     );
+    assert!(stdout.contains("its 3 shards succeeded"), "{stdout}");
     assert!(stdout.contains("failed tasks cleaned up"), "{stdout}");
 
     // What the browser did is what the service holds.

@@ -35,6 +35,12 @@ try {
   await createTask(source, destination);
   await rowWith(source, "succeeded");
   console.log("copy task succeeded");
+  // Its shards (the service cuts a shard every 2 keys): 3 for 5 files.
+  // The table is redrawn every second: click by selector, not by handle.
+  await page.click(`#tasks tr[data-status=succeeded]:has-text("${source}") button.shards`);
+  await page.waitForFunction(
+    () => document.querySelectorAll("#tasks tr.shards-of tbody tr[data-status=succeeded]").length === 3);
+  console.log("its 3 shards succeeded");
 
   await createTask(missing, destination);
   await rowWith(missing, "failed");
