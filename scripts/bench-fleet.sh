@@ -5,17 +5,21 @@
 # on a 2-core machine). Prints, per fleet size, the wall time until every
 # task succeeded and the objects per second.
 #
-#   scripts/bench-fleet.sh [TASKS] [FILES_PER_TASK] [LATENCY_MS]
+#   scripts/bench-fleet.sh [TASKS] [FILES_PER_TASK] [LATENCY_MS] [SHARD_OBJECTS]
 #
-# Defaults: 6 tasks of 300 files of 16 KiB, 20 ms per request. Each
-# replica runs at most 2 tasks at once (--max-running 2), each task 8
-# transfers at once.
+# Defaults: 6 tasks of 300 files of 16 KiB, 20 ms per request, shards of
+# 5,000 keys (the service's default). Each replica runs at most 2 shards
+# at once (--max-running 2), each 8 transfers at once. One task cut into
+# shards spreads over the fleet too:
+#
+#   scripts/bench-fleet.sh 1 6000 20 500     # one task, 12 shards
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tasks=${1:-6}
 files=${2:-300}
 latency=${3:-20}
+shard_objects=${4:-5000}
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
@@ -69,6 +73,7 @@ for n in 1 2 3; do
     out="$work/r$n-$r.out"
     "$bin" --memory 256MiB serve --db "$base_db/$db" --listen 127.0.0.1:0 \
       --token-file "$work/token" --replica-id "r$r" --max-running 2 --allow-path "$work" \
+      --shard-objects "$shard_objects" \
       > "$out" 2> "$work/r$n-$r.log" &
     pids+=($!)
     for _ in $(seq 100); do grep -q '^listening on ' "$out" 2>/dev/null && break; sleep 0.1; done

@@ -166,6 +166,18 @@ fn one_task_of_20000_objects_runs_in_shards_on_three_replicas_through_a_kill_and
         assert!(started.elapsed() < LONG, "the shards did not spread: {t}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // /metrics shows each replica's shards.
+    let (_, metrics) = a3.get(&r3.url("/metrics"));
+    let metrics = metrics.as_str().unwrap().to_string();
+    for r in ["r1", "r2", "r3"] {
+        let held = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("headroom_replica_shards_held{{replica=\"{r}\"}} "))
+            })
+            .unwrap_or_else(|| panic!("no shards_held for {r}: {metrics}"));
+        assert!(held.parse::<f64>().unwrap() >= 0.0, "{held}");
+    }
     let r1_held = watch.held_by("r1");
     r1.kill();
     let killed = Instant::now();

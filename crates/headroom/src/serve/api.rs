@@ -673,8 +673,10 @@ async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
             .set(n("memory_budget"));
         metrics::gauge!("headroom_replica_memory_reserved_bytes", "replica" => id.clone())
             .set(n("memory_reserved"));
-        metrics::gauge!("headroom_replica_tasks_held", "replica" => id)
+        metrics::gauge!("headroom_replica_tasks_held", "replica" => id.clone())
             .set(r["tasks_held"].as_array().map_or(0, |a| a.len()) as f64);
+        metrics::gauge!("headroom_replica_shards_held", "replica" => id)
+            .set(r["shards_held"].as_array().map_or(0, |a| a.len()) as f64);
     }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -726,7 +728,7 @@ pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::Promethe
         ("headroom_rss_bytes", "Resident memory of the service."),
         (
             "headroom_tasks_running_here",
-            "Tasks this process runs now.",
+            "Shards of tasks this process runs now.",
         ),
         (
             "headroom_fleet_replicas_alive",
@@ -746,7 +748,11 @@ pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::Promethe
         ),
         (
             "headroom_replica_tasks_held",
-            "Per replica: the running tasks whose lease it holds.",
+            "Per replica: the tasks with running shards whose lease it holds.",
+        ),
+        (
+            "headroom_replica_shards_held",
+            "Per replica: the running shards whose lease it holds.",
         ),
     ] {
         metrics::describe_gauge!(name, help);
