@@ -559,6 +559,19 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = IngestOptions::default().field, value_name = "NAME")]
     pub field: String,
 
+    /// What the events are: `lines` (opaque: a line or a WebSocket message
+    /// each) or `atproto` (the AT Protocol event stream,
+    /// com.atproto.sync.subscribeRepos: DAG-CBOR frames, stored under the
+    /// stream ID 0-SEQ with fields `t` and `seq`, resumed after the
+    /// stream's last seq with `?cursor=`).
+    #[arg(long, value_enum, default_value_t = crate::jobs::ingest::Format::Lines)]
+    pub format: crate::jobs::ingest::Format,
+
+    /// With --format atproto: store each frame as received (`frame`) or
+    /// its body as JSON (`json`).
+    #[arg(long, value_enum, default_value_t = crate::jobs::ingest::AtprotoStore::Frame)]
+    pub atproto_store: crate::jobs::ingest::AtprotoStore,
+
     /// WebSocket only: on reconnect, add this query parameter with the
     /// sequence number of the last event Redis acknowledged, e.g.
     /// `cursor` gives ws://host/path?cursor=1234.
@@ -696,6 +709,8 @@ impl IngestArgs {
             sequence_field: self.sequence_field.clone(),
             redis_retry_for: self.redis_retry_for.into(),
             reconnect_for: self.reconnect_for.into(),
+            format: self.format,
+            atproto_store: self.atproto_store,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
+pub mod atproto;
 pub mod gdrive;
 pub mod ingest;
 pub mod moto;

@@ -24,6 +24,7 @@
 //! So a writer paused for ten minutes holds exactly what it held after ten
 //! milliseconds.
 
+pub mod atproto;
 mod redis_stream;
 mod report;
 mod source;
@@ -38,7 +39,7 @@ use headroom_governor::{ByteSize, Permit, channel};
 
 pub use redis_stream::{StreamId, Target};
 pub use report::{IngestCounters, IngestSummary};
-pub use source::{Source, sequence_of};
+pub use source::{AtprotoStore, Format, Source, sequence_of};
 
 use crate::telemetry::{RateWindow, Reporter};
 
@@ -74,6 +75,10 @@ pub struct IngestOptions {
     pub redis_retry_for: Duration,
     /// Give up when the WebSocket cannot be reconnected for this long.
     pub reconnect_for: Duration,
+    /// What the events are.
+    pub format: Format,
+    /// What an AT Protocol frame is stored as.
+    pub atproto_store: AtprotoStore,
 }
 
 impl Default for IngestOptions {
@@ -92,6 +97,8 @@ impl Default for IngestOptions {
             sequence_field: "seq".into(),
             redis_retry_for: Duration::from_secs(300),
             reconnect_for: Duration::from_secs(300),
+            format: Format::Lines,
+            atproto_store: AtprotoStore::Frame,
         }
     }
 }
@@ -109,10 +116,17 @@ const CONNECTION_FOOTPRINT: u64 = 128 << 10;
 
 /// One event between reader and Redis, with the permit that pays for it.
 pub struct Event {
-    /// The event as read (a line without its newline, or a message).
+    /// The event as read (a line without its newline, or a message; an AT
+    /// Protocol frame, or its body as JSON).
     pub data: Bytes,
-    /// Its sequence number, when `--cursor-param` is used and it has one.
+    /// Its sequence number, when `--cursor-param` is used and it has one
+    /// (an AT Protocol message always has one).
     pub seq: Option<u64>,
+    /// Its stream ID, when it is derived from `seq` (AT Protocol: `0-SEQ`),
+    /// so that a replayed event can never enter the stream twice.
+    pub id: Option<StreamId>,
+    /// Its type (`#commit`, ...), stored as the entry's `t` field.
+    pub kind: Option<Box<str>>,
     _permit: Permit,
 }
 
@@ -145,6 +159,19 @@ fn plan(from: &Source, args: &IngestOptions, budget: u64) -> anyhow::Result<(u64
     }
     if args.field.is_empty() {
         bail!("--field must not be empty");
+    }
+    if args.format == Format::Atproto {
+        if *from == Source::Stdin {
+            bail!(
+                "--format atproto reads an event stream: give a ws:// or wss:// source, not standard input"
+            );
+        }
+        if ["t", "seq"].contains(&args.field.as_str()) {
+            bail!(
+                "--field {}: with --format atproto, `t` and `seq` are the entry's own fields",
+                args.field
+            );
+        }
     }
     let max_event = args.max_event_size.0;
     let writer = args.batch_bytes.0.max(max_event)
@@ -244,8 +271,24 @@ pub async fn run(
             move || report::progress(&c, &g, &p, &mut last),
         )
     };
+    // An AT Protocol stream resumes from the last sequence number the
+    // stream holds (its entries' IDs are `0-SEQ`).
+    let resume = match args.format {
+        Format::Atproto => resume_point(&writer)?,
+        Format::Lines => None,
+    };
+    if let Some(seq) = resume {
+        counters
+            .acked_seq_plus_one
+            .store(seq + 1, Ordering::Release);
+        tracing::info!(
+            "stream {} holds events up to seq {seq}: resuming after it",
+            writer.target()
+        );
+    }
     let reader = {
-        let cx = source::ReaderContext::new(gov.clone(), tx, counters.clone(), args, stop_rx);
+        let cx =
+            source::ReaderContext::new(gov.clone(), tx, counters.clone(), args, stop_rx, resume);
         let from = from.clone();
         tokio::spawn(async move { source::read(&from, cx).await })
     };
@@ -271,6 +314,10 @@ pub async fn run(
         bytes_written: counters.bytes_written.load(Ordering::Relaxed),
         batches: counters.batches.load(Ordering::Relaxed),
         replays_dropped: counters.replays_dropped.load(Ordering::Relaxed),
+        cursor_gaps: counters.cursor_gaps.load(Ordering::Relaxed),
+        too_slow: counters.too_slow.load(Ordering::Relaxed),
+        frames_skipped: counters.frames_skipped.load(Ordering::Relaxed),
+        frames_undecodable: counters.frames_undecodable.load(Ordering::Relaxed),
         reconnects: counters.reconnects.load(Ordering::Relaxed),
         redis_retries: counters.redis_retries.load(Ordering::Relaxed),
         backpressure_episodes: counters.backpressure_episodes.load(Ordering::Relaxed),
@@ -282,6 +329,23 @@ pub async fn run(
         budget: stats.budget,
         error,
     })
+}
+
+/// The sequence number an AT Protocol ingest resumes after: the seq of
+/// the stream's last ID (`0-SEQ`), `None` for a new stream. A stream whose
+/// IDs are not of that form was written by something else.
+fn resume_point(writer: &redis_stream::StreamWriter) -> anyhow::Result<Option<u64>> {
+    let top = writer.last_id();
+    if top == StreamId::default() {
+        return Ok(None);
+    }
+    if top.ms != 0 {
+        bail!(
+            "stream {} was not written by an AT Protocol ingest (its last ID is {top}; this ingest's IDs are 0-SEQ): ingest into a new stream",
+            writer.target()
+        );
+    }
+    Ok(Some(top.seq))
 }
 
 /// Gathers batches from the queue and writes them until the queue closes

@@ -358,6 +358,12 @@ impl StreamWriter {
         Ok(writer)
     }
 
+    /// The stream's last generated ID when the writer connected, or after
+    /// its last write.
+    pub fn last_id(&self) -> StreamId {
+        self.last_id
+    }
+
     /// The target written to.
     pub fn target(&self) -> &Target {
         &self.target
@@ -462,8 +468,13 @@ impl StreamWriter {
     }
 
     /// Appends `batch` exactly once and in order, retrying through Redis
-    /// errors and restarts for up to `--redis-retry-for`.
+    /// errors and restarts for up to `--redis-retry-for`. Events that carry
+    /// their own IDs (derived from the source's sequence numbers) go by
+    /// [`write_keyed`](Self::write_keyed).
     pub async fn write(&mut self, batch: &[Event]) -> anyhow::Result<()> {
+        if batch.first().is_some_and(|e| e.id.is_some()) {
+            return self.write_keyed(batch).await;
+        }
         // `batch[done..end]` is still to be written, with IDs from `first`
         // on (`end` is short of the batch only after an ID conflict).
         let mut done = 0;
@@ -568,6 +579,138 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Appends events whose IDs are their own (`Event::id`, increasing):
+    /// those at or below the stream's last ID are already in it (a replay,
+    /// or a batch that landed before its answer was lost) and are not sent
+    /// again, so an event can never enter the stream twice. An ID refused
+    /// because the stream is past it is checked: the entry there must be
+    /// the same event, else another writer is in the way and nothing is
+    /// written out of order.
+    async fn write_keyed(&mut self, batch: &[Event]) -> anyhow::Result<()> {
+        let mut failing_since: Option<Instant> = None;
+        let mut pause = Duration::from_millis(50);
+        let mut maybe_applied = false;
+        let mut from = 0;
+        loop {
+            if maybe_applied {
+                match self.stream_state().await {
+                    Ok((top, length)) => {
+                        maybe_applied = false;
+                        self.set_length(length);
+                        self.last_id = self.last_id.max(top.unwrap_or_default());
+                    }
+                    Err(e) => {
+                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
+                            .await?;
+                        continue;
+                    }
+                }
+            }
+            while batch
+                .get(from)
+                .is_some_and(|e| e.id.unwrap_or_default() <= self.last_id)
+            {
+                self.counters
+                    .replays_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                from += 1;
+            }
+            let rest = &batch[from..];
+            if rest.is_empty() {
+                return Ok(());
+            }
+            let reply = self
+                .transaction(rest, StreamId::default())
+                .query_async::<Vec<Value>>(&mut self.con)
+                .await;
+            match reply {
+                Ok(results) => {
+                    let (length, added, refused) = tally(results, rest.len());
+                    if let Some(length) = length {
+                        self.set_length(length);
+                    }
+                    match refused {
+                        None => {
+                            self.last_id = rest[rest.len() - 1].id.unwrap_or_default();
+                            return Ok(());
+                        }
+                        Some(e) if !is_id_conflict(&e) => {
+                            bail!("Redis refused to append to {}: {e:?}", self.target);
+                        }
+                        Some(e) => {
+                            // The refused ones come first: the stream is
+                            // past them. They must be these very events.
+                            let refused = rest.len() - added;
+                            for event in &rest[..refused] {
+                                self.check_present(event).await.with_context(|| {
+                                    format!("appending to {} failed ({e:?})", self.target)
+                                })?;
+                            }
+                            if added > 0 {
+                                self.last_id = rest[rest.len() - 1].id.unwrap_or_default();
+                                return Ok(());
+                            }
+                            self.last_id =
+                                self.last_id.max(rest[refused - 1].id.unwrap_or_default());
+                            from += refused;
+                        }
+                    }
+                }
+                Err(e) => match classify(&e) {
+                    Failure::Fatal => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("appending to {} failed", self.target)));
+                    }
+                    Failure::NotApplied => {
+                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
+                            .await?;
+                    }
+                    Failure::Unknown => {
+                        maybe_applied = true;
+                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
+                            .await?;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Checks that the stream holds `event` under its ID (same data).
+    async fn check_present(&mut self, event: &Event) -> anyhow::Result<()> {
+        let id = event.id.unwrap_or_default().to_string();
+        let found: Value = redis::cmd("XRANGE")
+            .arg(&self.target.stream)
+            .arg(&id)
+            .arg(&id)
+            .query_async(&mut self.con)
+            .await?;
+        let same = match &found {
+            Value::Array(entries) => entries.iter().any(|entry| {
+                let Value::Array(pair) = entry else {
+                    return false;
+                };
+                let Some(Value::Array(fields)) = pair.get(1) else {
+                    return false;
+                };
+                fields.chunks(2).any(|kv| {
+                    matches!(kv, [Value::BulkString(k), Value::BulkString(v)]
+                        if k.as_slice() == self.field.as_bytes() && v.as_slice() == &event.data[..])
+                })
+            }),
+            _ => false,
+        };
+        if !same {
+            bail!(
+                "stream {} holds another entry at or above ID {id} (another writer?): the event cannot be added in order",
+                self.target
+            );
+        }
+        self.counters
+            .replays_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Records that `n` events from ID `first` on were written.
     fn landed(&mut self, first: &mut StreamId, done: &mut usize, n: usize) {
         if n > 0 {
@@ -616,19 +759,34 @@ impl StreamWriter {
         id[ms.len()] = b'-';
         let maxlen = self.maxlen.map(|n| n.to_string());
         for (i, event) in events.iter().enumerate() {
-            // "<ms>-<seq>" without a String per event.
-            let sq = seq.format(first.seq.saturating_add(i as u64)).as_bytes();
-            let id_len = ms.len() + 1 + sq.len();
-            id[ms.len() + 1..id_len].copy_from_slice(sq);
             let mut cmd = redis::Cmd::with_capacity(
-                9,
-                64 + self.target.stream.len() + self.field.len() + event.data.len(),
+                13,
+                96 + self.target.stream.len() + self.field.len() + event.data.len(),
             );
             cmd.arg("XADD").arg(&self.target.stream);
             if let Some(n) = &maxlen {
                 cmd.arg("MAXLEN").arg("~").arg(n);
             }
-            cmd.arg(&id[..id_len]).arg(&self.field).arg(&event.data[..]);
+            match event.id {
+                // Its own ID.
+                Some(own) => {
+                    cmd.arg(own.to_string());
+                }
+                // "<ms>-<seq>" without a String per event.
+                None => {
+                    let sq = seq.format(first.seq.saturating_add(i as u64)).as_bytes();
+                    let id_len = ms.len() + 1 + sq.len();
+                    id[ms.len() + 1..id_len].copy_from_slice(sq);
+                    cmd.arg(&id[..id_len]);
+                }
+            }
+            cmd.arg(&self.field).arg(&event.data[..]);
+            if let Some(t) = &event.kind {
+                cmd.arg("t").arg(&t[..]);
+            }
+            if let (Some(s), Some(_)) = (event.seq, event.id) {
+                cmd.arg("seq").arg(s);
+            }
             pipe.add_command(cmd);
         }
         pipe.cmd("XLEN").arg(&self.target.stream);

@@ -25,6 +25,16 @@ pub struct IngestCounters {
     pub redis_retries: AtomicU64,
     /// Events replayed by the source after a reconnect and dropped.
     pub replays_dropped: AtomicU64,
+    /// AT Protocol: `#info OutdatedCursor` answers (events lost between
+    /// the cursor and the server's window).
+    pub cursor_gaps: AtomicU64,
+    /// AT Protocol: `ConsumerTooSlow` errors (each a reconnect).
+    pub too_slow: AtomicU64,
+    /// AT Protocol: frames of unknown ops, or without a `seq`, skipped.
+    pub frames_skipped: AtomicU64,
+    /// AT Protocol: frames that were not DAG-CBOR (each drops the
+    /// connection).
+    pub frames_undecodable: AtomicU64,
     /// The last acknowledged sequence number, plus one (0: none yet).
     pub(super) acked_seq_plus_one: AtomicU64,
     backpressure: AtomicBool,
@@ -123,6 +133,10 @@ pub struct IngestSummary {
     pub batches: u64,
     pub replays_dropped: u64,
     pub reconnects: u64,
+    pub cursor_gaps: u64,
+    pub too_slow: u64,
+    pub frames_skipped: u64,
+    pub frames_undecodable: u64,
     pub redis_retries: u64,
     pub backpressure_episodes: u64,
     pub backpressure_total: Duration,
@@ -159,6 +173,10 @@ impl IngestSummary {
                     "batches": self.batches,
                     "replays_dropped": self.replays_dropped,
                     "reconnects": self.reconnects,
+                    "cursor_gaps": self.cursor_gaps,
+                    "consumer_too_slow": self.too_slow,
+                    "frames_skipped": self.frames_skipped,
+                    "frames_undecodable": self.frames_undecodable,
                     "redis_retries": self.redis_retries,
                     "backpressure_episodes": self.backpressure_episodes,
                     "backpressure_s": self.backpressure_total.as_secs_f64(),
@@ -195,6 +213,18 @@ impl IngestSummary {
                     self.redis_retries,
                     self.replays_dropped,
                 )?;
+                if self.cursor_gaps + self.too_slow + self.frames_skipped + self.frames_undecodable
+                    > 0
+                {
+                    writeln!(
+                        out,
+                        "event stream: {} gaps (OutdatedCursor), {} ConsumerTooSlow, {} frames skipped, {} undecodable",
+                        self.cursor_gaps,
+                        self.too_slow,
+                        self.frames_skipped,
+                        self.frames_undecodable
+                    )?;
+                }
                 crate::telemetry::write_memory_line(
                     out,
                     self.peak_rss,

@@ -24,7 +24,8 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
 
-use super::{EVENT_OVERHEAD, Event, IngestCounters};
+use super::atproto::{self, Frame};
+use super::{EVENT_OVERHEAD, Event, IngestCounters, StreamId};
 
 /// Bytes read from standard input at a time.
 pub const STDIN_BUFFER: usize = 256 << 10;
@@ -81,6 +82,30 @@ impl Source {
     }
 }
 
+/// What the events are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Opaque: a line of standard input or a WebSocket message each;
+    /// with `--cursor-param`, the sequence number is read from JSON.
+    #[default]
+    Lines,
+    /// The AT Protocol event stream (`com.atproto.sync.subscribeRepos`):
+    /// DAG-CBOR frames; stream IDs `0-SEQ`; the cursor is `cursor`, read
+    /// back from the stream at start.
+    Atproto,
+}
+
+/// What an AT Protocol frame is stored as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AtprotoStore {
+    /// The frame as received (header and body, DAG-CBOR).
+    #[default]
+    Frame,
+    /// The body as JSON (bytes as `{"$bytes": ...}`, links as
+    /// `{"$link": CID}`).
+    Json,
+}
+
 /// What every reader shares.
 pub struct ReaderContext {
     pub gov: Governor,
@@ -95,6 +120,8 @@ pub struct ReaderContext {
     pub stop: watch::Receiver<bool>,
     /// The highest sequence number read so far (for replays).
     last_read: Option<u64>,
+    pub format: Format,
+    pub atproto_store: AtprotoStore,
 }
 
 /// An event's bytes as the reader has them.
@@ -134,17 +161,25 @@ impl ReaderContext {
         counters: Arc<IngestCounters>,
         args: &super::IngestOptions,
         stop: watch::Receiver<bool>,
+        resume_after: Option<u64>,
     ) -> Self {
+        // The AT Protocol's cursor parameter is `cursor`.
+        let cursor_param = match args.format {
+            Format::Atproto => Some(args.cursor_param.clone().unwrap_or_else(|| "cursor".into())),
+            Format::Lines => args.cursor_param.clone(),
+        };
         ReaderContext {
             gov,
             tx,
             counters,
             max_event: args.max_event_size.0 as usize,
-            cursor_param: args.cursor_param.clone(),
+            cursor_param,
             sequence_field: args.sequence_field.clone(),
             reconnect_for: args.reconnect_for,
             stop,
-            last_read: None,
+            last_read: resume_after,
+            format: args.format,
+            atproto_store: args.atproto_store,
         }
     }
 
@@ -158,6 +193,17 @@ impl ReaderContext {
         } else {
             None
         };
+        self.emit_with(data, seq, None).await
+    }
+
+    /// [`emit`](Self::emit) with the sequence number and type known; with
+    /// the AT Protocol the event's stream ID is derived from `seq`.
+    async fn emit_with(
+        &mut self,
+        data: Payload<'_>,
+        seq: Option<u64>,
+        kind: Option<Box<str>>,
+    ) -> Result<(), Halt> {
         if let (Some(s), Some(last)) = (seq, self.last_read)
             && s <= last
         {
@@ -172,9 +218,15 @@ impl ReaderContext {
             .gov
             .acquire(len + EVENT_OVERHEAD, "ingest.events")
             .await;
+        let id = match self.format {
+            Format::Atproto => seq.map(|s| StreamId { ms: 0, seq: s }),
+            Format::Lines => None,
+        };
         let event = Event {
             data: data.into_bytes(),
             seq,
+            id,
+            kind,
             _permit: permit,
         };
         self.counters.events_read.fetch_add(1, Ordering::Relaxed);
@@ -359,9 +411,9 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
                 Some(Err(e)) => break e.to_string(),
                 Some(Ok(m)) => m,
             };
-            let data = match message {
-                Message::Binary(b) => b,
-                Message::Text(t) => Bytes::from(t),
+            let (data, text) = match message {
+                Message::Binary(b) => (b, false),
+                Message::Text(t) => (Bytes::from(t), true),
                 Message::Close(frame) => {
                     let normal = frame.as_ref().is_some_and(|f| {
                         f.code == tungstenite::protocol::frame::coding::CloseCode::Normal
@@ -381,6 +433,15 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
                 // Pings are answered by tungstenite on the next read.
                 _ => continue,
             };
+            if cx.format == Format::Atproto {
+                match cx.frame(base, data, text).await? {
+                    Step::Next => {}
+                    Step::Event => backoff = Reconnect::default(),
+                    Step::Stop => return Ok(()),
+                    Step::Drop(why) => break why,
+                }
+                continue;
+            }
             // A healthy connection resets the reconnect backoff.
             backoff = Reconnect::default();
             if cx.emit(Payload::Owned(data)).await.is_err() {
@@ -394,6 +455,106 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
             .await?
         {
             return Ok(());
+        }
+    }
+}
+
+/// What to do after an AT Protocol frame.
+enum Step {
+    /// Read the next frame.
+    Next,
+    /// An event was handed on (the connection is healthy).
+    Event,
+    /// The writer is gone: stop.
+    Stop,
+    /// Drop the connection and reconnect from the cursor, for this reason.
+    Drop(String),
+}
+
+impl ReaderContext {
+    /// Handles one AT Protocol frame as the spec says: a message is an
+    /// event; `#info` `OutdatedCursor` is a gap, logged and counted;
+    /// `ConsumerTooSlow` and undecodable frames drop the connection (the
+    /// reconnect resumes from the cursor); `FutureCursor` stops the ingest
+    /// with an error; unknown types and ops are skipped.
+    async fn frame(&mut self, base: &url::Url, data: Bytes, text: bool) -> anyhow::Result<Step> {
+        if text {
+            return Ok(Step::Drop(
+                "a text message on an AT Protocol event stream (frames are binary DAG-CBOR)".into(),
+            ));
+        }
+        let frame = match atproto::decode(&data) {
+            Ok(f) => f,
+            Err(e) => {
+                self.counters
+                    .frames_undecodable
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(Step::Drop(format!("an undecodable frame ({e})")));
+            }
+        };
+        match frame {
+            Frame::Message { t, seq } => {
+                let payload = match self.atproto_store {
+                    AtprotoStore::Frame => Payload::Owned(data),
+                    AtprotoStore::Json => match atproto::body_json(&data) {
+                        Ok(json) => Payload::Owned(Bytes::from(json)),
+                        Err(e) => {
+                            self.counters
+                                .frames_undecodable
+                                .fetch_add(1, Ordering::Relaxed);
+                            return Ok(Step::Drop(format!("an undecodable frame ({e})")));
+                        }
+                    },
+                };
+                if self
+                    .emit_with(payload, Some(seq), Some(t.into()))
+                    .await
+                    .is_err()
+                {
+                    return Ok(Step::Stop);
+                }
+                Ok(Step::Event)
+            }
+            Frame::Info { name, message } => {
+                let message = message.unwrap_or_default();
+                if name == "OutdatedCursor" {
+                    self.counters.cursor_gaps.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "{base}: OutdatedCursor ({message}): the cursor {} is older than the server's window; events between it and the window's start are lost to this stream (a gap), the window follows",
+                        self.counters
+                            .last_acked_seq()
+                            .map_or_else(|| "(none)".to_string(), |s| s.to_string())
+                    );
+                } else {
+                    tracing::info!("{base}: #info {name}: {message}");
+                }
+                Ok(Step::Next)
+            }
+            Frame::Error { error, message } => {
+                let message = message.unwrap_or_default();
+                match error.as_str() {
+                    "FutureCursor" => bail!(
+                        "{base} refused the cursor {} as in the future (FutureCursor: {message}): this stream holds events the server never sent (another server's stream, or a server that lost its history); ingest into a new stream, or delete this one to start live",
+                        self.counters
+                            .last_acked_seq()
+                            .map_or_else(|| "(none)".to_string(), |s| s.to_string())
+                    ),
+                    "ConsumerTooSlow" => {
+                        self.counters.too_slow.fetch_add(1, Ordering::Relaxed);
+                        Ok(Step::Drop(format!(
+                            "the server dropped this consumer as too slow (ConsumerTooSlow: {message})"
+                        )))
+                    }
+                    other => Ok(Step::Drop(format!(
+                        "the server sent error {other}: {message}"
+                    ))),
+                }
+            }
+            Frame::Skipped { why } => {
+                self.counters.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("{base}: skipping {why}");
+                Ok(Step::Next)
+            }
         }
     }
 }

@@ -1,0 +1,358 @@
+//! `headroom ingest --format atproto` against a loopback AT Protocol event
+//! stream that follows the spec's cursor rules (`tests/common/atproto.rs`)
+//! and a real redis-server: every frame once and in order under IDs
+//! `0-SEQ`, resumed from the stream after `kill -9`, through
+//! `ConsumerTooSlow`, an undecodable frame and a duplicated replay; a
+//! `FutureCursor` stops with an error; an `OutdatedCursor` is a counted gap.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::atproto::{AtprotoOptions, AtprotoServer, commit_frame};
+use common::ingest::{Entries, RedisServer};
+use common::text;
+
+fn ingest(server: &AtprotoServer, redis: &RedisServer, stream: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_headroom"));
+    cmd.args([
+        "--log-format",
+        "json",
+        "ingest",
+        "--format",
+        "atproto",
+        "--from",
+    ])
+    .arg(server.url())
+    .arg("--to")
+    .arg(redis.url(stream))
+    .args(["--reconnect-for", "20s"])
+    .args(extra)
+    .env_remove("HEADROOM_MEMORY")
+    .env("RUST_LOG", "info");
+    cmd
+}
+
+/// Every entry of `stream`: (ID, fields).
+fn entries(c: &mut redis::Connection, stream: &str) -> Entries {
+    let mut out = Vec::new();
+    let mut start = "-".to_string();
+    loop {
+        let page: Entries = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(5_000)
+            .query(c)
+            .expect("XRANGE");
+        let Some(last) = page.last() else { break };
+        start = format!("({}", last.0);
+        out.extend(page);
+    }
+    out
+}
+
+fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> &'a [u8] {
+    &fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no field {name}"))
+        .1
+}
+
+/// Checks that `stream` holds exactly the frames `seqs`, in order, each
+/// under ID `0-SEQ` with its `t` and `seq` fields and the frame itself.
+#[track_caller]
+fn assert_frames(
+    c: &mut redis::Connection,
+    stream: &str,
+    seqs: impl IntoIterator<Item = u64>,
+    blocks: usize,
+) {
+    let got = entries(c, stream);
+    let want: Vec<u64> = seqs.into_iter().collect();
+    assert_eq!(got.len(), want.len(), "entries in {stream}");
+    for ((id, fields), seq) in got.iter().zip(&want) {
+        assert_eq!(id, &format!("0-{seq}"));
+        assert_eq!(field(fields, "t"), b"#commit");
+        assert_eq!(field(fields, "seq"), seq.to_string().as_bytes());
+        assert!(
+            field(fields, "data") == commit_frame(*seq, blocks),
+            "frame {seq} differs"
+        );
+    }
+}
+
+fn summary(stdout: &str) -> serde_json::Value {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary in {stdout:?}"))
+}
+
+fn xlen(c: &mut redis::Connection, stream: &str) -> u64 {
+    redis::cmd("XLEN").arg(stream).query(c).expect("XLEN")
+}
+
+#[test]
+fn every_frame_lands_once_in_order_through_too_slow_garbage_a_duplicate_and_a_kill() {
+    const TOTAL: u64 = 6_000;
+    let server = AtprotoServer::start(AtprotoOptions {
+        total: TOTAL,
+        initial: 500,
+        rate: 1_000,
+        too_slow_after: Some(800),
+        garbage_after: Some(1_500),
+        resend_cursor: true,
+        ..AtprotoOptions::default()
+    });
+    let redis = RedisServer::start();
+    let mut c = redis.connection();
+    let mut child = ingest(&server, &redis, "firehose", &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // No cursor at first: live, from frame 500 on. Kill -9 mid-stream.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while xlen(&mut c, "firehose") < 2_500 {
+        assert!(Instant::now() < deadline, "ingest stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let first = child.wait_with_output().unwrap();
+    let before: Vec<String> = entries(&mut c, "firehose")
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    let last_before: u64 = before.last().unwrap()[2..].parse().unwrap();
+    eprintln!(
+        "killed with {} entries, the last 0-{last_before}",
+        before.len()
+    );
+
+    // The restart resumes from the stream's last seq; the server repeats
+    // the frame at the cursor, which is dropped.
+    let child = ingest(&server, &redis, "firehose", &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let top = |c: &mut redis::Connection| -> String {
+        let last: Entries = redis::cmd("XREVRANGE")
+            .arg("firehose")
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(c)
+            .unwrap();
+        last.first().map(|e| e.0.clone()).unwrap_or_default()
+    };
+    while top(&mut c) != format!("0-{TOTAL}") {
+        assert!(
+            Instant::now() < deadline,
+            "ingest stalled after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stderr}\nfirst run: {}",
+        text(&first.stderr)
+    );
+    // Live from where the first connection joined, then every frame.
+    let live_from: u64 = before[0][2..].parse().unwrap();
+    assert!(live_from > 500, "live, not replayed: {live_from}");
+    assert_frames(&mut c, "firehose", live_from..=TOTAL, 256);
+    let cursors = server.stats.cursors.lock().unwrap().clone();
+    eprintln!("cursors: {cursors:?}");
+    assert_eq!(cursors[0], None, "the first connection is live");
+    assert!(
+        cursors.contains(&Some(last_before)),
+        "the restart resumed from the stream: {cursors:?}"
+    );
+    assert!(cursors[1..].iter().all(|c| c.is_some()), "{cursors:?}");
+    let s = summary(&stdout);
+    eprintln!("second run: {s}");
+    assert!(
+        s["replays_dropped"].as_u64().unwrap() >= 1,
+        "the duplicate at the cursor: {s}"
+    );
+    let first_log = text(&first.stderr);
+    assert!(first_log.contains("ConsumerTooSlow"), "{first_log}");
+    assert!(first_log.contains("undecodable frame"), "{first_log}");
+}
+
+#[test]
+fn a_future_cursor_stops_the_ingest_with_an_error() {
+    let server = AtprotoServer::start(AtprotoOptions {
+        total: 100,
+        initial: 100,
+        ..AtprotoOptions::default()
+    });
+    let redis = RedisServer::start();
+    let mut c = redis.connection();
+    // A stream ahead of this server (another relay's, say).
+    let _: String = redis::cmd("XADD")
+        .arg("ahead")
+        .arg("0-5000")
+        .arg("data")
+        .arg("x")
+        .query(&mut c)
+        .unwrap();
+    let out = ingest(&server, &redis, "ahead", &[]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("FutureCursor"), "{stderr}");
+    assert!(stderr.contains("5000"), "names the cursor: {stderr}");
+    assert_eq!(
+        server.stats.cursors.lock().unwrap().clone(),
+        vec![Some(5000)],
+        "no retry loop"
+    );
+    assert_eq!(xlen(&mut c, "ahead"), 1);
+
+    // A stream another writer filled is refused before connecting.
+    let _: String = redis::cmd("XADD")
+        .arg("other")
+        .arg("*")
+        .arg("data")
+        .arg("x")
+        .query(&mut c)
+        .unwrap();
+    let out = ingest(&server, &redis, "other", &[]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("not written by an AT Protocol ingest"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_outdated_cursor_is_a_counted_gap_and_the_window_follows() {
+    // The server keeps the newest 500 of 2,000 frames.
+    let server = AtprotoServer::start(AtprotoOptions {
+        total: 2_000,
+        initial: 2_000,
+        window: 500,
+        ..AtprotoOptions::default()
+    });
+    let redis = RedisServer::start();
+    let mut c = redis.connection();
+    let _: String = redis::cmd("XADD")
+        .arg("behind")
+        .arg("0-10")
+        .arg("data")
+        .arg(commit_frame(10, 256))
+        .arg("t")
+        .arg("#commit")
+        .arg("seq")
+        .arg(10)
+        .query(&mut c)
+        .unwrap();
+    let child = ingest(&server, &redis, "behind", &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while xlen(&mut c, "behind") < 501 {
+        assert!(Instant::now() < deadline, "ingest stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = summary(&text(&out.stdout));
+    assert_eq!(s["cursor_gaps"], 1, "{s}");
+    assert!(text(&out.stderr).contains("OutdatedCursor"));
+    assert_frames(
+        &mut c,
+        "behind",
+        std::iter::once(10).chain(1_501..=2_000),
+        256,
+    );
+}
+
+#[test]
+fn frames_can_be_stored_as_json_bodies() {
+    let server = AtprotoServer::start(AtprotoOptions {
+        total: 50,
+        initial: 50,
+        ..AtprotoOptions::default()
+    });
+    let redis = RedisServer::start();
+    let mut c = redis.connection();
+    // From the start: cursor 0 replays the whole window.
+    let _: String = redis::cmd("XADD")
+        .arg("json")
+        .arg("0-1")
+        .arg("data")
+        .arg("{}")
+        .query(&mut c)
+        .unwrap();
+    let child = ingest(&server, &redis, "json", &["--atproto-store", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while xlen(&mut c, "json") < 50 {
+        assert!(Instant::now() < deadline, "ingest stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait_with_output().unwrap().status.success());
+    let got = entries(&mut c, "json");
+    for (i, (id, fields)) in got.iter().enumerate().skip(1) {
+        let seq = i as u64 + 1;
+        assert_eq!(id, &format!("0-{seq}"));
+        let body: serde_json::Value = serde_json::from_slice(field(fields, "data")).unwrap();
+        assert_eq!(body["seq"], seq);
+        assert_eq!(body["repo"], format!("did:plc:test{}", seq % 7));
+        assert!(
+            body["commit"]["$link"]
+                .as_str()
+                .unwrap()
+                .starts_with("bafyrei"),
+            "{body}"
+        );
+        assert!(body["blocks"]["$bytes"].is_string(), "{body}");
+    }
+}
+
+#[test]
+fn an_event_stream_needs_a_websocket_and_its_own_fields() {
+    let redis = RedisServer::start();
+    for (from, field, says) in [
+        ("-", "data", "not standard input"),
+        (
+            "ws://127.0.0.1:9/x",
+            "seq",
+            "`t` and `seq` are the entry's own fields",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_headroom"))
+            .args([
+                "ingest", "--format", "atproto", "--from", from, "--field", field, "--to",
+            ])
+            .arg(redis.url("s"))
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
