@@ -398,14 +398,23 @@ fn page(q: &ListQuery) -> Result<(i64, i64), ApiError> {
 async fn list_tasks(
     State(state): State<Shared>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let status = q.status.as_deref().map(check_status).transpose()?;
     let (limit, offset) = page(&q)?;
     let (rows, total) = state.db.list(status, limit, offset).await?;
-    let tasks: Vec<_> = rows.into_iter().map(|r| view(&state, r)).collect();
-    Ok(Json(
-        json!({ "tasks": tasks, "total": total, "limit": limit, "offset": offset }),
-    ))
+    // Written task by task: a page of 500 is never a tree of JSON values.
+    let mut body = Vec::with_capacity(rows.len() * 1024 + 64);
+    body.extend_from_slice(b"{\"tasks\":[");
+    for (i, r) in rows.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, &view(&state, r)).map_err(|e| bad(e.to_string()))?;
+    }
+    body.extend_from_slice(
+        format!("],\"total\":{total},\"limit\":{limit},\"offset\":{offset}}}").as_bytes(),
+    );
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn get_task(

@@ -18,6 +18,7 @@
 
 use crate::telemetry::now_ms;
 use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -695,7 +696,8 @@ impl Db {
         offset: i64,
     ) -> sqlx::Result<(Vec<TaskRow>, i64)> {
         // The page is chosen once for the tasks and once for their shards'
-        // sums, so only the page's shards are summed.
+        // sums, so only the page's shards are summed. Rows become tasks as
+        // they arrive: a page is never held twice.
         let (rows, total) = match status {
             Some(s) => {
                 let rows = sqlx::query(concat!(
@@ -711,7 +713,9 @@ impl Db {
                 .bind(s.as_str())
                 .bind(limit)
                 .bind(offset)
-                .fetch_all(&self.pool)
+                .fetch(&self.pool)
+                .map(|r| r.and_then(|r| row(&r)))
+                .try_collect::<Vec<TaskRow>>()
                 .await?;
                 let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tasks WHERE status = $1")
                     .bind(s.as_str())
@@ -732,7 +736,9 @@ impl Db {
                 .bind(offset)
                 .bind(limit)
                 .bind(offset)
-                .fetch_all(&self.pool)
+                .fetch(&self.pool)
+                .map(|r| r.and_then(|r| row(&r)))
+                .try_collect::<Vec<TaskRow>>()
                 .await?;
                 let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM tasks")
                     .fetch_one(&self.pool)
@@ -741,7 +747,7 @@ impl Db {
                 (rows, total)
             }
         };
-        Ok((rows.iter().map(row).collect::<Result<_, _>>()?, total))
+        Ok((rows, total))
     }
 
     /// A page of task `id`'s shards, in key order.
