@@ -356,3 +356,103 @@ fn an_event_stream_needs_a_websocket_and_its_own_fields() {
         assert!(stderr.contains(says), "{stderr}");
     }
 }
+
+#[test]
+fn a_30_second_pause_at_high_water_loses_no_frame_and_memory_stays_flat() {
+    const TOTAL: u64 = 20_000;
+    const BLOCKS: usize = 4096;
+    let server = AtprotoServer::start(AtprotoOptions {
+        total: TOTAL,
+        initial: 0,
+        rate: 2_000,
+        blocks: BLOCKS,
+        ..AtprotoOptions::default()
+    });
+    let redis = RedisServer::start();
+    let mut c = redis.connection();
+    let child = ingest(
+        &server,
+        &redis,
+        "paused",
+        &[
+            "--high-water",
+            "1000",
+            "--max-in-flight",
+            "2000",
+            "--progress-interval",
+            "1s",
+        ],
+    )
+    .arg("--memory")
+    .arg("64MiB")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    // Nobody reads for 30 s: the stream sits at high water, and the server
+    // goes on producing into a socket headroom has stopped reading.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while xlen(&mut c, "paused") < 1000 {
+        assert!(Instant::now() < deadline, "ingest stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let paused = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let early = common::ingest::rss_of(pid);
+    std::thread::sleep(Duration::from_secs(24));
+    let late = common::ingest::rss_of(pid);
+    let held = xlen(&mut c, "paused");
+    eprintln!(
+        "paused {:.0} s at {held} entries; rss {:.1} MiB after 5 s, {:.1} MiB after 29 s; the server produced {}",
+        paused.elapsed().as_secs_f64(),
+        early as f64 / 1048576.0,
+        late as f64 / 1048576.0,
+        server.head()
+    );
+    assert!(held < 1000 + 500, "the pause held: {held}");
+    assert!(
+        late < early + (2 << 20),
+        "rss grew from {early} to {late} while paused"
+    );
+    // A consumer now reads and trims: every frame arrives, once, in order.
+    let mut seen: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.last() != Some(&TOTAL) {
+        assert!(
+            Instant::now() < deadline,
+            "stalled after the pause at {:?}",
+            seen.last()
+        );
+        let page = entries(&mut c, "paused");
+        let Some(last) = page.last() else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        for (id, fields) in &page {
+            let seq: u64 = id[2..].parse().unwrap();
+            assert!(
+                field(fields, "data") == commit_frame(seq, BLOCKS),
+                "frame {seq}"
+            );
+            seen.push(seq);
+        }
+        let next = format!("0-{}", last.0[2..].parse::<u64>().unwrap() + 1);
+        let _: u64 = redis::cmd("XTRIM")
+            .arg("paused")
+            .arg("MINID")
+            .arg(&next)
+            .query(&mut c)
+            .unwrap();
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = seen[0];
+    assert_eq!(
+        seen,
+        (first..=TOTAL).collect::<Vec<_>>(),
+        "every frame once, in order"
+    );
+}
