@@ -456,3 +456,58 @@ fn a_30_second_pause_at_high_water_loses_no_frame_and_memory_stays_flat() {
         "every frame once, in order"
     );
 }
+
+#[test]
+fn a_redis_killed_mid_stream_loses_and_duplicates_no_frame() {
+    const TOTAL: u64 = 8_000;
+    let server = AtprotoServer::start(AtprotoOptions {
+        total: TOTAL,
+        initial: 0,
+        rate: 2_000,
+        ..AtprotoOptions::default()
+    });
+    let mut redis = RedisServer::start_durable();
+    let mut c = redis.connection();
+    let child = ingest(&server, &redis, "durable", &["--batch-size", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while xlen(&mut c, "durable") < 2_000 {
+        assert!(Instant::now() < deadline, "ingest stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.restart();
+    let mut c = redis.connection();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let last = |c: &mut redis::Connection| -> String {
+        let top: Entries = redis::cmd("XREVRANGE")
+            .arg("durable")
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(c)
+            .unwrap();
+        top.first().map(|e| e.0.clone()).unwrap_or_default()
+    };
+    while last(&mut c) != format!("0-{TOTAL}") {
+        assert!(Instant::now() < deadline, "stalled after the Redis restart");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = summary(&text(&out.stdout));
+    assert!(
+        s["redis_retries"].as_u64().unwrap() > 0,
+        "Redis never failed: {s}"
+    );
+    let got = entries(&mut c, "durable");
+    let first: u64 = got[0].0[2..].parse().unwrap();
+    assert_frames(&mut c, "durable", first..=TOTAL, 256);
+}
