@@ -560,10 +560,12 @@ pub struct IngestArgs {
     pub field: String,
 
     /// What the events are: `lines` (opaque: a line or a WebSocket message
-    /// each) or `atproto` (the AT Protocol event stream,
+    /// each), `atproto` (the AT Protocol event stream,
     /// com.atproto.sync.subscribeRepos: DAG-CBOR frames, stored under the
     /// stream ID 0-SEQ with fields `t` and `seq`, resumed after the
-    /// stream's last seq with `?cursor=`).
+    /// stream's last seq with `?cursor=`) or `jetstream` (Jetstream's JSON
+    /// events, stored under the ID MS-US of their `time_us`, resumed from
+    /// the stream's last `time_us`).
     #[arg(long, value_enum, default_value_t = crate::jobs::ingest::Format::Lines)]
     pub format: crate::jobs::ingest::Format,
 

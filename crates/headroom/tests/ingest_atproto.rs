@@ -511,3 +511,100 @@ fn a_redis_killed_mid_stream_loses_and_duplicates_no_frame() {
     let first: u64 = got[0].0[2..].parse().unwrap();
     assert_frames(&mut c, "durable", first..=TOTAL, 256);
 }
+
+#[test]
+fn jetstream_events_land_once_in_order_under_their_time_and_resume_after_a_kill() {
+    use common::atproto::{jetstream_event, time_us_of};
+    const TOTAL: u64 = 4_000;
+    let server = AtprotoServer::start(AtprotoOptions {
+        total: TOTAL,
+        initial: 200,
+        rate: 1_000,
+        jetstream: true,
+        ..AtprotoOptions::default()
+    });
+    let redis = RedisServer::start();
+    let mut c = redis.connection();
+    let jetstream = |c: &mut Command| {
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut n = Command::new(env!("CARGO_BIN_EXE_headroom"));
+        n.args(
+            args.iter()
+                .map(|a| if a == "atproto" { "jetstream" } else { a }),
+        )
+        .env_remove("HEADROOM_MEMORY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        n
+    };
+    let mut child = jetstream(&mut ingest(&server, &redis, "jet", &[]))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while xlen(&mut c, "jet") < 1_000 {
+        assert!(Instant::now() < deadline, "ingest stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = entries(&mut c, "jet");
+    let child = jetstream(&mut ingest(&server, &redis, "jet", &[]))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let last_id = {
+        let t = time_us_of(TOTAL);
+        format!("{}-{}", t / 1000, t % 1000)
+    };
+    loop {
+        let top: Entries = redis::cmd("XREVRANGE")
+            .arg("jet")
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut c)
+            .unwrap();
+        if top.first().is_some_and(|e| e.0 == last_id) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ingest stalled after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = entries(&mut c, "jet");
+    // A Jetstream entry's ID is its time_us as MS-US.
+    let us_of = |id: &str| -> u64 {
+        let (ms, us) = id.split_once('-').unwrap();
+        ms.parse::<u64>().unwrap() * 1000 + us.parse::<u64>().unwrap()
+    };
+    let first_seq = (us_of(&before[0].0) - time_us_of(0)) / 137;
+    assert!(first_seq > 200, "live, not replayed: {first_seq}");
+    assert_eq!(got.len() as u64, TOTAL - first_seq + 1, "every event once");
+    for ((id, fields), seq) in got.iter().zip(first_seq..) {
+        let t = time_us_of(seq);
+        assert_eq!(id, &format!("{}-{}", t / 1000, t % 1000));
+        assert!(field(fields, "data") == jetstream_event(seq), "event {seq}");
+        assert_eq!(
+            field(fields, "t"),
+            ["commit", "identity", "account"][(seq % 3) as usize].as_bytes()
+        );
+        assert_eq!(field(fields, "seq"), t.to_string().as_bytes());
+    }
+    let cursors = server.stats.cursors.lock().unwrap().clone();
+    let resumed = us_of(&before.last().unwrap().0);
+    assert_eq!(
+        cursors,
+        vec![None, Some(resumed)],
+        "resumed from the stream's last time_us"
+    );
+}

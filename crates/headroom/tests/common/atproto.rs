@@ -49,6 +49,9 @@ pub struct AtprotoOptions {
     pub garbage_after: Option<u64>,
     /// Replays start with the frame at the cursor (a duplicate).
     pub resend_cursor: bool,
+    /// Jetstream instead: JSON text events whose cursor is `time_us`
+    /// (see [`jetstream_event`]), replayed from the cursor inclusive.
+    pub jetstream: bool,
 }
 
 impl Default for AtprotoOptions {
@@ -62,6 +65,7 @@ impl Default for AtprotoOptions {
             too_slow_after: None,
             garbage_after: None,
             resend_cursor: false,
+            jetstream: false,
         }
     }
 }
@@ -132,6 +136,27 @@ pub fn commit_frame(seq: u64, blocks: usize) -> Vec<u8> {
     frame
 }
 
+/// Jetstream's `time_us` of event `seq`.
+pub fn time_us_of(seq: u64) -> u64 {
+    1_764_633_600_000_000 + seq * 137
+}
+
+/// The Jetstream event `seq`: a commit, identity or account event.
+pub fn jetstream_event(seq: u64) -> Vec<u8> {
+    let kind = ["commit", "identity", "account"][(seq % 3) as usize];
+    let mut v = serde_json::json!({
+        "did": format!("did:plc:test{}", seq % 7),
+        "time_us": time_us_of(seq),
+        "kind": kind,
+    });
+    if kind == "commit" {
+        v["commit"] = serde_json::json!({"rev": format!("3l{seq:011}"), "operation": "create",
+            "collection": "app.bsky.feed.post", "rkey": format!("{seq:013}"),
+            "record": {"$type": "app.bsky.feed.post", "text": "x".repeat(64)}});
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
 fn error_frame(error: &str, message: &str) -> Vec<u8> {
     let header = Ipld::Map(BTreeMap::from([("op".to_string(), Ipld::Integer(-1))]));
     let body = Ipld::Map(BTreeMap::from([
@@ -171,7 +196,12 @@ impl AtprotoServer {
         let produce = |log: &Mutex<Log>, stats: &AtprotoStats, o: &AtprotoOptions| {
             let seq = stats.head.load(Ordering::Acquire) + 1;
             let mut l = log.lock().unwrap();
-            l.frames.push_back((seq, commit_frame(seq, o.blocks)));
+            let frame = if o.jetstream {
+                jetstream_event(seq)
+            } else {
+                commit_frame(seq, o.blocks)
+            };
+            l.frames.push_back((seq, frame));
             while l.frames.len() > o.window {
                 l.frames.pop_front();
             }
@@ -237,6 +267,41 @@ fn frames_after(log: &Mutex<Log>, after: u64, include: bool) -> (Vec<(u64, Vec<u
     (frames, oldest > after + 1)
 }
 
+/// Jetstream's rules: no cursor is live; a cursor replays the events at
+/// and after its `time_us` (a cursor in the future waits for them).
+async fn jetstream(
+    mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    cursor: Option<u64>,
+    log: &Mutex<Log>,
+    stats: &AtprotoStats,
+    o: &AtprotoOptions,
+) {
+    let mut next = match cursor {
+        None => stats.head.load(Ordering::Acquire),
+        // The first event at or after the cursor is seq (c - base) / 137
+        // rounded up; replay after the one before it.
+        Some(c) => c.saturating_sub(time_us_of(0)).div_ceil(137) - 1,
+    };
+    loop {
+        let (frames, _) = frames_after(log, next, false);
+        for (seq, frame) in frames {
+            let text = String::from_utf8(frame).unwrap();
+            if ws.feed(Message::text(text)).await.is_err() {
+                return;
+            }
+            next = next.max(seq);
+        }
+        if ws.flush().await.is_err() {
+            return;
+        }
+        if stats.head.load(Ordering::Acquire) >= o.total && next >= o.total {
+            while let Some(Ok(_)) = ws.next().await {}
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn serve(
     tcp: tokio::net::TcpStream,
     o: AtprotoOptions,
@@ -261,6 +326,10 @@ async fn serve(
     let cursor = *cursor.lock().unwrap();
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.cursors.lock().unwrap().push(cursor);
+    if o.jetstream {
+        jetstream(ws, cursor, &log, &stats, &o).await;
+        return;
+    }
     let head = stats.head.load(Ordering::Acquire);
     let mut next = match cursor {
         None => head,

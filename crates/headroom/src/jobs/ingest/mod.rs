@@ -160,15 +160,19 @@ fn plan(from: &Source, args: &IngestOptions, budget: u64) -> anyhow::Result<(u64
     if args.field.is_empty() {
         bail!("--field must not be empty");
     }
-    if args.format == Format::Atproto {
+    if args.format.keyed() {
+        let name = match args.format {
+            Format::Atproto => "atproto",
+            _ => "jetstream",
+        };
         if *from == Source::Stdin {
             bail!(
-                "--format atproto reads an event stream: give a ws:// or wss:// source, not standard input"
+                "--format {name} reads an event stream: give a ws:// or wss:// source, not standard input"
             );
         }
         if ["t", "seq"].contains(&args.field.as_str()) {
             bail!(
-                "--field {}: with --format atproto, `t` and `seq` are the entry's own fields",
+                "--field {}: with --format {name}, `t` and `seq` are the entry's own fields",
                 args.field
             );
         }
@@ -273,9 +277,10 @@ pub async fn run(
     };
     // An AT Protocol stream resumes from the last sequence number the
     // stream holds (its entries' IDs are `0-SEQ`).
-    let resume = match args.format {
-        Format::Atproto => resume_point(&writer)?,
-        Format::Lines => None,
+    let resume = if args.format.keyed() {
+        resume_point(&writer, args.format)?
+    } else {
+        None
     };
     if let Some(seq) = resume {
         counters
@@ -331,21 +336,32 @@ pub async fn run(
     })
 }
 
-/// The sequence number an AT Protocol ingest resumes after: the seq of
-/// the stream's last ID (`0-SEQ`), `None` for a new stream. A stream whose
-/// IDs are not of that form was written by something else.
-fn resume_point(writer: &redis_stream::StreamWriter) -> anyhow::Result<Option<u64>> {
+/// The source position an event-stream ingest resumes after: that of the
+/// stream's last ID, `None` for a new stream. A stream whose last ID no
+/// event of this format has was written by something else.
+fn resume_point(
+    writer: &redis_stream::StreamWriter,
+    format: Format,
+) -> anyhow::Result<Option<u64>> {
     let top = writer.last_id();
     if top == StreamId::default() {
         return Ok(None);
     }
-    if top.ms != 0 {
-        bail!(
-            "stream {} was not written by an AT Protocol ingest (its last ID is {top}; this ingest's IDs are 0-SEQ): ingest into a new stream",
-            writer.target()
-        );
+    match format.seq_of(top) {
+        Some(seq) => Ok(Some(seq)),
+        None => bail!(
+            "stream {} was not written by an {} ingest (its last ID is {top}; this ingest's IDs are {}): ingest into a new stream",
+            writer.target(),
+            match format {
+                Format::Atproto => "AT Protocol",
+                _ => "Jetstream",
+            },
+            match format {
+                Format::Atproto => "0-SEQ",
+                _ => "MS-US from time_us",
+            }
+        ),
     }
-    Ok(Some(top.seq))
 }
 
 /// Gathers batches from the queue and writes them until the queue closes

@@ -93,6 +93,46 @@ pub enum Format {
     /// DAG-CBOR frames; stream IDs `0-SEQ`; the cursor is `cursor`, read
     /// back from the stream at start.
     Atproto,
+    /// Jetstream: JSON events with a `time_us` cursor (microseconds);
+    /// stream IDs `MS-US` (its milliseconds and the microseconds within
+    /// them), the cursor read back from the stream at start.
+    Jetstream,
+}
+
+impl Format {
+    /// Whether events carry their own position in the source, from which
+    /// their stream IDs are derived and the cursor is read back.
+    pub fn keyed(self) -> bool {
+        !matches!(self, Format::Lines)
+    }
+
+    /// The stream ID of the event at source position `seq`.
+    pub fn id_of(self, seq: u64) -> Option<StreamId> {
+        match self {
+            Format::Lines => None,
+            Format::Atproto => Some(StreamId { ms: 0, seq }),
+            Format::Jetstream => Some(StreamId {
+                ms: seq / 1000,
+                seq: seq % 1000,
+            }),
+        }
+    }
+
+    /// The source position of the event stored under `id`; `None` when no
+    /// event of this format has that ID (another writer's).
+    pub fn seq_of(self, id: StreamId) -> Option<u64> {
+        match self {
+            Format::Lines => None,
+            Format::Atproto => (id.ms == 0).then_some(id.seq),
+            Format::Jetstream => (id.seq < 1000)
+                .then(|| {
+                    id.ms
+                        .checked_mul(1000)
+                        .and_then(|us| us.checked_add(id.seq))
+                })
+                .flatten(),
+        }
+    }
 }
 
 /// What an AT Protocol frame is stored as.
@@ -163,9 +203,11 @@ impl ReaderContext {
         stop: watch::Receiver<bool>,
         resume_after: Option<u64>,
     ) -> Self {
-        // The AT Protocol's cursor parameter is `cursor`.
+        // The AT Protocol's and Jetstream's cursor parameter is `cursor`.
         let cursor_param = match args.format {
-            Format::Atproto => Some(args.cursor_param.clone().unwrap_or_else(|| "cursor".into())),
+            Format::Atproto | Format::Jetstream => {
+                Some(args.cursor_param.clone().unwrap_or_else(|| "cursor".into()))
+            }
             Format::Lines => args.cursor_param.clone(),
         };
         ReaderContext {
@@ -218,10 +260,7 @@ impl ReaderContext {
             .gov
             .acquire(len + EVENT_OVERHEAD, "ingest.events")
             .await;
-        let id = match self.format {
-            Format::Atproto => seq.map(|s| StreamId { ms: 0, seq: s }),
-            Format::Lines => None,
-        };
+        let id = seq.and_then(|s| self.format.id_of(s));
         let event = Event {
             data: data.into_bytes(),
             seq,
@@ -433,6 +472,15 @@ async fn read_websocket(base: &url::Url, cx: &mut ReaderContext) -> anyhow::Resu
                 // Pings are answered by tungstenite on the next read.
                 _ => continue,
             };
+            if cx.format == Format::Jetstream {
+                match cx.jetstream(data, text).await {
+                    Step::Next => continue,
+                    Step::Event => backoff = Reconnect::default(),
+                    Step::Stop => return Ok(()),
+                    Step::Drop(why) => break why,
+                }
+                continue;
+            }
             if cx.format == Format::Atproto {
                 match cx.frame(base, data, text).await? {
                     Step::Next => {}
@@ -472,6 +520,53 @@ enum Step {
 }
 
 impl ReaderContext {
+    /// Handles one Jetstream message: a JSON event whose `time_us` is its
+    /// cursor and whose `kind` its type; one without a `time_us` is
+    /// skipped.
+    async fn jetstream(&mut self, data: Bytes, text: bool) -> Step {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(default)]
+            time_us: Option<u64>,
+            #[serde(default)]
+            kind: Option<String>,
+        }
+        if !text {
+            return Step::Drop(
+                "a binary Jetstream message (zstd compression, compress=true, is not supported: subscribe without it)"
+                    .into(),
+            );
+        }
+        match serde_json::from_slice::<Head>(&data) {
+            Ok(Head {
+                time_us: Some(t),
+                kind,
+            }) if t > 0 => {
+                if self
+                    .emit_with(Payload::Owned(data), Some(t), kind.map(Into::into))
+                    .await
+                    .is_err()
+                {
+                    return Step::Stop;
+                }
+                Step::Event
+            }
+            Ok(_) => {
+                self.counters.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("skipping a Jetstream message without a time_us");
+                Step::Next
+            }
+            Err(e) => {
+                self.counters
+                    .frames_undecodable
+                    .fetch_add(1, Ordering::Relaxed);
+                Step::Drop(format!(
+                    "a Jetstream message that is not a JSON object ({e})"
+                ))
+            }
+        }
+    }
+
     /// Handles one AT Protocol frame as the spec says: a message is an
     /// event; `#info` `OutdatedCursor` is a gap, logged and counted;
     /// `ConsumerTooSlow` and undecodable frames drop the connection (the
