@@ -62,3 +62,34 @@ print("%d events in %.2f s: %.0f events/s, %.1f MiB/s, peak RSS %.1f MiB" % (
   tail -1 "$work/err"
   echo "stream length: $(redis-cli -p "$port" xlen bench)"
 done
+
+# The AT Protocol firehose: the same number of #commit frames of about
+# 1 KiB from a loopback event stream (the tests' server, replaying its
+# window from cursor 0 as fast as headroom reads), stored as frames under
+# IDs 0-SEQ with their t and seq fields.
+cargo build --release -q -p headroom --example atproto_firehose
+mkfifo "$work/hold"
+"$PWD/target/release/examples/atproto_firehose" "$events" 1024 > "$work/firehose.url" 2> "$work/firehose.err" < "$work/hold" &
+exec 9>"$work/hold"
+for _ in $(seq 600); do [ -s "$work/firehose.url" ] && break; sleep 0.1; done
+url=$(head -1 "$work/firehose.url")
+cat "$work/firehose.err"
+for batch in 500 1000; do
+  redis-cli -p "$port" del frames >/dev/null
+  echo "== headroom ingest --format atproto --batch-size $batch --memory 64MiB"
+  /usr/bin/time -f "%e s wall, peak RSS %M KiB" "$bin" --memory 64MiB --log-format json \
+    ingest --format atproto --start-cursor 0 --from "$url" --to "redis://127.0.0.1:$port/frames" \
+    --batch-size "$batch" 2> "$work/err" > "$work/out" &
+  ingest=$!
+  while [ "$(redis-cli -p "$port" xlen frames)" -lt "$events" ]; do sleep 0.2; done
+  kill -TERM "$ingest"; wait "$ingest" || true
+  python3 -c '
+import json, sys
+s = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+print("%d frames in %.2f s (until the stop): %.0f events/s, %.1f MiB/s, peak RSS %.1f MiB" % (
+    s["events_written"], s["elapsed_s"], s["events_per_second"],
+    s["bytes_per_second"] / 1048576, s["peak_rss_mb"]))' "$work/out"
+  tail -1 "$work/err"
+  echo "stream length: $(redis-cli -p "$port" xlen frames), last ID $(redis-cli -p "$port" xinfo stream frames | sed -n '/last-generated-id/{n;p}')"
+done
+exec 9>&-

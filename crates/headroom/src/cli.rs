@@ -569,6 +569,13 @@ pub struct IngestArgs {
     #[arg(long, value_enum, default_value_t = crate::jobs::ingest::Format::Lines)]
     pub format: crate::jobs::ingest::Format,
 
+    /// With --format atproto or jetstream: the cursor to start from when
+    /// the Redis stream holds none of the source's events yet (default:
+    /// live). Once it holds some, the stream's own last event is where
+    /// every start resumes.
+    #[arg(long, value_name = "N")]
+    pub start_cursor: Option<u64>,
+
     /// With --format atproto: store each frame as received (`frame`) or
     /// its body as JSON (`json`).
     #[arg(long, value_enum, default_value_t = crate::jobs::ingest::AtprotoStore::Frame)]
@@ -713,6 +720,7 @@ impl IngestArgs {
             reconnect_for: self.reconnect_for.into(),
             format: self.format,
             atproto_store: self.atproto_store,
+            start_cursor: self.start_cursor,
         }
     }
 }

@@ -295,18 +295,16 @@ fn frames_can_be_stored_as_json_bodies() {
     let redis = RedisServer::start();
     let mut c = redis.connection();
     // From the start: cursor 0 replays the whole window.
-    let _: String = redis::cmd("XADD")
-        .arg("json")
-        .arg("0-1")
-        .arg("data")
-        .arg("{}")
-        .query(&mut c)
-        .unwrap();
-    let child = ingest(&server, &redis, "json", &["--atproto-store", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = ingest(
+        &server,
+        &redis,
+        "json",
+        &["--atproto-store", "json", "--start-cursor", "0"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while xlen(&mut c, "json") < 50 {
         assert!(Instant::now() < deadline, "ingest stalled");
@@ -316,7 +314,8 @@ fn frames_can_be_stored_as_json_bodies() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait_with_output().unwrap().status.success());
     let got = entries(&mut c, "json");
-    for (i, (id, fields)) in got.iter().enumerate().skip(1) {
+    assert_eq!(got.len(), 50);
+    for (i, (id, fields)) in got.iter().enumerate() {
         let seq = i as u64 + 1;
         assert_eq!(id, &format!("0-{seq}"));
         let body: serde_json::Value = serde_json::from_slice(field(fields, "data")).unwrap();

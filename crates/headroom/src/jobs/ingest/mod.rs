@@ -79,6 +79,9 @@ pub struct IngestOptions {
     pub format: Format,
     /// What an AT Protocol frame is stored as.
     pub atproto_store: AtprotoStore,
+    /// An event stream's cursor when the Redis stream holds none of its
+    /// events yet (none: live).
+    pub start_cursor: Option<u64>,
 }
 
 impl Default for IngestOptions {
@@ -99,6 +102,7 @@ impl Default for IngestOptions {
             reconnect_for: Duration::from_secs(300),
             format: Format::Lines,
             atproto_store: AtprotoStore::Frame,
+            start_cursor: None,
         }
     }
 }
@@ -159,6 +163,9 @@ fn plan(from: &Source, args: &IngestOptions, budget: u64) -> anyhow::Result<(u64
     }
     if args.field.is_empty() {
         bail!("--field must not be empty");
+    }
+    if args.start_cursor.is_some() && !args.format.keyed() {
+        bail!("--start-cursor needs --format atproto or jetstream");
     }
     if args.format.keyed() {
         let name = match args.format {
@@ -277,8 +284,9 @@ pub async fn run(
     };
     // An AT Protocol stream resumes from the last sequence number the
     // stream holds (its entries' IDs are `0-SEQ`).
+    // The stream's own position wins over --start-cursor.
     let resume = if args.format.keyed() {
-        resume_point(&writer, args.format)?
+        resume_point(&writer, args.format)?.or(args.start_cursor)
     } else {
         None
     };
