@@ -81,14 +81,17 @@ for batch in 500 1000; do
     ingest --format atproto --start-cursor 0 --from "$url" --to "redis://127.0.0.1:$port/frames" \
     --batch-size "$batch" 2> "$work/err" > "$work/out" &
   ingest=$!
-  while [ "$(redis-cli -p "$port" xlen frames)" -lt "$events" ]; do sleep 0.2; done
+  start=$(date +%s.%N)
+  while [ "$(redis-cli -p "$port" xlen frames)" -lt "$events" ]; do sleep 0.05; done
+  end=$(date +%s.%N)
   kill -TERM "$ingest"; wait "$ingest" || true
   python3 -c '
 import json, sys
 s = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
-print("%d frames in %.2f s (until the stop): %.0f events/s, %.1f MiB/s, peak RSS %.1f MiB" % (
-    s["events_written"], s["elapsed_s"], s["events_per_second"],
-    s["bytes_per_second"] / 1048576, s["peak_rss_mb"]))' "$work/out"
+n, wall = int(sys.argv[2]), float(sys.argv[4]) - float(sys.argv[3])
+mib = s["bytes_written"] / 1048576
+print("%d frames (%.0f MiB) in %.2f s from the start to the last in the stream: %.0f events/s, %.1f MiB/s, peak RSS %.1f MiB" % (
+    n, mib, wall, n / wall, mib / wall, s["peak_rss_mb"]))' "$work/out" "$events" "$start" "$end"
   tail -1 "$work/err"
   echo "stream length: $(redis-cli -p "$port" xlen frames), last ID $(redis-cli -p "$port" xinfo stream frames | sed -n '/last-generated-id/{n;p}')"
 done
