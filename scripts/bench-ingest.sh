@@ -84,7 +84,8 @@ for batch in 500 1000; do
   start=$(date +%s.%N)
   while [ "$(redis-cli -p "$port" xlen frames)" -lt "$events" ]; do sleep 0.05; done
   end=$(date +%s.%N)
-  kill -TERM "$ingest"; wait "$ingest" || true
+  # SIGTERM to headroom itself (GNU time does not pass it on).
+  pkill -TERM -P "$ingest"; wait "$ingest" || true
   python3 -c '
 import json, sys
 s = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])

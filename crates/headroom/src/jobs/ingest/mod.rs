@@ -285,19 +285,26 @@ pub async fn run(
     // An AT Protocol stream resumes from the last sequence number the
     // stream holds (its entries' IDs are `0-SEQ`).
     // The stream's own position wins over --start-cursor.
-    let resume = if args.format.keyed() {
-        resume_point(&writer, args.format)?.or(args.start_cursor)
+    let held = if args.format.keyed() {
+        resume_point(&writer, args.format)?
     } else {
         None
     };
+    let resume = held.or(args.start_cursor);
     if let Some(seq) = resume {
         counters
             .acked_seq_plus_one
             .store(seq + 1, Ordering::Release);
-        tracing::info!(
-            "stream {} holds events up to seq {seq}: resuming after it",
-            writer.target()
-        );
+        match held {
+            Some(_) => tracing::info!(
+                "stream {} holds events up to {seq}: resuming after it",
+                writer.target()
+            ),
+            None => tracing::info!(
+                "stream {} holds none of this source's events: starting at --start-cursor {seq}",
+                writer.target()
+            ),
+        }
     }
     let reader = {
         let cx =
