@@ -180,10 +180,15 @@ impl Payload<'_> {
         }
     }
 
+    /// The event's own allocation of exactly its length, which is what
+    /// its permit pays for. A WebSocket message is copied too: tungstenite
+    /// hands out buffers with spare capacity (or slices of larger ones)
+    /// that would otherwise stay allocated, unpaid, until the event's
+    /// batch is acknowledged.
     fn into_bytes(self) -> Bytes {
         match self {
             Payload::Borrowed(b) => Bytes::copy_from_slice(b),
-            Payload::Owned(b) => b,
+            Payload::Owned(b) => Bytes::copy_from_slice(&b),
         }
     }
 }
