@@ -389,7 +389,7 @@ const SPLIT_QUEUE_BYTES: u64 = 64 << 10;
 /// `objects` keys or `bytes` bytes, whichever comes first: the last key of
 /// that part, or `None` when no more than that remains (or the source has
 /// no key order to cut by). Lists keys only, through a queue of
-/// [`SPLIT_QUEUE_BYTES`] paid for from `gov`; errors on the way are the
+/// `SPLIT_QUEUE_BYTES` paid for from `gov`; errors on the way are the
 /// copy's to report, not this look-ahead's.
 pub async fn split_point(
     src: &Location,
