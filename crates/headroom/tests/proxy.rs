@@ -518,7 +518,7 @@ fn proc_status_bytes(pid: u32, field: &str) -> u64 {
 
 #[test]
 fn memory_holds_under_32_parallel_clients_and_a_slow_reader() {
-    let (idle, peak, _) = under_load("64MiB", 32);
+    let (idle, peak, _) = under_load("64MiB", 32, Faults::default());
     assert!(
         peak <= idle + (64 << 20),
         "peak RSS {peak} exceeds the idle {idle} plus the 64 MiB budget"
@@ -532,7 +532,15 @@ fn a_full_proxy_says_slow_down_and_retried_clients_succeed() {
     // clients are told to slow down, and every one of them ends with its
     // object.
     let clients = 24;
-    let (idle, peak, slow_downs) = under_load("16MiB", clients);
+    // Every other upstream request answers after 100 ms, so requests
+    // overlap whatever the machine's speed: without it, on a busy machine
+    // clients could arrive one after another and never find it full.
+    let slow_upstream = Faults {
+        every: 2,
+        kinds: vec![Fault::Stall(std::time::Duration::from_millis(100))],
+        ..Faults::default()
+    };
+    let (idle, peak, slow_downs) = under_load("16MiB", clients, slow_upstream);
     assert!(slow_downs > 0, "no SlowDown at a budget this small");
     // The tight bound (idle + budget) is the 64 MiB test's; at a budget
     // this small the allocator's retained pages alone are a good part of
@@ -571,9 +579,9 @@ fn a_budget_smaller_than_one_request_is_refused_at_start() {
 /// `clients` parallel uploads, then as many downloads (whole and ranged)
 /// beside a slow reader, through a proxy with `memory`: the proxy's idle
 /// and peak RSS and its SlowDowns. Every client must succeed, retried.
-fn under_load(memory: &str, clients: usize) -> (u64, u64, u64) {
+fn under_load(memory: &str, clients: usize, upstream_faults: Faults) -> (u64, u64, u64) {
     const SIZE: usize = 4 << 20;
-    let upstream = S3Server::start(Faults::default());
+    let upstream = S3Server::start(upstream_faults);
     upstream.bucket("vault");
     let proxy = start_proxy(&upstream, memory);
     let pid = proxy.child.id();
