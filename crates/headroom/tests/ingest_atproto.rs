@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::atproto::{AtprotoOptions, AtprotoServer, commit_frame};
-use common::ingest::{Entries, RedisServer};
+use common::ingest::{RedisServer, entries, last_id};
 use common::text;
 
 fn ingest(server: &AtprotoServer, redis: &RedisServer, stream: &str, extra: &[&str]) -> Command {
@@ -32,26 +32,6 @@ fn ingest(server: &AtprotoServer, redis: &RedisServer, stream: &str, extra: &[&s
     .env_remove("HEADROOM_MEMORY")
     .env("RUST_LOG", "info");
     cmd
-}
-
-/// Every entry of `stream`: (ID, fields).
-fn entries(c: &mut redis::Connection, stream: &str) -> Entries {
-    let mut out = Vec::new();
-    let mut start = "-".to_string();
-    loop {
-        let page: Entries = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(5_000)
-            .query(c)
-            .expect("XRANGE");
-        let Some(last) = page.last() else { break };
-        start = format!("({}", last.0);
-        out.extend(page);
-    }
-    out
 }
 
 fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> &'a [u8] {
@@ -142,18 +122,7 @@ fn every_frame_lands_once_in_order_through_too_slow_garbage_a_duplicate_and_a_ki
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let top = |c: &mut redis::Connection| -> String {
-        let last: Entries = redis::cmd("XREVRANGE")
-            .arg("firehose")
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query(c)
-            .unwrap();
-        last.first().map(|e| e.0.clone()).unwrap_or_default()
-    };
-    while top(&mut c) != format!("0-{TOTAL}") {
+    while last_id(&mut c, "firehose") != format!("0-{TOTAL}") {
         assert!(
             Instant::now() < deadline,
             "ingest stalled after the restart"
@@ -482,18 +451,7 @@ fn a_redis_killed_mid_stream_loses_and_duplicates_no_frame() {
     redis.restart();
     let mut c = redis.connection();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let last = |c: &mut redis::Connection| -> String {
-        let top: Entries = redis::cmd("XREVRANGE")
-            .arg("durable")
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query(c)
-            .unwrap();
-        top.first().map(|e| e.0.clone()).unwrap_or_default()
-    };
-    while last(&mut c) != format!("0-{TOTAL}") {
+    while last_id(&mut c, "durable") != format!("0-{TOTAL}") {
         assert!(Instant::now() < deadline, "stalled after the Redis restart");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -554,20 +512,12 @@ fn jetstream_events_land_once_in_order_under_their_time_and_resume_after_a_kill(
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let last_id = {
+    let last_jet = {
         let t = time_us_of(TOTAL);
         format!("{}-{}", t / 1000, t % 1000)
     };
     loop {
-        let top: Entries = redis::cmd("XREVRANGE")
-            .arg("jet")
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query(&mut c)
-            .unwrap();
-        if top.first().is_some_and(|e| e.0 == last_id) {
+        if last_id(&mut c, "jet") == last_jet {
             break;
         }
         assert!(

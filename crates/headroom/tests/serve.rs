@@ -273,6 +273,12 @@ fn api_suite(backend: Backend) {
             "bogus",
         ),
         (json!({"kind": "copy", "destination": "/b"}), "source"),
+        // A spec past 16 KiB: what a page of 500 tasks holds is bounded.
+        (
+            json!({"kind": "copy", "source": "s3://serve-bucket/a", "destination": "s3://serve-bucket/b",
+                   "exclude": (0..2000).map(|i| format!("*.ext{i}")).collect::<Vec<_>>()}),
+            "at most 16384",
+        ),
     ] {
         let (status, body) = api.post(&svc.url("/api/tasks"), spec.clone());
         assert_eq!(status, 400, "{spec} -> {body}");

@@ -347,6 +347,11 @@ fn view(state: &AppState, row: TaskRow) -> serde_json::Value {
     v
 }
 
+/// A task's spec at most, stored: what bounds a page of tasks in memory
+/// (at most 500 of them, each its spec and a few hundred bytes of
+/// counters).
+const MAX_SPEC_BYTES: usize = 16 << 10;
+
 async fn create_task(
     State(state): State<Shared>,
     body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
@@ -356,6 +361,12 @@ async fn create_task(
     let v = validate(spec, &state.access.paths, &state.access.drive).map_err(bad)?;
     let id = new_id();
     let spec = serde_json::to_string(&v.spec).map_err(|e| bad(e.to_string()))?;
+    if spec.len() > MAX_SPEC_BYTES {
+        return Err(bad(format!(
+            "the task's spec is {} bytes; at most {MAX_SPEC_BYTES} (long include/exclude lists belong in fewer, wider globs)",
+            spec.len()
+        )));
+    }
     let row = state.db.insert(&id, v.spec.kind(), &spec, v.share).await?;
     state.tasks.wake();
     Ok((StatusCode::CREATED, Json(view(&state, row))))
@@ -403,6 +414,7 @@ async fn list_tasks(
     let (limit, offset) = page(&q)?;
     let (rows, total) = state.db.list(status, limit, offset).await?;
     // Written task by task: a page of 500 is never a tree of JSON values.
+    // At most `limit` (500) tasks of a spec of MAX_SPEC_BYTES each.
     let mut body = Vec::with_capacity(rows.len() * 1024 + 64);
     body.extend_from_slice(b"{\"tasks\":[");
     for (i, r) in rows.into_iter().enumerate() {

@@ -131,9 +131,7 @@ pub fn commit_frame(seq: u64, blocks: usize) -> Vec<u8> {
         ("ops".to_string(), Ipld::List(vec![op])),
         ("tooBig".to_string(), Ipld::Bool(false)),
     ]));
-    let mut frame = serde_ipld_dagcbor::to_vec(&header).unwrap();
-    frame.extend(serde_ipld_dagcbor::to_vec(&body).unwrap());
-    frame
+    frame(&header, &body)
 }
 
 /// Jetstream's `time_us` of event `seq`.
@@ -157,15 +155,20 @@ pub fn jetstream_event(seq: u64) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
+/// A frame: the header's DAG-CBOR, then the body's.
+fn frame(header: &Ipld, body: &Ipld) -> Vec<u8> {
+    let mut frame = serde_ipld_dagcbor::to_vec(header).unwrap();
+    frame.extend(serde_ipld_dagcbor::to_vec(body).unwrap());
+    frame
+}
+
 fn error_frame(error: &str, message: &str) -> Vec<u8> {
     let header = Ipld::Map(BTreeMap::from([("op".to_string(), Ipld::Integer(-1))]));
     let body = Ipld::Map(BTreeMap::from([
         ("error".to_string(), Ipld::String(error.into())),
         ("message".to_string(), Ipld::String(message.into())),
     ]));
-    let mut frame = serde_ipld_dagcbor::to_vec(&header).unwrap();
-    frame.extend(serde_ipld_dagcbor::to_vec(&body).unwrap());
-    frame
+    frame(&header, &body)
 }
 
 fn info_frame(name: &str, message: &str) -> Vec<u8> {
@@ -177,9 +180,7 @@ fn info_frame(name: &str, message: &str) -> Vec<u8> {
         ("name".to_string(), Ipld::String(name.into())),
         ("message".to_string(), Ipld::String(message.into())),
     ]));
-    let mut frame = serde_ipld_dagcbor::to_vec(&header).unwrap();
-    frame.extend(serde_ipld_dagcbor::to_vec(&body).unwrap());
-    frame
+    frame(&header, &body)
 }
 
 impl AtprotoServer {

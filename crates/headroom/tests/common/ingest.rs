@@ -125,9 +125,8 @@ impl Drop for RedisServer {
 /// A page of XRANGE: (ID, [(field, value)]).
 pub type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
 
-/// Every entry of `stream` in order, as (ID, the `data` field), read in
-/// pages.
-pub fn stream_entries(c: &mut redis::Connection, stream: &str) -> Vec<(String, Vec<u8>)> {
+/// Every entry of `stream` in order, with all its fields, read in pages.
+pub fn entries(c: &mut redis::Connection, stream: &str) -> Entries {
     let mut out = Vec::new();
     let mut start = "-".to_string();
     loop {
@@ -141,16 +140,37 @@ pub fn stream_entries(c: &mut redis::Connection, stream: &str) -> Vec<(String, V
             .expect("XRANGE");
         let Some(last) = page.last() else { break };
         start = format!("({}", last.0);
-        for (id, fields) in page {
+        out.extend(page);
+    }
+    out
+}
+
+/// Every entry of `stream` in order, as (ID, the `data` field).
+pub fn stream_entries(c: &mut redis::Connection, stream: &str) -> Vec<(String, Vec<u8>)> {
+    entries(c, stream)
+        .into_iter()
+        .map(|(id, fields)| {
             let data = fields
                 .into_iter()
                 .find(|(k, _)| k == "data")
                 .map(|(_, v)| v)
                 .expect("a data field");
-            out.push((id, data));
-        }
-    }
-    out
+            (id, data)
+        })
+        .collect()
+}
+
+/// The ID of `stream`'s last entry ("" when it has none).
+pub fn last_id(c: &mut redis::Connection, stream: &str) -> String {
+    let top: Entries = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(c)
+        .expect("XREVRANGE");
+    top.first().map(|e| e.0.clone()).unwrap_or_default()
 }
 
 /// The `seq` of a firehose event.

@@ -559,21 +559,11 @@ impl StreamWriter {
                         }
                     }
                 }
-                Err(e) => match classify(&e) {
-                    Failure::Fatal => {
-                        return Err(anyhow::Error::new(e)
-                            .context(format!("appending to {} failed", self.target)));
-                    }
-                    Failure::NotApplied => {
-                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
-                            .await?;
-                    }
-                    Failure::Unknown => {
-                        maybe_applied = true;
-                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
-                            .await?;
-                    }
-                },
+                Err(e) => {
+                    maybe_applied |= self
+                        .transaction_failed(e, &mut failing_since, &mut pause)
+                        .await?;
+                }
             }
         }
         Ok(())
@@ -656,21 +646,11 @@ impl StreamWriter {
                         }
                     }
                 }
-                Err(e) => match classify(&e) {
-                    Failure::Fatal => {
-                        return Err(anyhow::Error::new(e)
-                            .context(format!("appending to {} failed", self.target)));
-                    }
-                    Failure::NotApplied => {
-                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
-                            .await?;
-                    }
-                    Failure::Unknown => {
-                        maybe_applied = true;
-                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
-                            .await?;
-                    }
-                },
+                Err(e) => {
+                    maybe_applied |= self
+                        .transaction_failed(e, &mut failing_since, &mut pause)
+                        .await?;
+                }
             }
         }
     }
@@ -718,6 +698,28 @@ impl StreamWriter {
             *first = nth_id(*first, n);
             *done += n;
         }
+    }
+
+    /// After a transaction's error: a fatal one ends the job; else the
+    /// attempt is counted and paused for. Whether the transaction may have
+    /// been applied (the connection was lost mid-way).
+    async fn transaction_failed(
+        &self,
+        e: RedisError,
+        failing_since: &mut Option<Instant>,
+        pause: &mut Duration,
+    ) -> anyhow::Result<bool> {
+        let maybe_applied = match classify(&e) {
+            Failure::Fatal => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("appending to {} failed", self.target))
+                );
+            }
+            Failure::NotApplied => false,
+            Failure::Unknown => true,
+        };
+        self.failed(&e.to_string(), failing_since, pause).await?;
+        Ok(maybe_applied)
     }
 
     /// Counts a failed attempt and sleeps before the next; gives up after
