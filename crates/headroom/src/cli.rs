@@ -524,9 +524,15 @@ pub struct IngestArgs {
     #[arg(long, value_name = "PATH")]
     pub redis_password_file: Option<std::path::PathBuf>,
 
-    /// Events per XADD batch (one MULTI/EXEC round trip).
+    /// Events per batch (one atomic script call appends a batch).
     #[arg(long, default_value_t = IngestOptions::default().batch_size, value_name = "N")]
     pub batch_size: usize,
+
+    /// Batches in flight on the Redis connection at once. Each batch
+    /// lands only after the one before it did, so order and exactly-once
+    /// hold at any depth; 1 waits for each answer before the next batch.
+    #[arg(long, default_value_t = IngestOptions::default().pipeline, value_name = "N")]
+    pub pipeline: usize,
 
     /// Bytes per batch at most (a single larger event goes alone).
     #[arg(long, default_value_t = IngestOptions::default().batch_bytes, value_name = "SIZE")]
@@ -707,6 +713,7 @@ impl IngestArgs {
         IngestOptions {
             redis_password_file: self.redis_password_file.clone(),
             batch_size: self.batch_size,
+            pipeline: self.pipeline,
             batch_bytes: self.batch_bytes,
             flush_interval: self.flush_interval.into(),
             maxlen: self.maxlen,

@@ -88,6 +88,7 @@ fn every_websocket_event_arrives_in_order_and_none_is_missing() {
 fn high_water_stops_the_socket_memory_stays_flat_and_a_consumer_resumes_it() {
     const HIGH_WATER: u64 = 1000;
     const BATCH: u64 = 100;
+    const PIPELINE: u64 = 3;
     const MAX_IN_FLIGHT: u64 = 2000;
     const TOTAL: u64 = 60_000;
     let redis = RedisServer::start();
@@ -112,6 +113,8 @@ fn high_water_stops_the_socket_memory_stays_flat_and_a_consumer_resumes_it() {
         &HIGH_WATER.to_string(),
         "--batch-size",
         &BATCH.to_string(),
+        "--pipeline",
+        &PIPELINE.to_string(),
         "--max-in-flight",
         &MAX_IN_FLIGHT.to_string(),
         "--progress-interval",
@@ -136,9 +139,10 @@ fn high_water_stops_the_socket_memory_stays_flat_and_a_consumer_resumes_it() {
     let paused_from = Instant::now();
     while paused_from.elapsed() < Duration::from_secs(20) {
         let len = xlen(&mut c, "paused");
+        // Each batch in flight may land after the one that reached it.
         assert!(
-            len <= HIGH_WATER + BATCH,
-            "stream length {len} > high water + one batch"
+            len <= HIGH_WATER + PIPELINE * BATCH,
+            "stream length {len} > high water + the batches in flight"
         );
         rss.push(rss_of(pid));
         std::thread::sleep(Duration::from_secs(2));
@@ -542,7 +546,7 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit() {
                 "--max-in-flight".into(),
                 "1000".into(),
             ],
-            "must be at least twice --batch-size",
+            "must be at least (--pipeline + 1) x --batch-size",
         ),
     ];
     for (args, words) in cases {
@@ -663,4 +667,76 @@ fn another_writer_with_higher_ids_does_not_lose_events() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Redis refuses writes (OOM) on and off while eight batches are in
+/// flight: a batch refused in the middle of the pipeline must not let the
+/// ones behind it land first. Without the append script's guard, the
+/// batches after a refused one landed and the refused one went after them.
+#[test]
+fn batches_refused_mid_pipeline_land_again_in_order() {
+    const TOTAL: u64 = 10_000;
+    let redis = RedisServer::start();
+    let firehose = Firehose::start(FirehoseOptions {
+        total: TOTAL,
+        padding: 2048,
+        drop_every: None,
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refusals = {
+        let (stop, mut c) = (stop.clone(), redis.connection());
+        std::thread::spawn(move || {
+            // maxmemory 1: every write is refused with OOM; 0: no limit.
+            // Batches of 40 KiB take Redis several reads each, so a flip
+            // falls between two batches in flight.
+            let mut flips = 0u64;
+            let started = Instant::now();
+            while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(3) {
+                for limit in ["1", "0"] {
+                    let _: () = redis::cmd("CONFIG")
+                        .arg("SET")
+                        .arg("maxmemory")
+                        .arg(limit)
+                        .query(&mut c)
+                        .unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                flips += 1;
+            }
+            flips
+        })
+    };
+    let out = ingest_command(&[
+        "--log-format",
+        "json",
+        "ingest",
+        "--from",
+        &firehose.url(),
+        "--to",
+        &redis.url("flaky"),
+        "--batch-size",
+        "20",
+        "--pipeline",
+        "8",
+    ])
+    .output()
+    .unwrap();
+    stop.store(true, Ordering::Release);
+    let flips = refusals.join().unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut redis.connection())
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = summary_json(&text(&out.stdout));
+    eprintln!("{flips} refusal windows; {summary}");
+    assert!(
+        summary["redis_retries"].as_u64().unwrap() > 10,
+        "Redis hardly refused: {summary}"
+    );
+    assert_eq!(summary["events_written"], TOTAL, "{summary}");
+    let events = stream_entries(&mut redis.connection(), "flaky");
+    assert_exactly_in_order(&events, TOTAL);
 }

@@ -345,6 +345,8 @@ fn a_30_second_pause_at_high_water_loses_no_frame_and_memory_stays_flat() {
         &[
             "--high-water",
             "1000",
+            "--pipeline",
+            "2",
             "--max-in-flight",
             "2000",
             "--progress-interval",

@@ -2,10 +2,10 @@
 //! Redis stream, with backpressure from the stream back to the source.
 //!
 //! ```text
-//!  reader ──(event + permit)──▶ queue ──▶ writer ──MULTI/XADD…/EXEC──▶ Redis
-//!   │ waits for a permit          │ bounded in     │ waits while the stream
+//!  reader ──(event + permit)──▶ queue ──▶ writer ──script calls, --pipeline──▶ Redis
+//!   │ waits for a permit          │ bounded in     │ waits while a stream
 //!   │ (governor, bytes)           │ bytes and      │ is at --high-water
-//!   │ and for queue room          │ events         │
+//!   │ and for queue room          │ events         │ or the pipeline is full
 //!   ▼                             ▼                ▼
 //!  stops reading: TCP window closes / the pipe fills
 //! ```
@@ -19,7 +19,8 @@
 //!   nothing leaves memory unwritten);
 //! * the queue between reader and writer holds at most `--max-in-flight`
 //!   events minus one batch, and at most the budget in bytes;
-//! * the writer's own buffers (one encoded batch) are a fixed reservation.
+//! * the writer's own buffers (an encoded call per batch in flight, and
+//!   the connection's) are a fixed reservation.
 //!
 //! So a writer paused for ten minutes holds exactly what it held after ten
 //! milliseconds.
@@ -49,8 +50,10 @@ use crate::telemetry::{RateWindow, Reporter};
 pub struct IngestOptions {
     /// A file holding the Redis password (else HEADROOM_REDIS_PASSWORD).
     pub redis_password_file: Option<std::path::PathBuf>,
-    /// Events per XADD batch (one MULTI/EXEC round trip).
+    /// Events per batch (one atomic script call).
     pub batch_size: usize,
+    /// Batches in flight on the connection at once.
+    pub pipeline: usize,
     /// Bytes per batch at most (a single larger event goes alone).
     pub batch_bytes: ByteSize,
     /// Send a batch that is not full after this long.
@@ -89,6 +92,7 @@ impl Default for IngestOptions {
         IngestOptions {
             redis_password_file: None,
             batch_size: 500,
+            pipeline: 4,
             batch_bytes: ByteSize(1 << 20),
             flush_interval: Duration::from_millis(20),
             maxlen: None,
@@ -131,6 +135,8 @@ pub struct Event {
     pub id: Option<StreamId>,
     /// Its type (`#commit`, ...), stored as the entry's `t` field.
     pub kind: Option<Box<str>>,
+    /// The stream it goes to: 0 the target's, else the `--route`'s.
+    pub stream: u16,
     _permit: Permit,
 }
 
@@ -148,10 +154,14 @@ fn plan(from: &Source, args: &IngestOptions, budget: u64) -> anyhow::Result<(u64
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    if args.max_in_flight < 2 * args.batch_size {
+    if args.pipeline == 0 {
+        bail!("--pipeline must be at least 1");
+    }
+    if args.max_in_flight < (args.pipeline + 1) * args.batch_size {
         bail!(
-            "--max-in-flight ({}) must be at least twice --batch-size ({}): one batch is written while the next gathers",
+            "--max-in-flight ({}) must be at least (--pipeline + 1) x --batch-size ({} x {}): that many batches are written while the next gathers",
             args.max_in_flight,
+            args.pipeline + 1,
             args.batch_size
         );
     }
@@ -185,9 +195,11 @@ fn plan(from: &Source, args: &IngestOptions, budget: u64) -> anyhow::Result<(u64
         }
     }
     let max_event = args.max_event_size.0;
-    let writer = args.batch_bytes.0.max(max_event)
-        + args.batch_size as u64 * COMMAND_OVERHEAD
-        + CONNECTION_FOOTPRINT;
+    // Each batch in flight holds its encoded call until answered; the
+    // newest is also packed for the socket and copied into the
+    // connection's write buffer, which keeps its size.
+    let call = args.batch_bytes.0.max(max_event) + args.batch_size as u64 * COMMAND_OVERHEAD;
+    let writer = (args.pipeline as u64 + 2) * call + CONNECTION_FOOTPRINT;
     let reader = from.reader_footprint(max_event);
     let least = writer + reader + max_event + EVENT_OVERHEAD;
     if budget < least {
@@ -246,6 +258,8 @@ pub async fn run(
             maxlen: args.maxlen,
             high_water: args.high_water,
             retry_for: args.redis_retry_for,
+            pipeline: args.pipeline,
+            routes: Vec::new(),
         },
         counters.clone(),
     )
@@ -267,9 +281,10 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signals = tokio::spawn(stop_on_signals(stop_tx));
-    // One event waits in the reader and up to a batch in the writer; the
-    // queue holds the rest of --max-in-flight.
-    let queue_events = args.max_in_flight - args.batch_size - 1;
+    // One event waits in the reader and up to --pipeline batches in the
+    // writer, with one gathering; the queue holds the rest of
+    // --max-in-flight.
+    let queue_events = args.max_in_flight - (args.pipeline + 1) * args.batch_size - 1;
     let (tx, rx) = channel::bounded::<Event>(gov.budget(), queue_events);
 
     let started = Instant::now();
@@ -312,7 +327,7 @@ pub async fn run(
         let from = from.clone();
         tokio::spawn(async move { source::read(&from, cx).await })
     };
-    let written = write_loop(rx, &mut writer, args, &counters).await;
+    let written = write_loop(rx, &mut writer, args).await;
     // A failed writer dropped the queue: the reader stops at its next send.
     let read = match reader.await {
         Ok(r) => r,
@@ -351,54 +366,72 @@ pub async fn run(
     })
 }
 
-/// The source position an event-stream ingest resumes after: that of the
-/// stream's last ID, `None` for a new stream. A stream whose last ID no
-/// event of this format has was written by something else.
+/// The source position an event-stream ingest resumes after: the highest
+/// of its streams' last IDs, `None` when they are new. Batches land whole
+/// and in source order across the streams, so every event up to that
+/// position is in its stream. A stream whose last ID no event of this
+/// format has was written by something else.
 fn resume_point(
     writer: &redis_stream::StreamWriter,
     format: Format,
 ) -> anyhow::Result<Option<u64>> {
-    let top = writer.last_id();
-    if top == StreamId::default() {
-        return Ok(None);
+    let mut resume = None;
+    for (i, top) in writer.last_ids().into_iter().enumerate() {
+        if top == StreamId::default() {
+            continue;
+        }
+        match format.seq_of(top) {
+            Some(seq) => resume = resume.max(Some(seq)),
+            None => bail!(
+                "stream {} was not written by an {} ingest (its last ID is {top}; this ingest's IDs are {}): ingest into a new stream",
+                writer.stream_key(i),
+                match format {
+                    Format::Atproto => "AT Protocol",
+                    _ => "Jetstream",
+                },
+                match format {
+                    Format::Atproto => "0-SEQ",
+                    _ => "MS-US from time_us",
+                }
+            ),
+        }
     }
-    match format.seq_of(top) {
-        Some(seq) => Ok(Some(seq)),
-        None => bail!(
-            "stream {} was not written by an {} ingest (its last ID is {top}; this ingest's IDs are {}): ingest into a new stream",
-            writer.target(),
-            match format {
-                Format::Atproto => "AT Protocol",
-                _ => "Jetstream",
-            },
-            match format {
-                Format::Atproto => "0-SEQ",
-                _ => "MS-US from time_us",
-            }
-        ),
-    }
+    Ok(resume)
 }
 
 /// Gathers batches from the queue and writes them until the queue closes
-/// and is empty. A batch closes at `--batch-size` events, `--batch-bytes`
-/// bytes, or `--flush-interval` after its first event.
+/// and is empty, then waits for the last answers. A batch closes at
+/// `--batch-size` events, `--batch-bytes` bytes, or `--flush-interval`
+/// after its first event.
 async fn write_loop(
     mut rx: channel::Receiver<Event>,
     writer: &mut redis_stream::StreamWriter,
     args: &IngestOptions,
-    counters: &IngestCounters,
 ) -> anyhow::Result<()> {
-    let mut batch: Vec<Event> = Vec::with_capacity(args.batch_size);
     let mut carried: Option<Event> = None;
     loop {
         let first = match carried.take() {
             Some(e) => e,
-            None => match rx.recv().await {
-                Some(e) => e,
-                None => return Ok(()),
-            },
+            None => {
+                // While no event comes, answers are taken as they arrive,
+                // so a quiet source's last events are acknowledged.
+                let next = loop {
+                    if writer.idle() {
+                        break rx.recv().await;
+                    }
+                    tokio::select! {
+                        e = rx.recv() => break e,
+                        () = writer.answered() => writer.settle_front().await?,
+                    }
+                };
+                match next {
+                    Some(e) => e,
+                    None => return writer.flush().await,
+                }
+            }
         };
         let mut bytes = first.data.len() as u64;
+        let mut batch: Vec<Event> = Vec::with_capacity(args.batch_size);
         batch.push(first);
         let deadline = tokio::time::Instant::now() + args.flush_interval;
         while batch.len() < args.batch_size {
@@ -419,20 +452,7 @@ async fn write_loop(
             bytes += len;
             batch.push(e);
         }
-        writer.wait_below_high_water().await?;
-        writer.write(&batch).await?;
-        if let Some(seq) = batch.iter().rev().find_map(|e| e.seq) {
-            counters
-                .acked_seq_plus_one
-                .store(seq + 1, Ordering::Release);
-        }
-        counters.batches.fetch_add(1, Ordering::Relaxed);
-        counters.bytes_written.fetch_add(bytes, Ordering::AcqRel);
-        counters
-            .events_written
-            .fetch_add(batch.len() as u64, Ordering::AcqRel);
-        // Acknowledged: the events and their permits go.
-        batch.clear();
+        writer.write(batch).await?;
     }
 }
 

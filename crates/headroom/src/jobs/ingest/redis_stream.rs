@@ -3,33 +3,41 @@
 //!
 //! # Exactly once, in order, across Redis failures
 //!
-//! A pipelined batch whose connection drops may have been applied in full,
-//! in part, or not at all, and the client cannot tell which. Retrying it
-//! blindly would duplicate events; skipping it would lose them. So:
+//! headroom assigns every entry's ID itself: `<ms>-<seq>`, increasing, as
+//! Redis's own `*` would for opaque events; the event's own position for
+//! the AT Protocol and Jetstream (`0-SEQ`, `MS-US`). Each batch is one
+//! call of a Lua script ([`APPEND_SCRIPT`]), which Redis runs atomically,
+//! and several batches are in flight at once on the connection
+//! (`--pipeline`). The script first checks that every stream's
+//! `last-generated-id` is where this writer left it after the batch
+//! before; only then does it append. So:
 //!
-//! * Each batch is one `MULTI` … `EXEC` transaction: Redis applies all of
-//!   it or none of it.
-//! * headroom assigns the entry IDs itself (`<ms>-<seq>`, increasing, as
-//!   Redis's own `*` would), so a batch's last ID says whether it landed.
-//! * After a failure whose outcome is unknown, the writer asks the stream
-//!   for its `last-generated-id` (which trimming never lowers): if it is at
-//!   or past the batch's last ID, the batch was applied; otherwise the same
-//!   batch, with the same IDs, is sent again.
+//! * a batch lands only after every earlier batch landed whole: if one is
+//!   refused (OOM, a failover) or lost with its connection, each batch
+//!   behind it finds the stream elsewhere and refuses itself;
+//! * after a failure the writer waits for every answer in flight, reads
+//!   the streams' `last-generated-id` (which trimming never lowers), and
+//!   sends again, in order, exactly the events above it: those at or
+//!   below it landed (a batch whose answer was lost), and, IDs being
+//!   fixed, a replayed event is never added twice.
 //!
-//! This assumes headroom is the stream's only writer, as an ingester is.
-//! If another writer adds entries with higher IDs, headroom notices the
-//! conflict, takes IDs above the new top and goes on.
+//! This assumes headroom is the streams' only writer, as an ingester is.
+//! If another client adds entries, the guard notices: opaque events go
+//! after its entries; an event with its own ID must find the same event
+//! already there, else the ingest stops rather than write out of order.
 //!
 //! # High water
 //!
-//! Every transaction ends with `XLEN`, so the writer knows the stream's
-//! length after each batch without an extra round trip. Before a batch, if
-//! that length is at or above `--high-water`, it polls `XLEN` (20 ms,
-//! doubling to 500 ms) until a consumer has trimmed the stream below it;
-//! meanwhile nothing is written, the bounded queue behind the writer fills,
-//! and the reader stops reading. The stream never holds more than
-//! high-water + one batch entries because of headroom.
+//! Every batch's answer is the streams' lengths, so the writer knows them
+//! without an extra round trip. Before a batch, if a stream's length is at
+//! or above `--high-water`, it waits for the answers in flight and then
+//! polls `XLEN` (20 ms, doubling to 500 ms) until a consumer has trimmed
+//! the stream below it; meanwhile nothing is written, the bounded queue
+//! behind the writer fills, and the reader stops reading. A stream never
+//! holds more than high-water + `--pipeline` batches of entries because
+//! of headroom.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -217,51 +225,70 @@ impl StreamId {
     }
 }
 
-/// Reads the replies of one transaction of `n` XADDs and an XLEN: the
-/// stream's length, how many were added, and the first refusal. Within one
-/// EXEC nobody else writes, so only an ID at or below the top (another
-/// writer's entries) fails, and such failures come first.
-fn tally(results: Vec<Value>, n: usize) -> (Option<u64>, usize, Option<redis::ServerError>) {
-    let mut length = None;
-    let mut added = 0;
-    let mut refused = None;
-    for (i, r) in results.into_iter().enumerate() {
-        match r {
-            Value::Int(len) if i == n => length = Some(len as u64),
-            Value::ServerError(e) => {
-                refused.get_or_insert(e);
-            }
-            _ => added += 1,
-        }
-    }
-    (length, added, refused)
-}
+/// Every batch is one call of this script, atomic in Redis. It first
+/// checks that each stream's `last-generated-id` is where this writer left
+/// it after the batch before; only then does it append the batch. So with
+/// several batches in flight a batch can land only after every earlier
+/// one landed whole: if one is refused (an OOM, a failover, a lost
+/// connection), each later one finds the stream moved, refuses itself, and
+/// they are all sent again in order. It returns each stream's length.
+///
+/// KEYS: the streams. ARGV: each stream's expected last ID, the event
+/// field, `MAXLEN ~` ("" for none), then per event: its stream's index
+/// (from 1), ID, data, `t` ("" for none) and `seq` ("" for none).
+const APPEND_SCRIPT: &str = r"
+local n = #KEYS
+for i = 1, n do
+  local top = '0-0'
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[i])
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then top = info[j + 1]; break end
+    end
+  end
+  if top ~= ARGV[i] then
+    return redis.error_reply('HEADROOM_MOVED ' .. (i - 1) .. ' ' .. top)
+  end
+end
+local field, maxlen = ARGV[n + 1], ARGV[n + 2]
+for j = n + 3, #ARGV, 5 do
+  local cmd = {'XADD', KEYS[tonumber(ARGV[j])]}
+  if maxlen ~= '' then
+    cmd[#cmd + 1] = 'MAXLEN'; cmd[#cmd + 1] = '~'; cmd[#cmd + 1] = maxlen
+  end
+  cmd[#cmd + 1] = ARGV[j + 1]
+  cmd[#cmd + 1] = field
+  cmd[#cmd + 1] = ARGV[j + 2]
+  if ARGV[j + 3] ~= '' then cmd[#cmd + 1] = 't'; cmd[#cmd + 1] = ARGV[j + 3] end
+  if ARGV[j + 4] ~= '' then cmd[#cmd + 1] = 'seq'; cmd[#cmd + 1] = ARGV[j + 4] end
+  redis.call(unpack(cmd))
+end
+local lengths = {}
+for i = 1, n do lengths[i] = redis.call('XLEN', KEYS[i]) end
+return lengths
+";
 
-/// What a failed write means for the batch.
+/// What a failed batch means.
 #[derive(Debug, PartialEq, Eq)]
 enum Failure {
-    /// Nothing was applied; send the batch again after a pause.
+    /// The script refused the batch before writing: a stream was not
+    /// where this writer left it (an earlier batch did not land, or
+    /// another client wrote). Nothing of it was applied.
+    Moved,
+    /// Refused before anything was written (OOM, a replica, loading).
     NotApplied,
-    /// The batch may have been applied: ask the stream before resending.
+    /// The batch may have been applied, whole or a prefix of it (a
+    /// connection lost mid-way): the streams' last IDs tell.
     Unknown,
-    /// Retrying cannot help (wrong key type, bad configuration).
+    /// Retrying cannot help (wrong key type, IDs Redis refuses).
     Fatal,
-}
-
-/// Whether a refused XADD only lost a race with another writer's higher
-/// IDs (`ERR The ID specified in XADD is equal or smaller than the target
-/// stream top item`), which sending after them fixes.
-fn is_id_conflict(e: &redis::ServerError) -> bool {
-    e.details().is_some_and(|d| d.contains("equal or smaller"))
 }
 
 fn classify(e: &RedisError) -> Failure {
     let detail = e.detail().unwrap_or("");
     match e.code() {
+        Some("HEADROOM_MOVED") => return Failure::Moved,
         Some("WRONGTYPE") => return Failure::Fatal,
-        Some("EXECABORT") if detail.contains("WRONGTYPE") => return Failure::Fatal,
-        // Refused at queue time (e.g. OOM): the transaction was discarded.
-        Some("EXECABORT") => return Failure::NotApplied,
         Some(
             "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "OOM" | "NOREPLICAS",
         ) => {
@@ -269,28 +296,69 @@ fn classify(e: &RedisError) -> Failure {
         }
         _ => {}
     }
+    // An error raised inside the script carries the command's own words.
+    if detail.contains("WRONGTYPE")
+        || detail.contains("The ID specified in XADD")
+        || detail.contains("exhausted the last possible ID")
+    {
+        return Failure::Fatal;
+    }
+    if detail.contains("OOM command not allowed") {
+        return Failure::NotApplied;
+    }
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return Failure::Unknown;
     }
     match e.retry_method() {
-        redis::RetryMethod::NoRetry => Failure::Fatal,
+        redis::RetryMethod::NoRetry
+            if e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+        {
+            Failure::Fatal
+        }
         _ => Failure::Unknown,
     }
 }
 
-/// Appends batches of events to one stream; see the [module docs](self).
+/// One stream the writer appends to.
+struct Stream {
+    key: String,
+    /// The last ID sent to this stream: the next batch's guard.
+    sent: StreamId,
+    /// The stream's length after the last acknowledged batch or poll.
+    length: u64,
+}
+
+/// A batch sent and not yet answered.
+struct InFlight {
+    events: Vec<Event>,
+    /// The ID each event was sent under.
+    ids: Vec<StreamId>,
+    bytes: u64,
+    reply: futures::future::BoxFuture<'static, Result<Value, RedisError>>,
+}
+
+/// A batch whose outcome a failure left open, waiting to be sent again.
+struct Unsettled {
+    events: Vec<Event>,
+    ids: Vec<StreamId>,
+    failure: Failure,
+}
+
+/// Appends batches of events to one or more streams, several batches in
+/// flight; see the [module docs](self).
 pub struct StreamWriter {
     con: ConnectionManager,
     target: Target,
+    streams: Vec<Stream>,
     field: String,
-    maxlen: Option<u64>,
+    maxlen: Option<String>,
     high_water: Option<u64>,
     retry_for: Duration,
-    /// The last ID assigned (and, once its batch is acknowledged, written).
-    last_id: StreamId,
-    /// The stream's length after our last write or poll; consumers only
-    /// lower it.
-    length: u64,
+    pipeline: usize,
+    in_flight: VecDeque<InFlight>,
+    /// Since when every attempt failed, and the pause before the next.
+    failing_since: Option<Instant>,
+    pause: Duration,
     counters: Arc<IngestCounters>,
 }
 
@@ -300,11 +368,16 @@ pub struct WriterOptions {
     pub maxlen: Option<u64>,
     pub high_water: Option<u64>,
     pub retry_for: Duration,
+    /// Batches in flight at once, at least 1.
+    pub pipeline: usize,
+    /// Streams besides the target's, in the order events name them
+    /// (`Event::stream` 1, 2, ...).
+    pub routes: Vec<String>,
 }
 
 impl StreamWriter {
-    /// Connects, checks that the key is a stream (or absent) and reads
-    /// where the stream stands. Fails at once when Redis is unreachable.
+    /// Connects, checks that every key is a stream (or absent) and reads
+    /// where the streams stand. Fails at once when Redis is unreachable.
     pub async fn connect(
         target: Target,
         options: WriterOptions,
@@ -318,50 +391,63 @@ impl StreamWriter {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
-        let mut con = ConnectionManager::new_with_config(client, config)
+        let con = ConnectionManager::new_with_config(client, config)
             .await
             .with_context(|| format!("cannot connect to Redis at {target}"))?;
-        let kind: String = redis::cmd("TYPE")
-            .arg(&target.stream)
-            .query_async(&mut con)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot read the type of key {:?} at {target}",
-                    target.stream
-                )
-            })?;
-        if kind != "stream" && kind != "none" {
-            bail!(
-                "Redis key {:?} in database {} holds a {kind}, not a stream: choose another stream name or delete the key",
-                target.stream,
-                target.db
-            );
-        }
+        let keys = std::iter::once(target.stream.clone()).chain(options.routes);
         let mut writer = StreamWriter {
             con,
+            streams: keys
+                .map(|key| Stream {
+                    key,
+                    sent: StreamId::default(),
+                    length: 0,
+                })
+                .collect(),
             target,
             field: options.field,
-            maxlen: options.maxlen,
+            maxlen: options.maxlen.map(|n| n.to_string()),
             high_water: options.high_water,
             retry_for: options.retry_for,
-            last_id: StreamId::default(),
-            length: 0,
+            pipeline: options.pipeline.max(1),
+            in_flight: VecDeque::new(),
+            failing_since: None,
+            pause: Duration::from_millis(50),
             counters,
         };
-        let (top, length) = writer
-            .stream_state()
+        for i in 0..writer.streams.len() {
+            let key = writer.streams[i].key.clone();
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut writer.con)
+                .await
+                .with_context(|| {
+                    format!("cannot read the type of key {key:?} at {}", writer.target)
+                })?;
+            if kind != "stream" && kind != "none" {
+                bail!(
+                    "Redis key {key:?} in database {} holds a {kind}, not a stream: choose another stream name or delete the key",
+                    writer.target.db
+                );
+            }
+        }
+        writer
+            .resync()
             .await
             .with_context(|| format!("cannot read stream {}", writer.target))?;
-        writer.last_id = top.unwrap_or_default();
-        writer.set_length(length);
         Ok(writer)
     }
 
-    /// The stream's last generated ID when the writer connected, or after
-    /// its last write.
-    pub fn last_id(&self) -> StreamId {
-        self.last_id
+    /// Each stream's last generated ID when the writer connected, or after
+    /// its last write, in the order of [`WriterOptions::routes`] (the
+    /// target's stream first).
+    pub fn last_ids(&self) -> Vec<StreamId> {
+        self.streams.iter().map(|s| s.sent).collect()
+    }
+
+    /// The name of stream `i` (0: the target's).
+    pub fn stream_key(&self, i: usize) -> &str {
+        &self.streams[i].key
     }
 
     /// The target written to.
@@ -369,88 +455,91 @@ impl StreamWriter {
         &self.target
     }
 
-    fn set_length(&mut self, length: u64) {
-        self.length = length;
-        self.counters.stream_length.store(length, Ordering::Relaxed);
+    fn set_length(&mut self, i: usize, length: u64) {
+        self.streams[i].length = length;
+        // The summary shows the longest: the one high water waits for.
+        let longest = self.streams.iter().map(|s| s.length).max().unwrap_or(0);
+        self.counters
+            .stream_length
+            .store(longest, Ordering::Relaxed);
     }
 
-    /// The stream's last generated ID (`None` if it does not exist) and
-    /// its length.
-    async fn stream_state(&mut self) -> Result<(Option<StreamId>, u64), RedisError> {
-        let (kind, info): (String, Value) = redis::pipe()
-            .cmd("TYPE")
-            .arg(&self.target.stream)
-            .cmd("XINFO")
-            .arg("STREAM")
-            .arg(&self.target.stream)
-            .ignore_errors()
-            .query_async(&mut self.con)
-            .await?;
-        if kind == "none" {
-            return Ok((None, 0));
+    /// Reads every stream's last generated ID (the default ID for one
+    /// that does not exist) and length into `sent` and `length`.
+    async fn resync(&mut self) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        for s in &self.streams {
+            pipe.cmd("TYPE")
+                .arg(&s.key)
+                .cmd("XINFO")
+                .arg("STREAM")
+                .arg(&s.key);
         }
-        let fields = match info {
-            Value::Array(v) => v,
-            Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-            Value::ServerError(e) => return Err(e.into()),
-            other => {
-                return Err(RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "unexpected XINFO STREAM reply",
-                    format!("{other:?}"),
-                )));
-            }
-        };
-        let mut top = None;
-        let mut length = 0;
-        for pair in fields.chunks(2) {
-            let [k, v] = pair else { break };
-            let key: String = redis::from_redis_value_ref(k).unwrap_or_default();
-            match key.as_str() {
-                "last-generated-id" => {
-                    let s: String = redis::from_redis_value_ref(v)?;
-                    top = s.parse().ok();
-                }
-                "length" => length = redis::from_redis_value_ref(v)?,
-                _ => {}
-            }
+        let replies: Vec<Value> = pipe.ignore_errors().query_async(&mut self.con).await?;
+        for (i, pair) in replies.chunks(2).enumerate() {
+            let [kind, info] = pair else { break };
+            let kind: String = redis::from_redis_value_ref(kind)?;
+            let (top, length) = if kind == "none" {
+                (None, 0)
+            } else {
+                stream_info(info)?
+            };
+            self.streams[i].sent = top.unwrap_or_default();
+            self.set_length(i, length);
         }
-        Ok((top, length))
+        Ok(())
     }
 
-    /// Waits while the stream holds `--high-water` entries or more.
-    pub async fn wait_below_high_water(&mut self) -> anyhow::Result<()> {
+    /// Whether a stream held `--high-water` entries or more when last
+    /// seen.
+    fn at_high_water(&self) -> bool {
+        self.high_water
+            .is_some_and(|hw| self.streams.iter().any(|s| s.length >= hw))
+    }
+
+    /// Waits while a stream holds `--high-water` entries or more. What is
+    /// in flight is settled first, so the lengths are current.
+    async fn wait_below_high_water(&mut self) -> anyhow::Result<()> {
         let Some(high_water) = self.high_water else {
             return Ok(());
         };
-        if self.length < high_water {
+        if !self.at_high_water() {
             return Ok(());
         }
+        self.flush().await?;
         let mut poll = Duration::from_millis(20);
-        let mut failing: Option<(Instant, RedisError)> = None;
+        let mut failing: Option<Instant> = None;
         loop {
-            match redis::cmd("XLEN")
-                .arg(&self.target.stream)
-                .query_async::<u64>(&mut self.con)
-                .await
-            {
-                Ok(length) => {
+            let mut pipe = redis::pipe();
+            for s in &self.streams {
+                pipe.cmd("XLEN").arg(&s.key);
+            }
+            match pipe.query_async::<Vec<u64>>(&mut self.con).await {
+                Ok(lengths) => {
                     failing = None;
-                    self.set_length(length);
-                    if length < high_water {
+                    for (i, length) in lengths.into_iter().enumerate() {
+                        self.set_length(i, length);
+                    }
+                    if !self.at_high_water() {
                         self.counters.end_backpressure();
                         return Ok(());
                     }
                     if self.counters.start_backpressure() {
+                        let full: Vec<String> = self
+                            .streams
+                            .iter()
+                            .filter(|s| s.length >= high_water)
+                            .map(|s| format!("{} holds {}", s.key, s.length))
+                            .collect();
                         tracing::info!(
-                            "stream {} holds {length} entries (high water {high_water}): pausing until a consumer trims it",
-                            self.target
+                            "stream {} (high water {high_water}): pausing until a consumer trims it",
+                            full.join(", stream ")
                         );
                     }
                 }
                 Err(e) => {
                     self.counters.redis_retries.fetch_add(1, Ordering::Relaxed);
-                    let since = failing.as_ref().map_or_else(Instant::now, |f| f.0);
+                    let since = *failing.get_or_insert_with(Instant::now);
                     if since.elapsed() > self.retry_for {
                         bail!(
                             "Redis at {} has failed for {:?}: {e}",
@@ -459,7 +548,6 @@ impl StreamWriter {
                         );
                     }
                     tracing::warn!("reading the length of {}: {e}; retrying", self.target);
-                    failing = Some((since, e));
                 }
             }
             tokio::time::sleep(poll).await;
@@ -467,203 +555,314 @@ impl StreamWriter {
         }
     }
 
-    /// Appends `batch` exactly once and in order, retrying through Redis
-    /// errors and restarts for up to `--redis-retry-for`. Events that carry
-    /// their own IDs (derived from the source's sequence numbers) go by
-    /// [`write_keyed`](Self::write_keyed).
-    pub async fn write(&mut self, batch: &[Event]) -> anyhow::Result<()> {
-        if batch.first().is_some_and(|e| e.id.is_some()) {
-            return self.write_keyed(batch).await;
+    /// Appends `batch` after every batch before it, exactly once and in
+    /// order, retrying through Redis errors and restarts for up to
+    /// `--redis-retry-for`. Returns once the batch is sent and at most
+    /// `pipeline - 1` batches are unanswered; [`flush`](Self::flush) waits
+    /// for the rest. Events are acknowledged (counted, their permits
+    /// released) as their batches' answers arrive, in order.
+    pub async fn write(&mut self, batch: Vec<Event>) -> anyhow::Result<()> {
+        while self.in_flight.len() >= self.pipeline {
+            self.settle_front().await?;
         }
-        // `batch[done..end]` is still to be written, with IDs from `first`
-        // on (`end` is short of the batch only after an ID conflict).
-        let mut done = 0;
-        let mut end = batch.len();
-        let mut first = self.last_id.next(crate::telemetry::now_ms());
-        let mut maybe_applied = false;
-        let mut failing_since: Option<Instant> = None;
-        let mut pause = Duration::from_millis(50);
-        while done < end {
-            let rest = &batch[done..end];
-            if maybe_applied {
-                // The script runs whole or not at all, but a connection
-                // lost mid-way leaves us not knowing which: the stream's
-                // last-generated-id says how much of `rest` landed.
-                match self.stream_state().await {
-                    Ok((top, length)) => {
-                        maybe_applied = false;
-                        let landed = applied_prefix(first, rest.len(), top);
-                        if landed > 0 {
-                            tracing::info!(
-                                "{landed} events were written before the connection failed; not sending them again"
-                            );
-                            self.set_length(length);
-                            self.landed(&mut first, &mut done, landed);
-                            continue;
-                        }
-                    }
-                    Err(e) => {
-                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
-                            .await?;
-                        continue;
-                    }
-                }
-            }
-            let reply = self
-                .transaction(rest, first)
-                .query_async::<Vec<Value>>(&mut self.con)
-                .await;
-            match reply {
-                Ok(results) => {
-                    let (length, added, refused) = tally(results, rest.len());
-                    if let Some(length) = length {
-                        self.set_length(length);
-                    }
-                    match refused {
-                        None => self.landed(&mut first, &mut done, rest.len()),
-                        Some(e) if e.code() == "WRONGTYPE" => {
-                            bail!("appending to {} failed: {e:?}", self.target);
-                        }
-                        // Anything but another writer's higher IDs (a
-                        // stream at the largest ID, say) cannot be helped
-                        // by sending again.
-                        Some(e) if !is_id_conflict(&e) => {
-                            bail!("Redis refused to append to {}: {e:?}", self.target);
-                        }
-                        Some(e) => {
-                            // The refused ones are the first of `rest`;
-                            // the rest landed. Resend the refused ones after
-                            // the other writer's entries.
-                            let refused = rest.len() - added;
-                            if added > 0 {
-                                self.last_id = nth_id(first, rest.len() - 1);
-                            }
-                            end = done + refused;
-                            let (top, _) = self.stream_state().await.unwrap_or_default();
-                            first = top
-                                .unwrap_or_default()
-                                .max(self.last_id)
-                                .next(crate::telemetry::now_ms());
-                            tracing::warn!(
-                                "stream {} has entries from another client above headroom's IDs; {refused} events go after them ({e:?})",
-                                self.target,
-                            );
-                            if added == 0 {
-                                // No progress: pause, and count it against
-                                // --redis-retry-for, like any refusal.
-                                self.failed(&format!("{e:?}"), &mut failing_since, &mut pause)
-                                    .await?;
-                            } else {
-                                self.counters.redis_retries.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    maybe_applied |= self
-                        .transaction_failed(e, &mut failing_since, &mut pause)
-                        .await?;
-                }
-            }
+        self.wait_below_high_water().await?;
+        self.send(batch, false).await
+    }
+
+    /// Waits until every batch sent is acknowledged.
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        while !self.in_flight.is_empty() {
+            self.settle_front().await?;
         }
         Ok(())
     }
 
-    /// Appends events whose IDs are their own (`Event::id`, increasing):
-    /// those at or below the stream's last ID are already in it (a replay,
-    /// or a batch that landed before its answer was lost) and are not sent
-    /// again, so an event can never enter the stream twice. An ID refused
-    /// because the stream is past it is checked: the entry there must be
-    /// the same event, else another writer is in the way and nothing is
-    /// written out of order.
-    async fn write_keyed(&mut self, batch: &[Event]) -> anyhow::Result<()> {
-        let mut failing_since: Option<Instant> = None;
-        let mut pause = Duration::from_millis(50);
-        let mut maybe_applied = false;
-        let mut from = 0;
-        loop {
-            if maybe_applied {
-                match self.stream_state().await {
-                    Ok((top, length)) => {
-                        maybe_applied = false;
-                        self.set_length(length);
-                        self.last_id = self.last_id.max(top.unwrap_or_default());
+    /// Gives the events their IDs and sends them as one script call.
+    /// Events that carry their own IDs (derived from the source's sequence
+    /// numbers) at or below their stream's last ID are already in it (a
+    /// replay, or a batch that landed before its answer was lost) and are
+    /// not sent again, so an event can never enter a stream twice; after
+    /// a `Moved` refusal (`check`) such an event is first checked to be
+    /// the one the stream holds.
+    async fn send(&mut self, batch: Vec<Event>, check: bool) -> anyhow::Result<()> {
+        let mut events = Vec::with_capacity(batch.len());
+        let mut ids = Vec::with_capacity(batch.len());
+        let after: Vec<StreamId> = self.streams.iter().map(|s| s.sent).collect();
+        let now = crate::telemetry::now_ms();
+        for event in batch {
+            let stream = usize::from(event.stream);
+            let id = match event.id {
+                Some(own) if own <= self.streams[stream].sent => {
+                    if check {
+                        self.check_present(stream, &event).await?;
                     }
-                    Err(e) => {
-                        self.failed(&e.to_string(), &mut failing_since, &mut pause)
-                            .await?;
-                        continue;
-                    }
+                    self.counters
+                        .replays_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-            }
-            while batch
-                .get(from)
-                .is_some_and(|e| e.id.unwrap_or_default() <= self.last_id)
-            {
-                self.counters
-                    .replays_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                from += 1;
-            }
-            let rest = &batch[from..];
-            if rest.is_empty() {
-                return Ok(());
-            }
-            let reply = self
-                .transaction(rest, StreamId::default())
-                .query_async::<Vec<Value>>(&mut self.con)
-                .await;
-            match reply {
-                Ok(results) => {
-                    let (length, added, refused) = tally(results, rest.len());
-                    if let Some(length) = length {
-                        self.set_length(length);
-                    }
-                    match refused {
-                        None => {
-                            self.last_id = rest[rest.len() - 1].id.unwrap_or_default();
-                            return Ok(());
-                        }
-                        Some(e) if !is_id_conflict(&e) => {
-                            bail!("Redis refused to append to {}: {e:?}", self.target);
-                        }
-                        Some(e) => {
-                            // The refused ones come first: the stream is
-                            // past them. They must be these very events.
-                            let refused = rest.len() - added;
-                            for event in &rest[..refused] {
-                                self.check_present(event).await.with_context(|| {
-                                    format!("appending to {} failed ({e:?})", self.target)
-                                })?;
-                            }
-                            if added > 0 {
-                                self.last_id = rest[rest.len() - 1].id.unwrap_or_default();
-                                return Ok(());
-                            }
-                            self.last_id =
-                                self.last_id.max(rest[refused - 1].id.unwrap_or_default());
-                            from += refused;
-                        }
-                    }
+                Some(own) => own,
+                // With one `now` for the batch, its IDs are consecutive
+                // in one millisecond, as Redis's `*` would give them.
+                None => self.streams[stream].sent.next(now),
+            };
+            self.streams[stream].sent = id;
+            events.push(event);
+            ids.push(id);
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let bytes = events.iter().map(|e| e.data.len() as u64).sum();
+        let cmd = self.script_call(&events, &ids, &after);
+        let mut con = self.con.clone();
+        let mut reply: futures::future::BoxFuture<'static, Result<Value, RedisError>> =
+            Box::pin(async move {
+                // A refusal comes back as a value; it is an error here.
+                match con.send_packed_command(&cmd).await? {
+                    Value::ServerError(e) => Err(e.into()),
+                    v => Ok(v),
                 }
-                Err(e) => {
-                    maybe_applied |= self
-                        .transaction_failed(e, &mut failing_since, &mut pause)
-                        .await?;
-                }
+            });
+        // The first poll puts the call on the connection, so calls go out
+        // in the order they are sent.
+        if let std::task::Poll::Ready(r) = futures::poll!(reply.as_mut()) {
+            reply = Box::pin(std::future::ready(r));
+        }
+        self.in_flight.push_back(InFlight {
+            events,
+            ids,
+            bytes,
+            reply,
+        });
+        Ok(())
+    }
+
+    /// The script call appending `events` under `ids` after `after`.
+    /// The command is sized before it is filled, so building it copies each
+    /// event once.
+    fn script_call(&self, events: &[Event], ids: &[StreamId], after: &[StreamId]) -> redis::Cmd {
+        let n = self.streams.len();
+        let bytes: usize = events.iter().map(|e| e.data.len() + 96).sum::<usize>()
+            + APPEND_SCRIPT.len()
+            + self.streams.iter().map(|s| s.key.len() + 48).sum::<usize>()
+            + self.field.len()
+            + 32;
+        let mut cmd = redis::Cmd::with_capacity(5 + 2 * n + 5 * events.len(), bytes);
+        cmd.arg("EVAL").arg(APPEND_SCRIPT).arg(n);
+        for s in &self.streams {
+            cmd.arg(&s.key);
+        }
+        let mut id_buf = [0u8; 41];
+        for a in after {
+            cmd.arg(id_bytes(*a, &mut id_buf));
+        }
+        cmd.arg(&self.field)
+            .arg(self.maxlen.as_deref().unwrap_or(""));
+        let mut seq = itoa::Buffer::new();
+        for (event, id) in events.iter().zip(ids) {
+            cmd.arg(usize::from(event.stream) + 1)
+                .arg(id_bytes(*id, &mut id_buf))
+                .arg(&event.data[..])
+                .arg(event.kind.as_deref().unwrap_or(""));
+            match (event.seq, event.id) {
+                (Some(s), Some(_)) => cmd.arg(seq.format(s)),
+                _ => cmd.arg(""),
+            };
+        }
+        cmd
+    }
+
+    /// Whether no batch is in flight.
+    pub fn idle(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// Resolves once the oldest batch in flight is answered (never, when
+    /// none is); the answer is kept for [`settle_front`](Self::settle_front).
+    /// Cancel-safe: dropped before that, nothing changes.
+    pub async fn answered(&mut self) {
+        match self.in_flight.front_mut() {
+            Some(front) => {
+                let reply = (&mut front.reply).await;
+                front.reply = Box::pin(std::future::ready(reply));
             }
+            None => std::future::pending().await,
         }
     }
 
-    /// Checks that the stream holds `event` under its ID (same data).
-    async fn check_present(&mut self, event: &Event) -> anyhow::Result<()> {
+    /// Waits for the oldest batch's answer: acknowledged, its events are
+    /// counted and released; failed, see [`recover`](Self::recover).
+    pub async fn settle_front(&mut self) -> anyhow::Result<()> {
+        let Some(mut front) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let reply = (&mut front.reply).await;
+        match reply.and_then(|v| self.lengths(v)) {
+            Ok(lengths) => {
+                self.applied(front.events, front.bytes, &lengths);
+                Ok(())
+            }
+            Err(e) => self.recover(front, e).await,
+        }
+    }
+
+    /// The streams' lengths from the script's answer.
+    fn lengths(&self, reply: Value) -> Result<Vec<u64>, RedisError> {
+        let lengths: Vec<u64> = redis::from_redis_value(reply)?;
+        if lengths.len() != self.streams.len() {
+            return Err(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "the append script answered",
+                format!(
+                    "{} lengths for {} streams",
+                    lengths.len(),
+                    self.streams.len()
+                ),
+            )));
+        }
+        Ok(lengths)
+    }
+
+    /// A batch Redis acknowledged.
+    fn applied(&mut self, events: Vec<Event>, bytes: u64, lengths: &[u64]) {
+        for (i, length) in lengths.iter().enumerate() {
+            self.set_length(i, *length);
+        }
+        self.failing_since = None;
+        self.pause = Duration::from_millis(50);
+        self.acknowledge(events, bytes);
+    }
+
+    /// Counts `events` as written and releases them (and their permits).
+    fn acknowledge(&self, events: Vec<Event>, bytes: u64) {
+        if let Some(seq) = events.iter().rev().find_map(|e| e.seq) {
+            self.counters
+                .acked_seq_plus_one
+                .store(seq + 1, Ordering::Release);
+        }
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_written
+            .fetch_add(bytes, Ordering::AcqRel);
+        self.counters
+            .events_written
+            .fetch_add(events.len() as u64, Ordering::AcqRel);
+    }
+
+    /// After the oldest batch failed: waits for the answers of the batches
+    /// behind it, reads where the streams stand, and sends again, in
+    /// order, whatever did not land. Only a prefix of the batches in
+    /// flight can have landed (the script's guard), and within a batch
+    /// only a prefix (IDs increase), so an event landed exactly when its
+    /// ID is at or below its stream's last ID. This assumes headroom is
+    /// the streams' only writer, as an ingester is; another writer's
+    /// entries are noticed by the guard, and events go after them.
+    async fn recover(&mut self, front: InFlight, error: RedisError) -> anyhow::Result<()> {
+        let mut unsettled = Vec::with_capacity(self.in_flight.len() + 1);
+        let mut reason = self.unsettled(front, error, &mut unsettled)?;
+        while let Some(mut next) = self.in_flight.pop_front() {
+            let reply = (&mut next.reply).await;
+            match reply.and_then(|v| self.lengths(v)) {
+                Ok(lengths) => {
+                    // It landed after its guard saw every earlier batch's
+                    // entries: those landed too, whatever their answers.
+                    if unsettled
+                        .iter()
+                        .any(|u: &Unsettled| u.failure != Failure::Unknown)
+                    {
+                        bail!(
+                            "a batch landed in {} after an earlier one was refused: another client is writing to the stream with headroom's IDs",
+                            self.target
+                        );
+                    }
+                    for u in unsettled.drain(..) {
+                        let bytes = u.events.iter().map(|e| e.data.len() as u64).sum();
+                        self.acknowledge(u.events, bytes);
+                    }
+                    self.applied(next.events, next.bytes, &lengths);
+                }
+                Err(e) => {
+                    reason = self.unsettled(next, e, &mut unsettled)?;
+                }
+            }
+        }
+        let Some(first) = unsettled.first() else {
+            return Ok(());
+        };
+        if first.failure == Failure::Moved {
+            // Not a failure of Redis: counted, not paused for.
+            self.counters.redis_retries.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed(&reason).await?;
+        }
+        while let Err(e) = self.resync().await {
+            self.failed(&e.to_string()).await?;
+        }
+        if first.failure == Failure::Moved {
+            tracing::warn!(
+                "stream {} was not where headroom left it ({reason}): another client wrote to it or deleted it; {} batches go after its entries",
+                self.target,
+                unsettled.len()
+            );
+        }
+        // Sending again moves `sent`: compare with the streams' tops.
+        let tops = self.last_ids();
+        for u in unsettled {
+            let mut rest = Vec::with_capacity(u.events.len());
+            let (mut landed, mut landed_bytes) = (Vec::new(), 0);
+            for (event, id) in u.events.into_iter().zip(u.ids) {
+                if u.failure == Failure::Unknown && id <= tops[usize::from(event.stream)] {
+                    landed_bytes += event.data.len() as u64;
+                    landed.push(event);
+                } else {
+                    rest.push(event);
+                }
+            }
+            if !landed.is_empty() {
+                tracing::info!(
+                    "{} events were written before the connection failed; not sending them again",
+                    landed.len()
+                );
+                self.acknowledge(landed, landed_bytes);
+            }
+            self.send(rest, u.failure == Failure::Moved).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds a failed batch to `unsettled`; a fatal failure ends the job.
+    /// Returns the failure's description.
+    fn unsettled(
+        &self,
+        batch: InFlight,
+        error: RedisError,
+        unsettled: &mut Vec<Unsettled>,
+    ) -> anyhow::Result<String> {
+        let failure = classify(&error);
+        if failure == Failure::Fatal {
+            return Err(anyhow::Error::new(error)
+                .context(format!("Redis refused to append to {}", self.target)));
+        }
+        unsettled.push(Unsettled {
+            events: batch.events,
+            ids: batch.ids,
+            failure,
+        });
+        Ok(error.to_string())
+    }
+
+    /// Checks that stream `stream` holds `event` under its ID (same data).
+    async fn check_present(&mut self, stream: usize, event: &Event) -> anyhow::Result<()> {
         let id = event.id.unwrap_or_default().to_string();
+        let key = &self.streams[stream].key;
         let found: Value = redis::cmd("XRANGE")
-            .arg(&self.target.stream)
+            .arg(key)
             .arg(&id)
             .arg(&id)
             .query_async(&mut self.con)
-            .await?;
+            .await
+            .with_context(|| format!("reading entry {id} of stream {key}"))?;
         let same = match &found {
             Value::Array(entries) => entries.iter().any(|entry| {
                 let Value::Array(pair) = entry else {
@@ -681,57 +880,17 @@ impl StreamWriter {
         };
         if !same {
             bail!(
-                "stream {} holds another entry at or above ID {id} (another writer?): the event cannot be added in order",
-                self.target
+                "stream {key} holds another entry at or above ID {id} (another writer?): the event cannot be added in order",
             );
         }
-        self.counters
-            .replays_dropped
-            .fetch_add(1, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// Records that `n` events from ID `first` on were written.
-    fn landed(&mut self, first: &mut StreamId, done: &mut usize, n: usize) {
-        if n > 0 {
-            self.last_id = nth_id(*first, n - 1);
-            *first = nth_id(*first, n);
-            *done += n;
-        }
-    }
-
-    /// After a transaction's error: a fatal one ends the job; else the
-    /// attempt is counted and paused for. Whether the transaction may have
-    /// been applied (the connection was lost mid-way).
-    async fn transaction_failed(
-        &self,
-        e: RedisError,
-        failing_since: &mut Option<Instant>,
-        pause: &mut Duration,
-    ) -> anyhow::Result<bool> {
-        let maybe_applied = match classify(&e) {
-            Failure::Fatal => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("appending to {} failed", self.target))
-                );
-            }
-            Failure::NotApplied => false,
-            Failure::Unknown => true,
-        };
-        self.failed(&e.to_string(), failing_since, pause).await?;
-        Ok(maybe_applied)
     }
 
     /// Counts a failed attempt and sleeps before the next; gives up after
     /// `--redis-retry-for` of continuous failure.
-    async fn failed(
-        &self,
-        e: &str,
-        failing_since: &mut Option<Instant>,
-        pause: &mut Duration,
-    ) -> anyhow::Result<()> {
+    async fn failed(&mut self, e: &str) -> anyhow::Result<()> {
         self.counters.redis_retries.fetch_add(1, Ordering::Relaxed);
-        let since = *failing_since.get_or_insert_with(Instant::now);
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
         if since.elapsed() > self.retry_for {
             bail!(
                 "Redis at {} has refused writes for {}: {e}",
@@ -739,84 +898,57 @@ impl StreamWriter {
                 humantime::format_duration(self.retry_for)
             );
         }
-        tracing::warn!("writing to {}: {e}; retrying in {pause:?}", self.target);
-        tokio::time::sleep(*pause).await;
-        *pause = (*pause * 2).min(Duration::from_secs(2));
+        tracing::warn!(
+            "writing to {}: {e}; retrying in {:?}",
+            self.target,
+            self.pause
+        );
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_secs(2));
         Ok(())
     }
-
-    /// `MULTI`, an `XADD` per event with IDs from `first` on, `XLEN`,
-    /// `EXEC`. Each command is sized before it is filled, so building a
-    /// batch copies each event once.
-    fn transaction(&self, events: &[Event], first: StreamId) -> redis::Pipeline {
-        let mut pipe = redis::Pipeline::with_capacity(events.len() + 1);
-        // Per-command errors come back as values, so a partly refused
-        // batch can be told from a failed one.
-        pipe.atomic().ignore_errors();
-        let mut ms = itoa::Buffer::new();
-        let ms = ms.format(first.ms).as_bytes();
-        let mut seq = itoa::Buffer::new();
-        let mut id = [0u8; 41];
-        id[..ms.len()].copy_from_slice(ms);
-        id[ms.len()] = b'-';
-        let maxlen = self.maxlen.map(|n| n.to_string());
-        for (i, event) in events.iter().enumerate() {
-            let mut cmd = redis::Cmd::with_capacity(
-                13,
-                96 + self.target.stream.len() + self.field.len() + event.data.len(),
-            );
-            cmd.arg("XADD").arg(&self.target.stream);
-            if let Some(n) = &maxlen {
-                cmd.arg("MAXLEN").arg("~").arg(n);
-            }
-            match event.id {
-                // Its own ID.
-                Some(own) => {
-                    cmd.arg(own.to_string());
-                }
-                // "<ms>-<seq>" without a String per event.
-                None => {
-                    let sq = seq.format(first.seq.saturating_add(i as u64)).as_bytes();
-                    let id_len = ms.len() + 1 + sq.len();
-                    id[ms.len() + 1..id_len].copy_from_slice(sq);
-                    cmd.arg(&id[..id_len]);
-                }
-            }
-            cmd.arg(&self.field).arg(&event.data[..]);
-            if let Some(t) = &event.kind {
-                cmd.arg("t").arg(&t[..]);
-            }
-            if let (Some(s), Some(_)) = (event.seq, event.id) {
-                cmd.arg("seq").arg(s);
-            }
-            pipe.add_command(cmd);
-        }
-        pipe.cmd("XLEN").arg(&self.target.stream);
-        pipe
-    }
 }
 
-/// The `n`-th ID from `first` (IDs of one batch share `first.ms`).
-fn nth_id(first: StreamId, n: usize) -> StreamId {
-    StreamId {
-        ms: first.ms,
-        seq: first.seq.saturating_add(n as u64),
-    }
+/// `id` as `MS-SEQ` in `buf`, without a String per event.
+fn id_bytes(id: StreamId, buf: &mut [u8; 41]) -> &[u8] {
+    let mut ms = itoa::Buffer::new();
+    let mut seq = itoa::Buffer::new();
+    let (ms, seq) = (ms.format(id.ms).as_bytes(), seq.format(id.seq).as_bytes());
+    buf[..ms.len()].copy_from_slice(ms);
+    buf[ms.len()] = b'-';
+    buf[ms.len() + 1..ms.len() + 1 + seq.len()].copy_from_slice(seq);
+    &buf[..ms.len() + 1 + seq.len()]
 }
 
-/// How many of `len` events with IDs from `first` on are in a stream whose
-/// last generated ID is `top`.
-fn applied_prefix(first: StreamId, len: usize, top: Option<StreamId>) -> usize {
-    match top {
-        Some(top) if top >= first => {
-            if top.ms > first.ms {
-                len
-            } else {
-                ((top.seq - first.seq + 1) as usize).min(len)
-            }
+/// The last generated ID and length from an `XINFO STREAM` answer.
+fn stream_info(info: &Value) -> Result<(Option<StreamId>, u64), RedisError> {
+    let fields: Vec<&Value> = match info {
+        Value::Array(v) => v.iter().collect(),
+        Value::Map(m) => m.iter().flat_map(|(k, v)| [k, v]).collect(),
+        Value::ServerError(e) => return Err(e.clone().into()),
+        other => {
+            return Err(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected XINFO STREAM reply",
+                format!("{other:?}"),
+            )));
         }
-        _ => 0,
+    };
+    let mut top = None;
+    let mut length = 0;
+    for pair in fields.chunks(2) {
+        let [k, v] = pair else { break };
+        let key: String = redis::from_redis_value_ref(k).unwrap_or_default();
+        match key.as_str() {
+            "last-generated-id" => {
+                let s: String = redis::from_redis_value_ref(v)?;
+                top = s.parse().ok();
+            }
+            "length" => length = redis::from_redis_value_ref(v)?,
+            _ => {}
+        }
     }
+    Ok((top, length))
 }
 
 #[cfg(test)]
@@ -852,27 +984,14 @@ mod tests {
     }
 
     #[test]
-    fn the_applied_prefix_follows_the_last_generated_id() {
-        let first = StreamId { ms: 100, seq: 5 };
-        assert_eq!(applied_prefix(first, 10, None), 0, "no stream");
-        assert_eq!(
-            applied_prefix(first, 10, Some(StreamId { ms: 100, seq: 4 })),
-            0
-        );
-        assert_eq!(applied_prefix(first, 10, Some(first)), 1);
-        assert_eq!(
-            applied_prefix(first, 10, Some(StreamId { ms: 100, seq: 11 })),
-            7
-        );
-        assert_eq!(
-            applied_prefix(first, 10, Some(StreamId { ms: 100, seq: 99 })),
-            10
-        );
-        assert_eq!(
-            applied_prefix(first, 10, Some(StreamId { ms: 101, seq: 0 })),
-            10
-        );
-        assert_eq!(nth_id(first, 3), StreamId { ms: 100, seq: 8 });
+    fn ids_are_written_without_a_string() {
+        let mut buf = [0u8; 41];
+        assert_eq!(id_bytes(StreamId { ms: 0, seq: 7 }, &mut buf), b"0-7");
+        let top = StreamId {
+            ms: u64::MAX,
+            seq: u64::MAX,
+        };
+        assert_eq!(id_bytes(top, &mut buf), top.to_string().as_bytes());
     }
 
     #[test]

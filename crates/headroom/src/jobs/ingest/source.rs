@@ -271,6 +271,7 @@ impl ReaderContext {
             seq,
             id,
             kind,
+            stream: 0,
             _permit: permit,
         };
         self.counters.events_read.fetch_add(1, Ordering::Relaxed);
