@@ -48,11 +48,12 @@ redis-benchmark -p "$port" -n "$events" -c 1 -P 500 -q XADD ceiling1 '*' data "$
   | tr "\r" "\n" | grep -i "requests per second" | tail -1 | sed "s/p\{100,\}/<1KiB>/"
 redis-cli -p "$port" del ceiling1 >/dev/null
 
-for batch in 500 1000; do
+for run in "500 1" "500 4" "1000 4"; do
+  read -r batch pipeline <<< "$run"
   redis-cli -p "$port" del bench >/dev/null
-  echo "== headroom ingest --batch-size $batch --memory 64MiB (stdin)"
+  echo "== headroom ingest --batch-size $batch --pipeline $pipeline --memory 64MiB (stdin)"
   /usr/bin/time -f "%e s wall, peak RSS %M KiB" "$bin" --memory 64MiB --log-format json \
-    ingest --from - --to "redis://127.0.0.1:$port/bench" --batch-size "$batch" \
+    ingest --from - --to "redis://127.0.0.1:$port/bench" --batch-size "$batch" --pipeline "$pipeline" \
     < "$work/events" 2> "$work/err" | python3 -c '
 import json, sys
 s = json.loads(sys.stdin.read().strip().splitlines()[-1])
@@ -74,12 +75,13 @@ exec 9>"$work/hold"
 for _ in $(seq 600); do [ -s "$work/firehose.url" ] && break; sleep 0.1; done
 url=$(head -1 "$work/firehose.url")
 cat "$work/firehose.err"
-for batch in 500 1000; do
+for run in "500 1" "500 4" "1000 4"; do
+  read -r batch pipeline <<< "$run"
   redis-cli -p "$port" del frames >/dev/null
-  echo "== headroom ingest --format atproto --batch-size $batch --memory 64MiB"
+  echo "== headroom ingest --format atproto --batch-size $batch --pipeline $pipeline --memory 64MiB"
   /usr/bin/time -f "%e s wall, peak RSS %M KiB" "$bin" --memory 64MiB --log-format json \
     ingest --format atproto --start-cursor 0 --from "$url" --to "redis://127.0.0.1:$port/frames" \
-    --batch-size "$batch" 2> "$work/err" > "$work/out" &
+    --batch-size "$batch" --pipeline "$pipeline" 2> "$work/err" > "$work/out" &
   ingest=$!
   start=$(date +%s.%N)
   while [ "$(redis-cli -p "$port" xlen frames)" -lt "$events" ]; do sleep 0.05; done

@@ -582,6 +582,18 @@ pub struct IngestArgs {
     #[arg(long, value_name = "N")]
     pub start_cursor: Option<u64>,
 
+    /// With --format atproto or jetstream: send events of a type, and of
+    /// commits to a collection, to another stream in the same database:
+    /// TYPE[:COLLECTION]=STREAM, e.g. '#commit:app.bsky.feed.post=posts',
+    /// '#commit:app.bsky.graph.*=graph', '#identity=accounts' (Jetstream's
+    /// types are commit, identity, account; `*` is any type). Repeatable;
+    /// the first route that matches takes the event, and what none takes
+    /// goes to --to's stream. Batches write every stream at once, so the
+    /// streams stay in source order together and the ingest resumes after
+    /// the highest position any holds.
+    #[arg(long = "route", value_name = "TYPE[:COLLECTION]=STREAM")]
+    pub routes: Vec<crate::jobs::ingest::route::Route>,
+
     /// With --format atproto: store each frame as received (`frame`) or
     /// its body as JSON (`json`).
     #[arg(long, value_enum, default_value_t = crate::jobs::ingest::AtprotoStore::Frame)]
@@ -728,6 +740,7 @@ impl IngestArgs {
             format: self.format,
             atproto_store: self.atproto_store,
             start_cursor: self.start_cursor,
+            routes: self.routes.clone(),
         }
     }
 }

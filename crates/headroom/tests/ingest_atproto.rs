@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::atproto::{AtprotoOptions, AtprotoServer, commit_frame};
+use common::atproto::{AtprotoOptions, AtprotoServer, collection_of, commit_frame};
 use common::ingest::{RedisServer, entries, last_id};
 use common::text;
 
@@ -558,4 +558,219 @@ fn jetstream_events_land_once_in_order_under_their_time_and_resume_after_a_kill(
         vec![None, Some(resumed)],
         "resumed from the stream's last time_us"
     );
+}
+
+/// Every stream's entries' IDs, as `0-SEQ` sequence numbers.
+fn seqs(c: &mut redis::Connection, stream: &str) -> Vec<u64> {
+    entries(c, stream)
+        .iter()
+        .map(|(id, _)| id.strip_prefix("0-").unwrap().parse().unwrap())
+        .collect()
+}
+
+/// `--route` sends posts to one stream, follows to another and the rest
+/// (likes) to `--to`'s, with four batches in flight; `kill -9` mid-stream
+/// and a restart that resumes after the highest seq any stream holds.
+/// Every frame is then in exactly its collection's stream, once, in order.
+#[test]
+fn routed_frames_land_in_their_streams_once_in_order_through_a_kill() {
+    const TOTAL: u64 = 6_000;
+    let server = AtprotoServer::start(AtprotoOptions {
+        total: TOTAL,
+        initial: 0,
+        rate: 2_000,
+        resend_cursor: true,
+        ..AtprotoOptions::default()
+    });
+    let redis = RedisServer::start();
+    let mut c = redis.connection();
+    let routed = [
+        "--start-cursor",
+        "0",
+        "--route",
+        "#commit:app.bsky.feed.post=posts",
+        "--route",
+        "#commit:app.bsky.graph.*=graph",
+        "--batch-size",
+        "100",
+        "--pipeline",
+        "4",
+    ];
+    let held = |c: &mut redis::Connection| {
+        ["posts", "graph", "rest"]
+            .iter()
+            .map(|s| xlen(c, s))
+            .sum::<u64>()
+    };
+    let mut child = ingest(&server, &redis, "rest", &routed)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held(&mut c) < 2_500 {
+        assert!(Instant::now() < deadline, "ingest stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let tops: Vec<u64> = ["posts", "graph", "rest"]
+        .iter()
+        .map(|s| seqs(&mut c, s).last().copied().unwrap_or(0))
+        .collect();
+    let resume = *tops.iter().max().unwrap();
+    eprintln!("killed with the streams' last seqs at {tops:?}");
+
+    let child = ingest(&server, &redis, "rest", &routed)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held(&mut c) < TOTAL {
+        assert!(
+            Instant::now() < deadline,
+            "ingest stalled after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        server
+            .stats
+            .cursors
+            .lock()
+            .unwrap()
+            .last()
+            .copied()
+            .flatten(),
+        Some(resume),
+        "the restart resumed after the highest seq any stream held"
+    );
+    for (stream, collection) in [
+        ("posts", "app.bsky.feed.post"),
+        ("graph", "app.bsky.graph.follow"),
+        ("rest", "app.bsky.feed.like"),
+    ] {
+        assert_frames(
+            &mut c,
+            stream,
+            (1..=TOTAL).filter(|s| collection_of(*s) == collection),
+            256,
+        );
+    }
+    assert_eq!(held(&mut c), TOTAL, "every frame once");
+}
+
+#[test]
+fn routes_need_an_event_stream_and_say_what_is_wrong() {
+    let redis = RedisServer::start();
+    for (args, says) in [
+        (
+            vec!["--from", "-", "--route", "#commit=x"],
+            "--route needs --format atproto or jetstream",
+        ),
+        (
+            vec![
+                "--format",
+                "atproto",
+                "--from",
+                "ws://127.0.0.1:9/x",
+                "--route",
+                "#commit:app..post=x",
+            ],
+            "is not a collection",
+        ),
+        (
+            vec![
+                "--format",
+                "atproto",
+                "--from",
+                "ws://127.0.0.1:9/x",
+                "--route",
+                "#commit",
+            ],
+            "names no stream",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_headroom"))
+            .arg("ingest")
+            .args(&args)
+            .arg("--to")
+            .arg(redis.url("s"))
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+/// Jetstream routed by type and by a commit's collection: identity and
+/// account events to one stream, post commits to another, the rest
+/// (likes and follows) to `--to`'s.
+#[test]
+fn jetstream_events_are_routed_by_kind_and_collection() {
+    use common::atproto::{jetstream_event, time_us_of};
+    const TOTAL: u64 = 900;
+    let server = AtprotoServer::start(AtprotoOptions {
+        total: TOTAL,
+        initial: TOTAL,
+        jetstream: true,
+        ..AtprotoOptions::default()
+    });
+    let redis = RedisServer::start();
+    let mut c = redis.connection();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_headroom"))
+        .args(["ingest", "--format", "jetstream", "--from"])
+        .arg(server.url())
+        .arg("--to")
+        .arg(redis.url("jet"))
+        .args([
+            "--start-cursor",
+            "0",
+            "--route",
+            "identity=accounts",
+            "--route",
+            "account=accounts",
+            "--route",
+            "commit:app.bsky.feed.post=posts",
+        ])
+        .env_remove("HEADROOM_MEMORY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ["jet", "accounts", "posts"]
+        .iter()
+        .map(|s| xlen(&mut c, s))
+        .sum::<u64>()
+        < TOTAL
+    {
+        assert!(Instant::now() < deadline, "ingest stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let stream_of = |seq: u64| match seq % 3 {
+        1 | 2 => "accounts",
+        _ if common::atproto::collection_of(seq / 3) == "app.bsky.feed.post" => "posts",
+        _ => "jet",
+    };
+    for stream in ["jet", "accounts", "posts"] {
+        let want: Vec<u64> = (1..=TOTAL).filter(|s| stream_of(*s) == stream).collect();
+        let got = entries(&mut c, stream);
+        assert_eq!(got.len(), want.len(), "entries in {stream}");
+        for ((id, fields), seq) in got.iter().zip(want) {
+            let t = time_us_of(seq);
+            assert_eq!(id, &format!("{}-{}", t / 1000, t % 1000), "{stream}");
+            assert!(field(fields, "data") == jetstream_event(seq), "event {seq}");
+        }
+    }
 }

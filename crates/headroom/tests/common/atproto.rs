@@ -95,8 +95,18 @@ pub struct AtprotoServer {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// The collection commit `seq` writes to: posts, likes and follows in turn.
+pub fn collection_of(seq: u64) -> &'static str {
+    [
+        "app.bsky.feed.post",
+        "app.bsky.feed.like",
+        "app.bsky.graph.follow",
+    ][(seq % 3) as usize]
+}
+
 /// The frame of `seq`, as the server sends it: a `#commit` of a few
-/// repositories, with a CID link and `blocks` bytes.
+/// repositories, with a CID link and `blocks` bytes, creating a record in
+/// [`collection_of`]`(seq)`.
 pub fn commit_frame(seq: u64, blocks: usize) -> Vec<u8> {
     let header = Ipld::Map(BTreeMap::from([
         ("op".to_string(), Ipld::Integer(1)),
@@ -108,7 +118,7 @@ pub fn commit_frame(seq: u64, blocks: usize) -> Vec<u8> {
         ("action".to_string(), Ipld::String("create".into())),
         (
             "path".to_string(),
-            Ipld::String(format!("app.bsky.feed.post/{seq:013}")),
+            Ipld::String(format!("{}/{seq:013}", collection_of(seq))),
         ),
         ("cid".to_string(), Ipld::Link(cid)),
     ]));
@@ -149,8 +159,8 @@ pub fn jetstream_event(seq: u64) -> Vec<u8> {
     });
     if kind == "commit" {
         v["commit"] = serde_json::json!({"rev": format!("3l{seq:011}"), "operation": "create",
-            "collection": "app.bsky.feed.post", "rkey": format!("{seq:013}"),
-            "record": {"$type": "app.bsky.feed.post", "text": "x".repeat(64)}});
+            "collection": collection_of(seq / 3), "rkey": format!("{seq:013}"),
+            "record": {"$type": collection_of(seq / 3), "text": "x".repeat(64)}});
     }
     serde_json::to_vec(&v).unwrap()
 }
@@ -281,7 +291,10 @@ async fn jetstream(
         None => stats.head.load(Ordering::Acquire),
         // The first event at or after the cursor is seq (c - base) / 137
         // rounded up; replay after the one before it.
-        Some(c) => c.saturating_sub(time_us_of(0)).div_ceil(137) - 1,
+        Some(c) => c
+            .saturating_sub(time_us_of(0))
+            .div_ceil(137)
+            .saturating_sub(1),
     };
     loop {
         let (frames, _) = frames_after(log, next, false);

@@ -7,17 +7,25 @@
 //! type `t` is `#commit`, `#identity`, `#account`, `#sync`, `#info`, ...;
 //! `op` -1 is an error `{error, message}` after which the server closes.
 //! A message's `seq` is in its body. Only what ingest needs is read: the
-//! header, and of the body `seq` (or an `#info`'s or error's `name`,
-//! `error` and `message`); every other value is skipped by its length,
-//! never built, so a commit's CAR blocks are not copied.
+//! header, and of the body `seq` and a commit's operations' paths (for
+//! `--route`; borrowed from the frame), or an `#info`'s or error's
+//! `name`, `error` and `message`; every other value is skipped by its
+//! length, never built, so a commit's CAR blocks are not copied.
+
+use std::borrow::Cow;
 
 use serde::Deserialize;
 
 /// What a frame is to ingest.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Frame {
-    /// A message with a sequence number: stored.
-    Message { t: String, seq: u64 },
+pub enum Frame<'a> {
+    /// A message with a sequence number: stored. `paths` are a commit's
+    /// operations' repository paths (`collection/rkey`).
+    Message {
+        t: String,
+        seq: u64,
+        paths: Vec<Cow<'a, str>>,
+    },
     /// `#info`: `OutdatedCursor` and the like; not stored.
     Info {
         name: String,
@@ -41,9 +49,11 @@ struct Header {
 }
 
 #[derive(Deserialize, Default)]
-struct Body {
+struct Body<'a> {
     #[serde(default)]
     seq: Option<i64>,
+    #[serde(default, borrow)]
+    ops: Option<Vec<Op<'a>>>,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -52,9 +62,16 @@ struct Body {
     message: Option<String>,
 }
 
+/// A commit's operation; only its path is read.
+#[derive(Deserialize)]
+struct Op<'a> {
+    #[serde(default, borrow)]
+    path: Option<Cow<'a, str>>,
+}
+
 /// Decodes `frame`; an error when it is not two DAG-CBOR objects (the spec
 /// says to drop the connection then).
-pub fn decode(frame: &[u8]) -> Result<Frame, String> {
+pub fn decode(frame: &[u8]) -> Result<Frame<'_>, String> {
     let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(frame);
     let header = Header::deserialize(&mut de).map_err(|e| format!("frame header: {e}"))?;
     let body = Body::deserialize(&mut de).map_err(|e| format!("frame body: {e}"))?;
@@ -70,7 +87,16 @@ pub fn decode(frame: &[u8]) -> Result<Frame, String> {
             message: body.message,
         },
         (1, Some(t)) => match body.seq {
-            Some(seq) if seq > 0 => Frame::Message { t, seq: seq as u64 },
+            Some(seq) if seq > 0 => Frame::Message {
+                t,
+                seq: seq as u64,
+                paths: body
+                    .ops
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|op| op.path)
+                    .collect(),
+            },
             Some(seq) => Frame::Skipped {
                 why: format!("a {t} message with seq {seq}"),
             },
@@ -145,6 +171,20 @@ mod tests {
                 ("seq".to_string(), Ipld::Integer(42)),
                 ("repo".to_string(), Ipld::String("did:plc:x".into())),
                 ("blocks".to_string(), Ipld::Bytes(vec![7; 1000])),
+                (
+                    "ops".to_string(),
+                    Ipld::List(vec![Ipld::Map(
+                        [
+                            ("action".to_string(), Ipld::String("create".into())),
+                            (
+                                "path".to_string(),
+                                Ipld::String("app.bsky.feed.post/3k2a".into()),
+                            ),
+                        ]
+                        .into_iter()
+                        .collect(),
+                    )]),
+                ),
             ]
             .into_iter()
             .collect(),
@@ -160,7 +200,8 @@ mod tests {
             decode(&commit),
             Ok(Frame::Message {
                 t: "#commit".into(),
-                seq: 42
+                seq: 42,
+                paths: vec!["app.bsky.feed.post/3k2a".into()]
             })
         );
         let json: serde_json::Value = serde_json::from_slice(&body_json(&commit).unwrap()).unwrap();

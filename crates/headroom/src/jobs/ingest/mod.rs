@@ -28,6 +28,7 @@
 pub mod atproto;
 mod redis_stream;
 mod report;
+pub mod route;
 mod source;
 
 use std::sync::Arc;
@@ -85,6 +86,9 @@ pub struct IngestOptions {
     /// An event stream's cursor when the Redis stream holds none of its
     /// events yet (none: live).
     pub start_cursor: Option<u64>,
+    /// Events sent to other streams than the target's, by type and
+    /// collection (`--route`).
+    pub routes: Vec<route::Route>,
 }
 
 impl Default for IngestOptions {
@@ -107,6 +111,7 @@ impl Default for IngestOptions {
             format: Format::Lines,
             atproto_store: AtprotoStore::Frame,
             start_cursor: None,
+            routes: Vec::new(),
         }
     }
 }
@@ -176,6 +181,11 @@ fn plan(from: &Source, args: &IngestOptions, budget: u64) -> anyhow::Result<(u64
     }
     if args.start_cursor.is_some() && !args.format.keyed() {
         bail!("--start-cursor needs --format atproto or jetstream");
+    }
+    if !args.routes.is_empty() && !args.format.keyed() {
+        bail!(
+            "--route needs --format atproto or jetstream: opaque events have no type or collection to route by"
+        );
     }
     if args.format.keyed() {
         let name = match args.format {
@@ -251,15 +261,17 @@ pub async fn run(
     let gov = memory.governor.clone();
     let (writer_bytes, reader_bytes) = plan(from, args, gov.budget())?;
     let counters = Arc::new(IngestCounters::new());
+    let target = target_with_password(to, args)?;
+    let router = route::Router::new(&args.routes, &target.stream).map_err(anyhow::Error::msg)?;
     let mut writer = redis_stream::StreamWriter::connect(
-        target_with_password(to, args)?,
+        target,
         redis_stream::WriterOptions {
             field: args.field.clone(),
             maxlen: args.maxlen,
             high_water: args.high_water,
             retry_for: args.redis_retry_for,
             pipeline: args.pipeline,
-            routes: Vec::new(),
+            routes: router.streams().to_vec(),
         },
         counters.clone(),
     )
@@ -322,8 +334,15 @@ pub async fn run(
         }
     }
     let reader = {
-        let cx =
-            source::ReaderContext::new(gov.clone(), tx, counters.clone(), args, stop_rx, resume);
+        let cx = source::ReaderContext::new(
+            gov.clone(),
+            tx,
+            counters.clone(),
+            args,
+            stop_rx,
+            resume,
+            router,
+        );
         let from = from.clone();
         tokio::spawn(async move { source::read(&from, cx).await })
     };

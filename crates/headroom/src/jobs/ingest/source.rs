@@ -162,6 +162,8 @@ pub struct ReaderContext {
     last_read: Option<u64>,
     pub format: Format,
     pub atproto_store: AtprotoStore,
+    /// `--route`: which stream each event goes to.
+    pub router: super::route::Router,
 }
 
 /// An event's bytes as the reader has them.
@@ -207,6 +209,7 @@ impl ReaderContext {
         args: &super::IngestOptions,
         stop: watch::Receiver<bool>,
         resume_after: Option<u64>,
+        router: super::route::Router,
     ) -> Self {
         // The AT Protocol's and Jetstream's cursor parameter is `cursor`.
         let cursor_param = match args.format {
@@ -227,6 +230,7 @@ impl ReaderContext {
             last_read: resume_after,
             format: args.format,
             atproto_store: args.atproto_store,
+            router,
         }
     }
 
@@ -240,7 +244,7 @@ impl ReaderContext {
         } else {
             None
         };
-        self.emit_with(data, seq, None).await
+        self.emit_with(data, seq, None, 0).await
     }
 
     /// [`emit`](Self::emit) with the sequence number and type known; with
@@ -250,6 +254,7 @@ impl ReaderContext {
         data: Payload<'_>,
         seq: Option<u64>,
         kind: Option<Box<str>>,
+        stream: u16,
     ) -> Result<(), Halt> {
         if let (Some(s), Some(last)) = (seq, self.last_read)
             && s <= last
@@ -271,7 +276,7 @@ impl ReaderContext {
             seq,
             id,
             kind,
-            stream: 0,
+            stream,
             _permit: permit,
         };
         self.counters.events_read.fetch_add(1, Ordering::Relaxed);
@@ -536,6 +541,13 @@ impl ReaderContext {
             time_us: Option<u64>,
             #[serde(default)]
             kind: Option<String>,
+            #[serde(default)]
+            commit: Option<Commit>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Commit {
+            #[serde(default)]
+            collection: Option<String>,
         }
         if !text {
             return Step::Drop(
@@ -547,9 +559,14 @@ impl ReaderContext {
             Ok(Head {
                 time_us: Some(t),
                 kind,
+                commit,
             }) if t > 0 => {
+                let collection = commit.and_then(|c| c.collection);
+                let stream = self
+                    .router
+                    .stream_for(kind.as_deref(), collection.as_deref().into_iter());
                 if self
-                    .emit_with(Payload::Owned(data), Some(t), kind.map(Into::into))
+                    .emit_with(Payload::Owned(data), Some(t), kind.map(Into::into), stream)
                     .await
                     .is_err()
                 {
@@ -594,7 +611,12 @@ impl ReaderContext {
             }
         };
         match frame {
-            Frame::Message { t, seq } => {
+            Frame::Message { t, seq, paths } => {
+                let stream = self.router.stream_for(
+                    Some(&t),
+                    paths.iter().map(|p| super::route::collection_of(p)),
+                );
+                drop(paths);
                 let payload = match self.atproto_store {
                     AtprotoStore::Frame => Payload::Owned(data),
                     AtprotoStore::Json => match atproto::body_json(&data) {
@@ -608,7 +630,7 @@ impl ReaderContext {
                     },
                 };
                 if self
-                    .emit_with(payload, Some(seq), Some(t.into()))
+                    .emit_with(payload, Some(seq), Some(t.into()), stream)
                     .await
                     .is_err()
                 {
