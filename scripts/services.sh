@@ -22,6 +22,15 @@ need chromium chromium
 need chromedriver chromium-driver
 npm ci --prefix crates/headroom/tests/browser --no-audit --no-fund --loglevel=error
 
+# The reference AT Protocol PDS (@atproto/pds) and the PLC directory it
+# registers accounts with (@did-plc/server), from the npm registry, pinned
+# by package-lock.json, run on the machine's Node.js: a real firehose for
+# tests/ingest_pds.rs. (Node 20 runs it; the `node@22` package would too,
+# but its better-sqlite3 must then be compiled against Node 22's headers,
+# which only nodejs.org serves.)
+npm ci --prefix crates/headroom/tests/pds --no-audit --no-fund --loglevel=error
+node --version
+
 # S3 clients nobody on this project wrote, for the proxy's interoperability
 # test (tests/proxy.rs): aws-cli and boto3 from PyPI in a virtualenv of the
 # project's own, rclone from Debian's packages.
