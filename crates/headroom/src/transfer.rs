@@ -4,6 +4,7 @@
 //!
 //! | kind | buffers held | footprint function |
 //! |---|---|---|
+//! | [`Kind::Kernel`] | none (the kernel copies) | [`OBJECT_OVERHEAD`] |
 //! | [`Kind::ToLocal`] | one chunk, refilled | [`to_local_footprint`] |
 //! | [`Kind::SinglePut`] | the object (at most one part) | [`single_put_footprint`] |
 //! | [`Kind::Multipart`] | one part per permit, 1..=`part_concurrency` | [`part_footprint`] |
@@ -56,6 +57,9 @@ pub const MAX_PARTS: u64 = 10_000;
 /// How one object is moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// Local to local: the kernel copies (a reflink, `copy_file_range`),
+    /// no buffer of headroom's holds the bytes.
+    Kernel,
     /// Stream into a local file in chunks of this size.
     ToLocal {
         /// Buffer size.
@@ -125,6 +129,7 @@ pub const MIN_CHUNK: u64 = 64 << 10;
 /// than the budget), the footprint says so and the caller fails that
 /// object.
 pub fn kind_for(
+    src: &Store,
     dst: &Store,
     read_overhead: u64,
     entry: &Entry,
@@ -132,6 +137,9 @@ pub fn kind_for(
     cfg: &TransferConfig,
 ) -> Kind {
     let size = entry.size;
+    if src.copies_in_kernel_to(dst) && !entry.size_unknown {
+        return Kind::Kernel;
+    }
     match dst.write_mode() {
         WriteMode::Positional => {
             let room = working.saturating_sub(OBJECT_OVERHEAD + read_overhead);
@@ -187,6 +195,7 @@ pub fn part_footprint(part: u64, read_overhead: u64) -> u64 {
 /// source whose reads cost `read_overhead`.
 pub fn footprint(kind: Kind, size: u64, read_overhead: u64) -> u64 {
     match kind {
+        Kind::Kernel => OBJECT_OVERHEAD,
         Kind::ToLocal { chunk } => to_local_footprint(size, chunk, read_overhead),
         Kind::SinglePut => single_put_footprint(size, read_overhead),
         Kind::Multipart { part } | Kind::Streamed { buffer: part } => {
@@ -236,6 +245,15 @@ impl Transfers<'_> {
         let mut cancel = self.cancel.clone();
         let stopped = crate::cancel::until_set(&mut cancel);
         match kind {
+            // Looks at the cancel itself, between steps; the permit pays
+            // for its file handles and the fallback's small buffer.
+            Kind::Kernel => {
+                let r = src
+                    .copy_in_kernel(entry, dst, self.bytes_done.clone(), self.cancel.clone())
+                    .await;
+                drop(permit);
+                r
+            }
             Kind::ToLocal { chunk } => tokio::select! {
                 r = self.to_local(entry, chunk, permit) => r,
                 _ = stopped => Err(interrupted(src, entry)),

@@ -497,6 +497,28 @@ impl Store {
         }
     }
 
+    /// Whether an object of this store is copied into `dst` inside the
+    /// kernel ([`copy_in_kernel`](Self::copy_in_kernel)): both local.
+    pub fn copies_in_kernel_to(&self, dst: &Store) -> bool {
+        matches!((self, dst), (Store::Local(_), Store::Local(_)))
+    }
+
+    /// Copies `entry` into `dst` without its bytes passing through a
+    /// buffer of headroom's (see [`local::LocalStore::copy_into`]);
+    /// `copied` counts bytes as they go, `cancel` stops it between steps.
+    pub async fn copy_in_kernel(
+        &self,
+        entry: &Entry,
+        dst: &Store,
+        copied: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), StoreError> {
+        match (self, dst) {
+            (Store::Local(a), Store::Local(b)) => a.copy_into(entry, b, copied, cancel).await,
+            _ => Err(self.not_written_so(&entry.key, "kernel copies")),
+        }
+    }
+
     /// A store that writes positionally ([`WriteMode::Positional`]): a
     /// hidden partial file for `key`, renamed into place by
     /// [`FileWriter::finish`] and removed if dropped before.

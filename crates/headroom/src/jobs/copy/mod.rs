@@ -631,7 +631,14 @@ impl TaskContext {
     /// `working` budget; `None` (the object failed, with the numbers) when
     /// even its least footprint is larger.
     fn plan(&self, entry: &Entry, read_overhead: u64, working: u64) -> Option<(Kind, u64)> {
-        let kind = transfer::kind_for(&self.dst, read_overhead, entry, working, &self.cfg);
+        let kind = transfer::kind_for(
+            &self.src,
+            &self.dst,
+            read_overhead,
+            entry,
+            working,
+            &self.cfg,
+        );
         let footprint = transfer::footprint(kind, entry.size, read_overhead);
         if footprint > working {
             // Only a part size forced by S3's 10,000-part limit gets here.

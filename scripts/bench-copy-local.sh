@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Benchmark: headroom copy local -> local against `cp -r` and rclone, on
+# two datasets: many small files (1-64 KiB) and a few large ones. The
+# tools alternate, RUNS times each, on a warm page cache, into a fresh
+# destination each run; prints wall time and CPU seconds (user + system)
+# of each run, and each tool's median.
+#
+#   scripts/bench-copy-local.sh [SMALL_FILES] [BIG_FILES] [BIG_MIB] [RUNS]
+#
+# Defaults: 20,000 files of 1-64 KiB (about 635 MiB) and 8 files of
+# 256 MiB, 3 runs. Needs rclone and GNU time; installs them from Debian's
+# packages when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+small=${1:-20000}
+big=${2:-8}
+big_mib=${3:-256}
+runs=${4:-3}
+
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+need rclone rclone
+[ -x /usr/bin/time ] || need /usr/bin/time time
+
+cargo build --release -q -p headroom --bin headroom
+bin=$PWD/target/release/headroom
+
+# On the disk the build is on, not tmpfs: what a migration copies between.
+work=$(mktemp -d -p "$PWD/target" bench-copy-local.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+echo "generating $small small files and $big x ${big_mib} MiB in $work" >&2
+mkdir -p "$work/small" "$work/big"
+python3 - "$work/small" "$small" <<'EOF'
+import os, random, sys
+d, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(1)
+for i in range(n):
+    sub = os.path.join(d, f"{i % 50:02}")
+    os.makedirs(sub, exist_ok=True)
+    with open(os.path.join(sub, f"f{i}.bin"), "wb") as f:
+        f.write(rnd.randbytes(rnd.randint(1024, 64 * 1024)))
+EOF
+for i in $(seq 1 "$big"); do
+  head -c "$((big_mib << 20))" /dev/urandom >"$work/big/big-$i.bin"
+done
+sync
+
+# One run: wall and CPU seconds, appended to $work/results as
+# "dataset tool wall cpu".
+run() {
+  local dataset=$1 tool=$2
+  shift 2
+  rm -rf "$work/out"
+  sync
+  # Warm cache: the source read once before every run.
+  cat "$work/$dataset"/*/* "$work/$dataset"/*.bin >/dev/null 2>&1 || true
+  /usr/bin/time -f "%e %U %S" -o "$work/time" "$@" >/dev/null 2>"$work/last.log" || {
+    echo "$tool failed:" >&2
+    tail -20 "$work/last.log" >&2
+    exit 1
+  }
+  read -r wall user sys <"$work/time"
+  cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+  printf "%-6s %-9s %7.2f s wall %7.2f s CPU\n" "$dataset" "$tool" "$wall" "$cpu"
+  echo "$dataset $tool $wall $cpu" >>"$work/results"
+  diff -rq "$work/$dataset" "$work/out" >/dev/null || {
+    echo "$tool: the copy differs from the source" >&2
+    exit 1
+  }
+}
+
+for dataset in small big; do
+  echo "== $dataset: $(du -sh "$work/$dataset" | cut -f1), $(find "$work/$dataset" -type f | wc -l) files"
+  for _ in $(seq 1 "$runs"); do
+    run "$dataset" headroom "$bin" --memory 64MiB copy "$work/$dataset" "$work/out"
+    run "$dataset" cp cp -r "$work/$dataset" "$work/out"
+    run "$dataset" rclone rclone copy "$work/$dataset" "$work/out"
+  done
+done
+
+echo
+echo "medians:"
+python3 - "$work/results" <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+for dataset in ("small", "big"):
+    cp = [r for r in rows if r[0] == dataset and r[1] == "cp"]
+    cp_wall = statistics.median(float(r[2]) for r in cp)
+    cp_cpu = statistics.median(float(r[3]) for r in cp)
+    for tool in ("headroom", "cp", "rclone"):
+        mine = [r for r in rows if r[0] == dataset and r[1] == tool]
+        wall = statistics.median(float(r[2]) for r in mine)
+        cpu = statistics.median(float(r[3]) for r in mine)
+        print(f"{dataset:6} {tool:9} wall {wall:6.2f} s ({wall / cp_wall:4.2f}x cp)   CPU {cpu:6.2f} s ({cpu / max(cp_cpu, 0.01):4.2f}x cp)")
+EOF
