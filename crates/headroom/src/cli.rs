@@ -111,6 +111,23 @@ pub enum Command {
     /// is copied recursively into DST; a single file or object is copied
     /// into DST as a directory (like `rclone copy`).
     Copy(Box<CopyArgs>),
+    /// Make DST hold what SRC holds: copy, then delete what DST has and SRC
+    /// does not (like `rclone sync`).
+    ///
+    /// Deletes nothing when any object failed to copy, stops deleting at
+    /// the first sign that SRC's listing is incomplete, and with
+    /// --max-delete N deletes nothing when more than N would go. Keys the
+    /// filters do not select are left alone on both sides. Constant memory:
+    /// the two listings are merged in key order, never held.
+    Sync(Box<SyncArgs>),
+    /// Compare SRC and DST without changing either (like `rclone check`):
+    /// print `- KEY` (missing from DST), `+ KEY` (only in DST), `* KEY`
+    /// (different) and `! KEY` (unreadable); exit 1 on any.
+    ///
+    /// Keys on both sides are compared by size and modification time, or
+    /// with --checksum by MD5 where both sides can tell. Constant memory:
+    /// the two listings are merged in key order, never held.
+    Check(Box<CheckArgs>),
     /// Delete files older than a cut-off from a directory tree or an S3
     /// prefix, in constant memory however many files there are.
     ///
@@ -314,6 +331,68 @@ pub struct CopyArgs {
 
     #[command(flatten)]
     pub gdrive: DriveArgs,
+}
+
+/// Arguments of `headroom sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub copy: CopyArgs,
+
+    /// Delete nothing when more than N objects would be deleted (counted
+    /// first, in a listing pass of its own).
+    #[arg(long, value_name = "N")]
+    pub max_delete: Option<u64>,
+}
+
+/// Arguments of `headroom check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// What should be there: a path, file://PATH, s3://BUCKET/PREFIX or gdrive://...
+    pub src: crate::store::Location,
+
+    /// What to check: a path, file://PATH or s3://BUCKET/PREFIX.
+    pub dst: crate::store::Location,
+
+    /// Compare content (MD5) instead of size and modification time, where
+    /// both sides can tell (local files are read; S3 ETags of single-part
+    /// uploads are MD5s).
+    #[arg(long, short = 'c')]
+    pub checksum: bool,
+
+    /// Check only keys matching this glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Leave out keys matching this glob (repeatable); wins over --include.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// Attempts after the first for each request.
+    #[arg(long, default_value_t = crate::jobs::copy::DEFAULT_RETRIES, value_name = "N")]
+    pub retries: u32,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+
+    #[command(flatten)]
+    pub gdrive: DriveArgs,
+}
+
+impl CheckArgs {
+    /// The options of the listings and comparisons (a copy's, unused ones
+    /// at their defaults).
+    pub fn options(&self) -> CopyOptions {
+        CopyOptions {
+            checksum: self.checksum,
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            retries: self.retries,
+            s3: self.s3.config(),
+            gdrive: self.gdrive.config(),
+            ..CopyOptions::default()
+        }
+    }
 }
 
 /// Google Drive flags (for a gdrive:// source).

@@ -123,6 +123,44 @@ fn main() -> ExitCode {
                     Ok(ExitCode::SUCCESS)
                 }
             },
+            Command::Check(args) => {
+                let summary = headroom::jobs::sync::check(
+                    &args.src,
+                    &args.dst,
+                    &args.options(),
+                    &global.foreground(humantime::Duration::from(
+                        headroom::jobs::DEFAULT_PROGRESS_INTERVAL,
+                    )),
+                )
+                .await?;
+                summary.print(log_format);
+                Ok(if summary.matches() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+            Command::Sync(args) => {
+                let copy = &args.copy;
+                let summary = headroom::jobs::sync::sync(
+                    &copy.src,
+                    &copy.dst,
+                    &copy.options(),
+                    args.max_delete,
+                    &global.foreground(copy.progress_interval),
+                )
+                .await?;
+                summary.copy.print(log_format, &mut out())?;
+                summary.deletions.print(log_format, copy.dry_run);
+                let code = exit_code("sync", &summary.copy.outcome)?;
+                Ok(
+                    if summary.deletions.refused.is_some() || summary.deletions.failed > 0 {
+                        ExitCode::FAILURE
+                    } else {
+                        code
+                    },
+                )
+            }
             Command::Copy(args) => {
                 let summary = headroom::jobs::copy::run(
                     &args.src,

@@ -4,7 +4,7 @@ use anyhow::Context;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 /// Include/exclude selection of keys.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Filter {
     include: Option<(GlobSet, GlobSet)>,
     exclude: (GlobSet, GlobSet),

@@ -4,6 +4,7 @@ pub mod copy;
 pub mod filter;
 pub mod ingest;
 pub mod purge;
+pub mod sync;
 
 /// Bytes a listing may run ahead of the work on it: a sixteenth of the
 /// budget, between 64 KiB (a few hundred entries) and 1 MiB.

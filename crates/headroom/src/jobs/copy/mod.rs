@@ -107,7 +107,7 @@ fn same_mtime(a: SystemTime, b: SystemTime) -> bool {
 }
 
 /// Whether `dst` already holds `src`'s content.
-async fn up_to_date(
+pub(crate) async fn up_to_date(
     src_store: &Store,
     dst_store: &Store,
     src: &Entry,
