@@ -322,6 +322,17 @@ pub struct CopyArgs {
     #[arg(long, default_value_t = crate::jobs::copy::DEFAULT_RETRIES, value_name = "N")]
     pub retries: u32,
 
+    /// S3 to S3: stream every byte through headroom instead of having S3
+    /// copy it (CopyObject, UploadPartCopy): for buckets of different
+    /// accounts, or to re-encrypt through `headroom proxy`.
+    #[arg(long)]
+    pub no_server_side: bool,
+
+    /// Server-side copies larger than this are multipart (UploadPartCopy
+    /// in --part-size parts, 512 MiB by default); at most 5GiB.
+    #[arg(long, default_value_t = ByteSize(crate::transfer::DEFAULT_COPY_CUTOFF), value_name = "SIZE")]
+    pub copy_cutoff: ByteSize,
+
     /// How often to report progress, e.g. 2s, 500ms.
     #[arg(long, default_value_t = default_progress_interval(), value_name = "DURATION")]
     pub progress_interval: humantime::Duration,
@@ -507,6 +518,8 @@ impl CopyArgs {
             retries: self.retries,
             s3: self.s3.config(),
             gdrive: self.gdrive.config(),
+            server_side: !self.no_server_side,
+            copy_cutoff: self.copy_cutoff.0,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! | kind | buffers held | footprint function |
 //! |---|---|---|
 //! | [`Kind::Kernel`] | none (the kernel copies) | [`OBJECT_OVERHEAD`] |
+//! | [`Kind::ServerSide`] | none (S3 copies) | [`OBJECT_OVERHEAD`] |
 //! | [`Kind::ToLocal`] | one chunk, refilled | [`to_local_footprint`] |
 //! | [`Kind::SinglePut`] | the object (at most one part) | [`single_put_footprint`] |
 //! | [`Kind::Multipart`] | one part per permit, 1..=`part_concurrency` | [`part_footprint`] |
@@ -60,6 +61,13 @@ pub enum Kind {
     /// Local to local: the kernel copies (a reflink, `copy_file_range`),
     /// no buffer of headroom's holds the bytes.
     Kernel,
+    /// S3 to S3 on one endpoint: S3 copies (`CopyObject`; above the copy
+    /// cutoff `UploadPartCopy` in parts of this size), no byte passes
+    /// through headroom.
+    ServerSide {
+        /// Part size of a multipart copy; `None`: one `CopyObject`.
+        part: Option<u64>,
+    },
     /// Stream into a local file in chunks of this size.
     ToLocal {
         /// Buffer size.
@@ -92,6 +100,12 @@ pub struct TransferConfig {
     pub part_concurrency: usize,
     /// How each request is retried.
     pub retry: Retry,
+    /// S3 to S3 copies are made by S3 (off: streamed through headroom, to
+    /// cross accounts or re-encrypt through a proxy).
+    pub server_side: bool,
+    /// Server-side copies larger than this are multipart (`CopyObject`
+    /// takes at most 5 GiB).
+    pub copy_cutoff: u64,
 }
 
 impl Default for TransferConfig {
@@ -101,8 +115,23 @@ impl Default for TransferConfig {
             part_size: None,
             part_concurrency: 4,
             retry: Retry::default(),
+            server_side: true,
+            copy_cutoff: DEFAULT_COPY_CUTOFF,
         }
     }
+}
+
+/// The default copy cutoff: what rclone uses, under `CopyObject`'s 5 GiB.
+pub const DEFAULT_COPY_CUTOFF: u64 = 4_939_212_390;
+
+/// The part size of a server-side multipart copy: `fixed`, else 512 MiB
+/// (no buffer holds a part), within S3's limits and 10,000 parts.
+pub fn copy_part_size(size: u64, fixed: Option<u64>) -> u64 {
+    let needed = size.div_ceil(MAX_PARTS);
+    fixed
+        .unwrap_or(512 << 20)
+        .max(needed)
+        .clamp(MIN_PART, MAX_PART)
 }
 
 /// The automatic part size: 8 MiB, larger only when an object would
@@ -139,6 +168,11 @@ pub fn kind_for(
     let size = entry.size;
     if src.copies_in_kernel_to(dst) && !entry.size_unknown {
         return Kind::Kernel;
+    }
+    if cfg.server_side && src.copies_server_side_to(dst) && !entry.size_unknown {
+        return Kind::ServerSide {
+            part: (size > cfg.copy_cutoff).then(|| copy_part_size(size, cfg.part_size)),
+        };
     }
     match dst.write_mode() {
         WriteMode::Positional => {
@@ -195,7 +229,7 @@ pub fn part_footprint(part: u64, read_overhead: u64) -> u64 {
 /// source whose reads cost `read_overhead`.
 pub fn footprint(kind: Kind, size: u64, read_overhead: u64) -> u64 {
     match kind {
-        Kind::Kernel => OBJECT_OVERHEAD,
+        Kind::Kernel | Kind::ServerSide { .. } => OBJECT_OVERHEAD,
         Kind::ToLocal { chunk } => to_local_footprint(size, chunk, read_overhead),
         Kind::SinglePut => single_put_footprint(size, read_overhead),
         Kind::Multipart { part } | Kind::Streamed { buffer: part } => {
@@ -251,6 +285,11 @@ impl Transfers<'_> {
                 let r = src
                     .copy_in_kernel(entry, dst, self.bytes_done.clone(), self.cancel.clone())
                     .await;
+                drop(permit);
+                r
+            }
+            Kind::ServerSide { part } => {
+                let r = self.server_side(entry, part).await;
                 drop(permit);
                 r
             }
@@ -352,6 +391,122 @@ impl Transfers<'_> {
         }
         let mtime = source_mtime(src, entry, reader.mtime(), cfg).await?;
         writer.finish(mtime, entry.mode.or(reader.mode())).await
+    }
+}
+
+impl Transfers<'_> {
+    /// Has S3 copy the object: one `CopyObject`, or a multipart upload of
+    /// `UploadPartCopy` parts, `part_concurrency` at a time, each retried
+    /// on its own, the upload aborted on failure. The source's mtime and
+    /// mode (from a HEAD: a listing does not show its metadata) go with
+    /// it; a copy whose ETag is an MD5 is checked against the source's.
+    async fn server_side(&self, entry: &Entry, part: Option<u64>) -> Result<(), StoreError> {
+        let (src, dst, cfg) = (self.src, self.dst, self.cfg);
+        let head = with_retries(&cfg.retry, || src.stat(&entry.key))
+            .await?
+            .ok_or_else(|| {
+                StoreError::permanent(src.display_key(&entry.key), "vanished since it was listed")
+            })?;
+        if head.size != entry.size {
+            return Err(changed_size(src, entry, head.size));
+        }
+        let meta = (head.mtime, head.mode);
+        let Some(part) = part else {
+            let etag =
+                with_retries(&cfg.retry, || src.copy_server_side(dst, entry, meta, None)).await?;
+            // A single-part source's ETag is its MD5, and so is the copy's.
+            if let Some(want) = entry.md5_etag()
+                && is_md5_hex(&etag)
+                && !etag.eq_ignore_ascii_case(want)
+            {
+                return Err(StoreError {
+                    context: dst.display_key(&entry.key),
+                    message: format!(
+                        "integrity check failed: the copy's ETag {etag}, the source's {want}"
+                    ),
+                    retryable: true,
+                });
+            }
+            self.bytes_done.fetch_add(entry.size, Ordering::Relaxed);
+            return Ok(());
+        };
+        let upload_id =
+            with_retries(&cfg.retry, || dst.create_upload(&entry.key, meta.0, meta.1)).await?;
+        let mut sent = 0u64;
+        let parts = self
+            .copy_parts(entry, &upload_id, part, meta, &mut sent)
+            .await;
+        let outcome = match parts {
+            Ok(parts) => {
+                with_retries(&cfg.retry, || {
+                    dst.complete_upload(&entry.key, &upload_id, parts.clone())
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &outcome {
+            self.bytes_done.fetch_sub(sent, Ordering::Relaxed);
+            if let Err(abort) =
+                with_retries(&cfg.retry, || dst.abort_upload(&entry.key, &upload_id)).await
+            {
+                tracing::error!(
+                    upload_id = %upload_id,
+                    "could not abort the multipart copy of {} after: {e}: {abort}",
+                    dst.display_key(&entry.key)
+                );
+            }
+        }
+        outcome
+    }
+
+    /// The `UploadPartCopy` parts of a multipart copy, in order.
+    async fn copy_parts(
+        &self,
+        entry: &Entry,
+        upload_id: &str,
+        part: u64,
+        meta: (Option<SystemTime>, Option<u32>),
+        sent: &mut u64,
+    ) -> Result<Vec<PartId>, StoreError> {
+        let (src, dst, cfg) = (self.src, self.dst, self.cfg);
+        let size = entry.size;
+        let count = size.div_ceil(part) as usize;
+        let mut cancel = self.cancel.clone();
+        let copy_part = |index: usize| {
+            let start = index as u64 * part;
+            let range = start..(start + part).min(size);
+            async move {
+                let etag = with_retries(&cfg.retry, || {
+                    src.copy_server_side(dst, entry, meta, Some((upload_id, index, range.clone())))
+                })
+                .await?;
+                Ok::<_, StoreError>((index, range.end - range.start, etag))
+            }
+        };
+        let mut done: Vec<Option<PartId>> = vec![None; count];
+        let mut in_flight = FuturesUnordered::new();
+        let mut next = 0;
+        while next < count || !in_flight.is_empty() {
+            while next < count && in_flight.len() < cfg.part_concurrency.max(1) {
+                in_flight.push(copy_part(next));
+                next += 1;
+            }
+            let finished = tokio::select! {
+                f = in_flight.next() => f,
+                _ = crate::cancel::until_set(&mut cancel) => return Err(interrupted(src, entry)),
+            };
+            if let Some(r) = finished {
+                let (index, len, etag) = r?;
+                self.bytes_done.fetch_add(len, Ordering::Relaxed);
+                *sent += len;
+                done[index] = Some(PartId { content_id: etag });
+            }
+        }
+        Ok(done
+            .into_iter()
+            .map(|p| p.expect("every part copied"))
+            .collect())
     }
 }
 

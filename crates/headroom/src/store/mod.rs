@@ -497,6 +497,32 @@ impl Store {
         }
     }
 
+    /// Whether S3 can copy an object of this store into `dst` itself:
+    /// both S3, reached through the same endpoint and credentials (one
+    /// copy's stores always are).
+    pub fn copies_server_side_to(&self, dst: &Store) -> bool {
+        matches!((self, dst), (Store::S3(_), Store::S3(_)))
+    }
+
+    /// Has S3 copy `entry` into `dst` (`CopyObject` with `meta` as its
+    /// mtime and mode; with `part`, one `UploadPartCopy` of that upload,
+    /// index and range), pinned to the ETag listed. Returns the new ETag.
+    pub async fn copy_server_side(
+        &self,
+        dst: &Store,
+        entry: &Entry,
+        meta: (Option<SystemTime>, Option<u32>),
+        part: Option<(&str, usize, Range<u64>)>,
+    ) -> Result<String, StoreError> {
+        match (self, dst) {
+            (Store::S3(a), Store::S3(b)) => {
+                b.copy_from(a, &entry.key, entry.etag.as_deref(), meta, part)
+                    .await
+            }
+            _ => Err(self.not_written_so(&entry.key, "server-side copies")),
+        }
+    }
+
     /// Whether an object of this store is copied into `dst` inside the
     /// kernel ([`copy_in_kernel`](Self::copy_in_kernel)): both local.
     pub fn copies_in_kernel_to(&self, dst: &Store) -> bool {

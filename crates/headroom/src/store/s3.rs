@@ -17,6 +17,7 @@ use headroom_governor::channel;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
+use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
     Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, GetRange, ObjectMeta,
     ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
@@ -521,6 +522,113 @@ impl S3Store {
             })
     }
 
+    /// Copies `key` of `src` (another prefix or bucket on the same
+    /// endpoint) into this store's `key` inside S3: `CopyObject`, or with
+    /// `part` `Some((upload id, part index, range))` one `UploadPartCopy`.
+    /// `etag` pins the version listed (`x-amz-copy-source-if-match`); a
+    /// whole-object copy replaces the metadata with `mtime` and `mode`.
+    /// Returns the ETag S3 computed.
+    pub async fn copy_from(
+        &self,
+        src: &S3Store,
+        key: &str,
+        etag: Option<&str>,
+        meta: (Option<SystemTime>, Option<u32>),
+        part: Option<(&str, usize, Range<u64>)>,
+    ) -> Result<String, StoreError> {
+        use http::{HeaderName, HeaderValue};
+        let what = || match &part {
+            Some((_, i, _)) => format!(
+                "copy part {} of {} to {} (server-side)",
+                i + 1,
+                src.url_of(key),
+                self.url_of(key)
+            ),
+            None => format!(
+                "copy {} to {} (server-side)",
+                src.url_of(key),
+                self.url_of(key)
+            ),
+        };
+        let bad = |e: String| StoreError::permanent(what(), e);
+        let header = |v: String| HeaderValue::from_str(&v).map_err(|e| bad(e.to_string()));
+        let source = format!("/{}/{}", src.bucket, uri_encode(&src.full_key(key)));
+        let mut options = SignedUrlOptions::default().with_signed_header(
+            HeaderName::from_static("x-amz-copy-source"),
+            header(source)?,
+        );
+        if let Some(etag) = etag {
+            options = options.with_signed_header(
+                HeaderName::from_static("x-amz-copy-source-if-match"),
+                header(format!("\"{etag}\""))?,
+            );
+        }
+        match &part {
+            Some((id, index, range)) => {
+                options = options
+                    .with_query([
+                        ("partNumber", (index + 1).to_string()),
+                        ("uploadId", id.to_string()),
+                    ])
+                    .with_signed_header(
+                        HeaderName::from_static("x-amz-copy-source-range"),
+                        header(format!("bytes={}-{}", range.start, range.end - 1))?,
+                    );
+            }
+            None => {
+                options = options.with_signed_header(
+                    HeaderName::from_static("x-amz-metadata-directive"),
+                    HeaderValue::from_static("REPLACE"),
+                );
+                for (name, value) in metadata_headers(meta.0, meta.1) {
+                    options = options.with_signed_header(name, header(value)?);
+                }
+            }
+        }
+        let path = self.path_of(key)?;
+        let url = self
+            .client
+            .signed_url_opts(http::Method::PUT, &path, Duration::from_secs(900), &options)
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        let mut request = self.http.put(url);
+        for (name, value) in &options.signed_headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.map_err(|e| StoreError {
+            context: what(),
+            message: e.to_string(),
+            retryable: true,
+        })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| StoreError {
+            context: what(),
+            message: e.to_string(),
+            retryable: true,
+        })?;
+        // A copy can fail after its 200 has been sent: the body says so.
+        let code = super::s3_list::tag_text(&body, "Code");
+        if !status.is_success() || body.windows(7).any(|w| w == b"<Error>") {
+            let code = code.unwrap_or_default();
+            return Err(StoreError {
+                context: what(),
+                message: match code.as_str() {
+                    "PreconditionFailed" => {
+                        "source changed during the copy: its ETag is no longer the one listed"
+                            .to_string()
+                    }
+                    _ => format!("{status}: {code}"),
+                },
+                retryable: status.is_server_error()
+                    || status.as_u16() == 429
+                    || ["InternalError", "SlowDown", "ServiceUnavailable"].contains(&code.as_str()),
+            });
+        }
+        super::s3_list::tag_text(&body, "ETag")
+            .map(|e| e.replace("&quot;", "").trim_matches('"').to_string())
+            .ok_or_else(|| bad("the answer has no ETag".into()))
+    }
+
     /// Deletes up to [`DELETE_BATCH_KEYS`] keys with one DeleteObjects
     /// request (object_store sends them in one); what happened to each.
     pub async fn delete(&self, keys: &[String]) -> Result<Vec<super::Deleted>, StoreError> {
@@ -614,6 +722,37 @@ fn entry_of(key: String, meta: &ObjectMeta, attributes: Option<&Attributes>) -> 
         mode,
         ..Entry::default()
     }
+}
+
+/// The `x-amz-meta-*` headers [`metadata_attributes`] becomes.
+fn metadata_headers(
+    mtime: Option<SystemTime>,
+    mode: Option<u32>,
+) -> Vec<(http::HeaderName, String)> {
+    metadata_attributes(mtime, mode)
+        .iter()
+        .filter_map(|(k, v)| match k {
+            Attribute::Metadata(name) => {
+                http::HeaderName::from_bytes(format!("x-amz-meta-{name}").as_bytes())
+                    .ok()
+                    .map(|h| (h, v.to_string()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// `key` percent-encoded for `x-amz-copy-source`, `/` kept.
+fn uri_encode(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn metadata_attributes(mtime: Option<SystemTime>, mode: Option<u32>) -> Attributes {

@@ -131,7 +131,7 @@ async fn read_bounded(response: reqwest::Response) -> Result<Vec<u8>, String> {
 }
 
 /// The text of the first `<tag>` in `xml`, unescaped (for error codes).
-fn tag_text(xml: &[u8], tag: &str) -> Option<String> {
+pub(super) fn tag_text(xml: &[u8], tag: &str) -> Option<String> {
     let text = String::from_utf8_lossy(xml);
     let start = text.find(&format!("<{tag}>"))? + tag.len() + 2;
     let end = text[start..].find(&format!("</{tag}>"))? + start;

@@ -72,6 +72,11 @@ pub struct CopyOptions {
     pub s3: S3Config,
     /// How Google Drive is reached, and what its own files become.
     pub gdrive: DriveConfig,
+    /// S3 to S3: S3 copies (`CopyObject`, `UploadPartCopy`) instead of
+    /// streaming through headroom.
+    pub server_side: bool,
+    /// Server-side copies above this size are multipart.
+    pub copy_cutoff: u64,
 }
 
 impl Default for CopyOptions {
@@ -82,6 +87,8 @@ impl Default for CopyOptions {
             include: Vec::new(),
             exclude: Vec::new(),
             concurrency: None,
+            server_side: true,
+            copy_cutoff: transfer::DEFAULT_COPY_CUTOFF,
             part_size: None,
             retries: DEFAULT_RETRIES,
             s3: S3Config::default(),
@@ -291,6 +298,8 @@ pub async fn execute(
     let dst = Store::open_destination(dst, &s3).await?;
     let cfg = TransferConfig {
         part_size: args.part_size,
+        server_side: args.server_side,
+        copy_cutoff: args.copy_cutoff,
         retry: Retry {
             retries: args.retries,
             ..Retry::default()
