@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: headroom copy against rclone copy on the same generated data:
-# local -> local, local -> S3 and S3 -> local, S3 through the same loopback
-# server (the s3s-fs test server, release build).
+# local -> local, local -> S3, S3 -> S3 (server-side, and streamed with
+# --no-server-side) and S3 -> local, S3 through the same loopback server
+# (the s3s-fs test server, release build). Local -> local against cp -r is
+# scripts/bench-copy-local.sh.
 # Prints wall time, throughput and peak RSS (GNU time's %M) of each run.
 #
 #   scripts/bench-copy.sh [SMALL_FILES] [BIG_FILES] [BIG_MIB]
@@ -87,6 +89,9 @@ run "rclone   local->local (defaults)" rclone copy "$work/src" "$work/ll-rclone"
 rm -rf "$work/ll-rclone"
 run "headroom local->S3 (--memory 64MiB)" "$bin" --memory 64MiB copy "$work/src" s3://bench/headroom
 run "rclone   local->S3 (defaults)" rclone copy "$work/src" bench:bench/rclone
+run "headroom S3->S3 server-side" "$bin" --memory 64MiB copy s3://bench/headroom s3://bench/s2s-headroom
+run "headroom S3->S3 --no-server-side" "$bin" --memory 64MiB copy --no-server-side s3://bench/headroom s3://bench/s2s-streamed
+run "rclone   S3->S3 (server-side)" rclone copy bench:bench/rclone bench:bench/s2s-rclone
 run "headroom S3->local (--memory 64MiB)" "$bin" --memory 64MiB copy s3://bench/headroom "$work/down-headroom"
 # rclone's S3 -> local and re-run against s3s-fs take minutes (a HEAD per
 # object for its mtime metadata); BENCH_RCLONE_ALL=1 runs them too.
