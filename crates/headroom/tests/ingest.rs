@@ -686,20 +686,20 @@ fn batches_refused_mid_pipeline_land_again_in_order() {
     let refusals = {
         let (stop, mut c) = (stop.clone(), redis.connection());
         std::thread::spawn(move || {
-            // maxmemory 1: every write is refused with OOM; 0: no limit.
-            // Batches of 40 KiB take Redis several reads each, so a flip
-            // falls between two batches in flight.
+            // maxmemory 1: every write is refused with OOM (2 ms); 0: no
+            // limit (8 ms); until the ingest ends. Batches of 40 KiB take
+            // Redis several reads each, so a flip falls between two
+            // batches in flight.
             let mut flips = 0u64;
-            let started = Instant::now();
-            while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(3) {
-                for limit in ["1", "0"] {
+            while !stop.load(Ordering::Acquire) {
+                for (limit, ms) in [("1", 2), ("0", 8)] {
                     let _: () = redis::cmd("CONFIG")
                         .arg("SET")
                         .arg("maxmemory")
                         .arg(limit)
                         .query(&mut c)
                         .unwrap();
-                    std::thread::sleep(Duration::from_millis(2));
+                    std::thread::sleep(Duration::from_millis(ms));
                 }
                 flips += 1;
             }
@@ -733,7 +733,7 @@ fn batches_refused_mid_pipeline_land_again_in_order() {
     let summary = summary_json(&text(&out.stdout));
     eprintln!("{flips} refusal windows; {summary}");
     assert!(
-        summary["redis_retries"].as_u64().unwrap() > 10,
+        summary["redis_retries"].as_u64().unwrap() >= 3,
         "Redis hardly refused: {summary}"
     );
     assert_eq!(summary["events_written"], TOTAL, "{summary}");
