@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark: headroom copy local -> local against `cp -r` and rclone, on
+# Benchmark: headroom copy local -> local against `cp -r`, `cp -a` and
+# rclone, on
 # two datasets: many small files (1-64 KiB) and a few large ones. The
 # tools alternate, RUNS times each, on a warm page cache, into a fresh
 # destination each run; prints wall time and CPU seconds (user + system)
@@ -76,6 +77,8 @@ for dataset in small big; do
   for _ in $(seq 1 "$runs"); do
     run "$dataset" headroom "$bin" --memory 64MiB copy "$work/$dataset" "$work/out"
     run "$dataset" cp cp -r "$work/$dataset" "$work/out"
+    # What a migration uses: modes and times kept, as headroom keeps them.
+    run "$dataset" cp-a cp -a "$work/$dataset" "$work/out"
     run "$dataset" rclone rclone copy "$work/$dataset" "$work/out"
   done
 done
@@ -89,7 +92,7 @@ for dataset in ("small", "big"):
     cp = [r for r in rows if r[0] == dataset and r[1] == "cp"]
     cp_wall = statistics.median(float(r[2]) for r in cp)
     cp_cpu = statistics.median(float(r[3]) for r in cp)
-    for tool in ("headroom", "cp", "rclone"):
+    for tool in ("headroom", "cp", "cp-a", "rclone"):
         mine = [r for r in rows if r[0] == dataset and r[1] == tool]
         wall = statistics.median(float(r[2]) for r in mine)
         cpu = statistics.median(float(r[3]) for r in mine)
