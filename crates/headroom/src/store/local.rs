@@ -352,7 +352,7 @@ fn check_unchanged(
     file: &File,
     listed: (u64, Option<SystemTime>),
     path: &str,
-) -> Result<(), StoreError> {
+) -> Result<fs::Metadata, StoreError> {
     let m = file
         .metadata()
         .map_err(|e| StoreError::io(format!("stat {path}"), &e))?;
@@ -376,7 +376,7 @@ fn check_unchanged(
             ),
         ));
     }
-    Ok(())
+    Ok(m)
 }
 
 impl LocalRange {
@@ -432,17 +432,28 @@ impl LocalWriter {
         let dir = dest
             .parent()
             .ok_or_else(|| StoreError::permanent(ctx(), "no parent directory"))?;
-        fs::create_dir_all(dir).map_err(|e| StoreError::io(ctx(), &e))?;
         // A fixed-length name (a long destination name plus a suffix could
         // exceed NAME_MAX), readable by the owner only until it is complete
         // and given its final mode.
         let temp = dir.join(format!(".headroom-{:016x}.partial", fastrand::u64(..)));
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|e| StoreError::io(ctx(), &e))?;
+        let open = || {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)
+        };
+        // The directory usually exists (a tree's files share a few): make
+        // it only when the file cannot be created without it, which saves
+        // a mkdir and a stat per file.
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir).map_err(|e| StoreError::io(ctx(), &e))?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(|e| StoreError::io(ctx(), &e))?;
         Ok(LocalWriter {
             file: Some(Arc::new(file)),
             temp,
@@ -557,10 +568,7 @@ impl LocalStore {
         blocking(move || {
             let shown = src.display().to_string();
             let file = File::open(&src).map_err(|e| StoreError::io(format!("open {shown}"), &e))?;
-            check_unchanged(&file, listed, &shown)?;
-            let meta = file
-                .metadata()
-                .map_err(|e| StoreError::io(format!("stat {shown}"), &e))?;
+            let meta = check_unchanged(&file, listed, &shown)?;
             let size = meta.len();
             let writer = LocalWriter::create(dest)?;
             let mut done = 0u64;
