@@ -287,3 +287,29 @@ fn check_and_sync_hold_flat_memory_from_5000_to_500000_entries() {
         "memory grew with the listing: {peaks:?}"
     );
 }
+
+#[test]
+fn a_single_file_source_is_refused_before_anything_is_copied_or_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    source(&src);
+    write(&dst, "other", b"kept");
+    for job in ["sync", "check"] {
+        let out = headroom(
+            &[
+                job,
+                src.join("a.txt").to_str().unwrap(),
+                dst.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(!out.status.success(), "{job}");
+        assert!(
+            text(&out.stderr).contains("is a single file or object"),
+            "{job}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(dst.join("other").exists());
+    assert!(!dst.join("a.txt").exists(), "nothing copied");
+}

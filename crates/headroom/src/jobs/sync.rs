@@ -222,11 +222,23 @@ impl CheckSummary {
     }
 }
 
-/// Opens `loc` for listing in key order.
+/// Opens `loc` for listing in key order: a directory or prefix of a store
+/// that lists in key order.
 async fn open_listed(loc: &Location, args: &CopyOptions) -> anyhow::Result<Store> {
-    Store::open_source(loc, &args.s3, &args.gdrive)
+    if !loc.lists_in_key_order() {
+        bail!(
+            "{loc}: check and sync merge listings in key order, which Google Drive does not give: copy from it instead"
+        );
+    }
+    let store = Store::open_source(loc, &args.s3, &args.gdrive)
         .await
-        .with_context(|| format!("cannot open {loc}"))
+        .with_context(|| format!("cannot open {loc}"))?;
+    if store.is_single() {
+        bail!(
+            "{loc} is a single file or object: check and sync compare a directory or prefix (give its directory and --include NAME)"
+        );
+    }
+    Ok(store)
 }
 
 /// The two listing queues, paid for up front from `gov`.
@@ -523,6 +535,8 @@ pub async fn sync(
     max_delete: Option<u64>,
     foreground: &super::ForegroundOptions,
 ) -> anyhow::Result<SyncSummary> {
+    // Refused before anything is copied, not after.
+    open_listed(src, args).await?;
     let job = super::Foreground::<super::copy::CopyCounters>::start(foreground);
     let gov = job.plan.governor.clone();
     let copied = super::copy::execute(

@@ -50,6 +50,11 @@ impl LocalStore {
         })
     }
 
+    /// Whether this store is one file (a source named by its path).
+    pub fn is_single(&self) -> bool {
+        self.only.is_some()
+    }
+
     /// The path of `key`.
     pub fn path_of(&self, key: &str) -> PathBuf {
         self.root.join(key)

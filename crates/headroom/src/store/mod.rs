@@ -497,6 +497,16 @@ impl Store {
         }
     }
 
+    /// Whether this store is a single file or object (a source named by
+    /// its path or key), not a directory or prefix.
+    pub fn is_single(&self) -> bool {
+        match self {
+            Store::Local(s) => s.is_single(),
+            Store::S3(s) => s.is_single(),
+            Store::GDrive(_) => false,
+        }
+    }
+
     /// Whether S3 can copy an object of this store into `dst` itself:
     /// both S3, reached through the same endpoint and credentials (one
     /// copy's stores always are).

@@ -242,6 +242,11 @@ impl S3Store {
         Ok(S3Store::new(client, bucket, prefix))
     }
 
+    /// Whether this store is one object (a source named by its key).
+    pub fn is_single(&self) -> bool {
+        self.only.is_some()
+    }
+
     /// The underlying client.
     pub fn client(&self) -> &Arc<AmazonS3> {
         &self.client
