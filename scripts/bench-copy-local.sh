@@ -33,16 +33,7 @@ trap 'rm -rf "$work"' EXIT
 
 echo "generating $small small files and $big x ${big_mib} MiB in $work" >&2
 mkdir -p "$work/small" "$work/big"
-python3 - "$work/small" "$small" <<'EOF'
-import os, random, sys
-d, n = sys.argv[1], int(sys.argv[2])
-rnd = random.Random(1)
-for i in range(n):
-    sub = os.path.join(d, f"{i % 50:02}")
-    os.makedirs(sub, exist_ok=True)
-    with open(os.path.join(sub, f"f{i}.bin"), "wb") as f:
-        f.write(rnd.randbytes(rnd.randint(1024, 64 * 1024)))
-EOF
+small_files "$work/small" "$small"
 for i in $(seq 1 "$big"); do
   head -c "$((big_mib << 20))" /dev/urandom >"$work/big/big-$i.bin"
 done

@@ -55,3 +55,19 @@ start_postgres() {
     "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'headroom_test') THEN CREATE ROLE headroom_test LOGIN SUPERUSER PASSWORD 'headroom_test'; END IF; END \$\$;"
   export HEADROOM_TEST_POSTGRES="postgres://headroom_test:headroom_test@127.0.0.1:$port/postgres"
 }
+
+# small_files DIR N: N files of 1-64 KiB of random bytes in 50
+# subdirectories of DIR, the same for the same N (seeded), for the copy
+# benchmarks.
+small_files() {
+  python3 - "$1" "$2" <<'PY'
+import os, random, sys
+d, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(1)
+for i in range(n):
+    sub = os.path.join(d, f"{i % 50:02}")
+    os.makedirs(sub, exist_ok=True)
+    with open(os.path.join(sub, f"f{i}.bin"), "wb") as f:
+        f.write(rnd.randbytes(rnd.randint(1024, 64 * 1024)))
+PY
+}

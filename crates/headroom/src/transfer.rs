@@ -447,15 +447,7 @@ impl Transfers<'_> {
         };
         if let Err(e) = &outcome {
             self.bytes_done.fetch_sub(sent, Ordering::Relaxed);
-            if let Err(abort) =
-                with_retries(&cfg.retry, || dst.abort_upload(&entry.key, &upload_id)).await
-            {
-                tracing::error!(
-                    upload_id = %upload_id,
-                    "could not abort the multipart copy of {} after: {e}: {abort}",
-                    dst.display_key(&entry.key)
-                );
-            }
+            abort_upload(dst, entry, &upload_id, e, cfg).await;
         }
         outcome
     }
@@ -507,6 +499,26 @@ impl Transfers<'_> {
             .into_iter()
             .map(|p| p.expect("every part copied"))
             .collect())
+    }
+}
+
+/// Aborts upload `upload_id` of `entry` after `error`: an incomplete
+/// upload (and its stored parts) is never left behind; an abort that fails
+/// too is logged with the upload's id.
+async fn abort_upload(
+    dst: &Store,
+    entry: &Entry,
+    upload_id: &str,
+    error: &StoreError,
+    cfg: &TransferConfig,
+) {
+    let aborted = with_retries(&cfg.retry, || dst.abort_upload(&entry.key, upload_id)).await;
+    if let Err(abort) = aborted {
+        tracing::error!(
+            upload_id = %upload_id,
+            "could not abort the multipart upload of {} after: {error}: {abort}",
+            dst.display_key(&entry.key)
+        );
     }
 }
 
@@ -751,16 +763,7 @@ impl Transfers<'_> {
         };
         if let Err(e) = &outcome {
             self.bytes_done.fetch_sub(sent, Ordering::Relaxed);
-            // Never leave an incomplete upload (and its stored parts) behind.
-            let aborted =
-                with_retries(&cfg.retry, || dst.abort_upload(&entry.key, &upload_id)).await;
-            if let Err(abort) = aborted {
-                tracing::error!(
-                    upload_id = %upload_id,
-                    "could not abort the multipart upload of {} after: {e}: {abort}",
-                    dst.display_key(&entry.key)
-                );
-            }
+            abort_upload(dst, entry, &upload_id, e, cfg).await;
         }
         outcome
     }
@@ -953,16 +956,8 @@ impl Transfers<'_> {
             .map(|()| total),
             Err(e) => Err(e),
         };
-        if outcome.is_err() {
-            let aborted =
-                with_retries(&cfg.retry, || dst.abort_upload(&entry.key, &upload_id)).await;
-            if let Err(abort) = aborted {
-                tracing::error!(
-                    upload_id = %upload_id,
-                    "could not abort the multipart upload of {}: {abort}",
-                    dst.display_key(&entry.key)
-                );
-            }
+        if let Err(e) = &outcome {
+            abort_upload(dst, entry, &upload_id, e, cfg).await;
         }
         outcome
     }

@@ -303,12 +303,12 @@ pub async fn check(
                     };
                     // As a copy does: the destination's own record of the
                     // source's mtime (S3 keeps it in metadata, which a
-                    // listing does not show).
-                    let b = match with_retries(&retry, || d.stat(&b.key)).await {
-                        Ok(Some(b)) => b,
-                        Ok(None) => return (a.key, '-', None),
+                    // listing does not show; a local listing has it).
+                    let mut b = b;
+                    match d.source_mtime(&b, &retry).await {
+                        Ok(mtime) => b.mtime = mtime,
                         Err(e) => return (a.key, '!', Some(e.to_string())),
-                    };
+                    }
                     let same = with_retries(&retry, || {
                         up_to_date(&s, &d, &a, &b, checksum, HASH_BUFFER as usize)
                     })
@@ -539,20 +539,7 @@ pub async fn sync(
     open_listed(src, args).await?;
     let job = super::Foreground::<super::copy::CopyCounters>::start(foreground);
     let gov = job.plan.governor.clone();
-    let copied = super::copy::execute(
-        src,
-        dst,
-        args,
-        super::copy::CopyEnv {
-            gov: gov.clone(),
-            probe: job.plan.probe.clone(),
-            counters: job.counters.clone(),
-            cancel: job.cancel.clone(),
-            range: None,
-            watermark: None,
-        },
-    )
-    .await;
+    let copied = super::copy::execute(src, dst, args, super::copy::CopyEnv::of(&job)).await;
     let deletions = match &copied {
         Ok(copy) if !*job.cancel.borrow() => {
             delete_extras(src, dst, args, &gov, max_delete, copy.outcome.failed > 0).await

@@ -40,6 +40,9 @@ pub const MODE_METADATA: &str = "mode";
 /// Charged to every transfer that reads from S3.
 pub const HTTP_READ_BUFFER: u64 = 3 << 19;
 
+/// The largest answer to a server-side copy accepted.
+const COPY_ANSWER_BYTES: usize = 64 << 10;
+
 /// Keys per DeleteObjects request (S3's maximum).
 pub const DELETE_BATCH_KEYS: usize = 1000;
 
@@ -596,7 +599,9 @@ impl S3Store {
             .signed_url_opts(http::Method::PUT, &path, Duration::from_secs(900), &options)
             .await
             .map_err(|e| bad(e.to_string()))?;
-        let mut request = self.http.put(url);
+        // S3 answers a large copy only once it is done (sending spaces
+        // meanwhile): longer than a listing page, as long as the URL holds.
+        let mut request = self.http.put(url).timeout(Duration::from_secs(900));
         for (name, value) in &options.signed_headers {
             request = request.header(name, value);
         }
@@ -606,11 +611,15 @@ impl S3Store {
             retryable: true,
         })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| StoreError {
-            context: what(),
-            message: e.to_string(),
-            retryable: true,
-        })?;
+        // A CopyObjectResult or an Error: a few hundred bytes, within the
+        // object overhead the transfer's permit pays.
+        let body = super::s3_list::read_bounded(response, COPY_ANSWER_BYTES)
+            .await
+            .map_err(|message| StoreError {
+                context: what(),
+                message,
+                retryable: true,
+            })?;
         // A copy can fail after its 200 has been sent: the body says so.
         let code = super::s3_list::tag_text(&body, "Code");
         if !status.is_success() || body.windows(7).any(|w| w == b"<Error>") {

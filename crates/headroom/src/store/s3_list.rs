@@ -93,11 +93,13 @@ pub async fn fetch(
         retryable: true,
     })?;
     let status = response.status();
-    let body = read_bounded(response).await.map_err(|message| StoreError {
-        context: what(),
-        message,
-        retryable: true,
-    })?;
+    let body = read_bounded(response, MAX_PAGE_BYTES)
+        .await
+        .map_err(|message| StoreError {
+            context: what(),
+            message,
+            retryable: true,
+        })?;
     if !status.is_success() {
         let code = tag_text(&body, "Code").unwrap_or_default();
         return Err(StoreError {
@@ -117,13 +119,18 @@ pub async fn fetch(
     })
 }
 
-async fn read_bounded(response: reqwest::Response) -> Result<Vec<u8>, String> {
+/// A response body of at most `limit` bytes (a larger one is an error,
+/// never read whole).
+pub(super) async fn read_bounded(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
-        if body.len() + chunk.len() > MAX_PAGE_BYTES {
-            return Err(format!("a listing page larger than {MAX_PAGE_BYTES} bytes"));
+        if body.len() + chunk.len() > limit {
+            return Err(format!("an answer larger than {limit} bytes"));
         }
         body.extend_from_slice(&chunk);
     }

@@ -246,6 +246,21 @@ pub struct CopyEnv {
     pub watermark: Option<Arc<Watermark>>,
 }
 
+impl CopyEnv {
+    /// The environment of a copy in the foreground of the process: every
+    /// key, in the listing's own order, no checkpoints.
+    pub(crate) fn of(job: &super::Foreground<CopyCounters>) -> Self {
+        CopyEnv {
+            gov: job.plan.governor.clone(),
+            probe: job.plan.probe.clone(),
+            counters: job.counters.clone(),
+            cancel: job.cancel.clone(),
+            range: None,
+            watermark: None,
+        }
+    }
+}
+
 /// Runs `headroom copy` in the foreground; returns the summary (failures
 /// included), or an error when the job could not run at all.
 pub async fn run(
@@ -255,20 +270,7 @@ pub async fn run(
     foreground: &super::ForegroundOptions,
 ) -> anyhow::Result<CopySummary> {
     let job = super::Foreground::<CopyCounters>::start(foreground);
-    let summary = execute(
-        src,
-        dst,
-        options,
-        CopyEnv {
-            gov: job.plan.governor.clone(),
-            probe: job.plan.probe.clone(),
-            counters: job.counters.clone(),
-            cancel: job.cancel.clone(),
-            range: None,
-            watermark: None,
-        },
-    )
-    .await;
+    let summary = execute(src, dst, options, CopyEnv::of(&job)).await;
     let interrupted = job.stop();
     summary.map(|mut s| {
         s.outcome.interrupted = interrupted;
