@@ -31,6 +31,11 @@ npm ci --prefix crates/headroom/tests/browser --no-audit --no-fund --loglevel=er
 npm ci --prefix crates/headroom/tests/pds --no-audit --no-fund --loglevel=error
 node --version
 
+# Azurite, Microsoft's Azure Storage emulator, from the npm registry, pinned
+# by package-lock.json (3.35.0: the last release that runs on Node 20), for
+# copies to and from az:// (tests/copy_clouds.rs).
+npm ci --prefix crates/headroom/tests/azurite --no-audit --no-fund --loglevel=error
+
 # S3 clients nobody on this project wrote, for the proxy's interoperability
 # test (tests/proxy.rs): aws-cli and boto3 from PyPI in a virtualenv of the
 # project's own, rclone from Debian's packages.

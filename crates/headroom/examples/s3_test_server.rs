@@ -5,8 +5,16 @@
 //! ```text
 //! s3_test_server --root DIR [--every N --kinds 500,503,reset,stall:MS]
 //!                [--uploads-always-fail] [--lose-completions N]
-//!                [--extra-key BUCKET/KEY]...
+//!                [--extra-key BUCKET/KEY]... [--gcs]
 //! ```
+//!
+//! `--gcs` serves Google Cloud Storage's XML API instead, which is S3's
+//! with `x-goog-` header names, to requests that carry no signature (what
+//! object_store's GCS client sends with OAuth disabled): `x-goog-meta-*`
+//! headers are renamed to `x-amz-meta-*` on the way in and back on the way
+//! out, and a bearer token is not checked. The GCS emulator on PyPI (gcp-storage-emulator) serves the JSON
+//! API; the XML API's listing, multipart uploads and custom metadata,
+//! which object_store uses, it does not.
 //!
 //! `--extra-key b/p/dir/` lists a zero-byte object `p/dir/` in bucket `b`
 //! in every ListObjectsV2 answer whose prefix it falls under: a folder
@@ -63,6 +71,8 @@ struct Faults {
     lose_completions: u64,
     /// `bucket/key`s added to listings.
     extra_keys: Vec<String>,
+    /// Speak GCS's XML dialect, unsigned.
+    gcs: bool,
 }
 
 struct State {
@@ -105,6 +115,7 @@ fn parse_args() -> Result<(PathBuf, Faults), String> {
             }
             "--uploads-always-fail" => faults.uploads_always_fail = true,
             "--extra-key" => faults.extra_keys.push(value()?),
+            "--gcs" => faults.gcs = true,
             "--lose-completions" => {
                 faults.lose_completions = value()?
                     .parse()
@@ -127,7 +138,9 @@ async fn main() {
     };
     let fs = s3s_fs::FileSystem::new(&root).expect("s3s-fs root");
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    if !faults.gcs {
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    }
     let state = Arc::new(State {
         service: builder.build(),
         faults,
@@ -149,7 +162,7 @@ async fn main() {
             };
             let state = state.clone();
             tokio::spawn(async move {
-                let handler = service_fn(move |req| handle(state.clone(), req));
+                let handler = service_fn(move |req| answer(state.clone(), req));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(socket), handler)
                     .await;
@@ -179,6 +192,45 @@ fn error_response(status: u16, code: &str) -> Response {
         .header("content-type", "application/xml")
         .body(s3s::Body::from(body))
         .unwrap()
+}
+
+/// [`handle`], in GCS's dialect with `--gcs`.
+async fn answer(state: Arc<State>, mut req: http::Request<Incoming>) -> Result<Response, BoxError> {
+    if !state.faults.gcs {
+        return handle(state, req).await;
+    }
+    // An OAuth bearer token (empty with OAuth disabled) is not checked.
+    if req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes().starts_with(b"Bearer"))
+    {
+        req.headers_mut().remove(http::header::AUTHORIZATION);
+    }
+    rename_headers(req.headers_mut(), "x-goog-meta-", "x-amz-meta-");
+    let mut resp = handle(state, req).await?;
+    rename_headers(resp.headers_mut(), "x-amz-meta-", "x-goog-meta-");
+    Ok(resp)
+}
+
+/// Renames every header starting with `from` to start with `to`.
+fn rename_headers(headers: &mut http::HeaderMap, from: &str, to: &str) {
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(from))
+        .cloned()
+        .collect();
+    for name in names {
+        let renamed = format!("{to}{}", &name.as_str()[from.len()..]);
+        let Ok(renamed) = http::HeaderName::from_bytes(renamed.as_bytes()) else {
+            continue;
+        };
+        let values: Vec<_> = headers.get_all(&name).iter().cloned().collect();
+        headers.remove(&name);
+        for value in values {
+            headers.append(renamed.clone(), value);
+        }
+    }
 }
 
 fn is_data_upload(req: &http::Request<Incoming>) -> bool {

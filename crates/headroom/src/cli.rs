@@ -18,8 +18,8 @@ use crate::jobs::copy::CopyOptions;
 use crate::jobs::ingest::IngestOptions;
 use crate::jobs::purge::PurgeOptions;
 use crate::serve::ServeOptions;
+use crate::store::bucket::S3Config;
 use crate::store::gdrive::{CredentialsConfig, DriveConfig};
-use crate::store::s3::S3Config;
 use crate::telemetry;
 
 /// Move data under a memory ceiling that holds by construction.
@@ -105,7 +105,7 @@ pub enum Command {
     /// Copy files or objects from SRC to DST, skipping what is already
     /// there, within the memory budget.
     ///
-    /// SRC and DST are local paths, file://PATH or s3://BUCKET/PREFIX; SRC
+    /// SRC and DST are local paths, file://PATH or s3://BUCKET/PREFIX (gs://, az://); SRC
     /// may also be Google Drive (gdrive://root/PATH, gdrive://shared/DRIVE/PATH,
     /// gdrive://id/ID, gdrive://shared-with-me/PATH). A directory or prefix
     /// is copied recursively into DST; a single file or object is copied
@@ -201,7 +201,7 @@ pub struct ProxyArgs {
     /// How long the upstream may stay silent within a request (no answer,
     /// no bytes read) before the request fails, e.g. 60s, 5m. Not a
     /// deadline: a GET streams for as long as its client reads.
-    #[arg(long, default_value_t = crate::store::s3::DEFAULT_REQUEST_TIMEOUT.into(), value_name = "DURATION")]
+    #[arg(long, default_value_t = crate::store::bucket::DEFAULT_REQUEST_TIMEOUT.into(), value_name = "DURATION")]
     pub upstream_timeout: humantime::Duration,
 }
 
@@ -284,10 +284,10 @@ impl ProxyArgs {
 /// Arguments of `headroom copy`.
 #[derive(Debug, Args)]
 pub struct CopyArgs {
-    /// What to copy: a path, file://PATH, s3://BUCKET/PREFIX or gdrive://...
+    /// What to copy: a path, file://PATH, s3://BUCKET/PREFIX (gs://, az://) or gdrive://...
     pub src: crate::store::Location,
 
-    /// Where to: a directory path, file://PATH or s3://BUCKET/PREFIX.
+    /// Where to: a directory path, file://PATH or s3://BUCKET/PREFIX (gs://, az://).
     pub dst: crate::store::Location,
 
     /// Show what would be copied and the totals; write nothing.
@@ -359,10 +359,10 @@ pub struct SyncArgs {
 /// Arguments of `headroom check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// What should be there: a path, file://PATH, s3://BUCKET/PREFIX or gdrive://...
+    /// What should be there: a path, file://PATH, s3://BUCKET/PREFIX (gs://, az://) or gdrive://...
     pub src: crate::store::Location,
 
-    /// What to check: a path, file://PATH or s3://BUCKET/PREFIX.
+    /// What to check: a path, file://PATH or s3://BUCKET/PREFIX (gs://, az://).
     pub dst: crate::store::Location,
 
     /// Compare content (MD5) instead of size and modification time, where
@@ -489,7 +489,7 @@ pub struct S3Args {
     pub s3_virtual_hosted: bool,
 
     /// Timeout of one S3 request, e.g. 60s, 5m.
-    #[arg(long, default_value_t = crate::store::s3::DEFAULT_REQUEST_TIMEOUT.into(), value_name = "DURATION")]
+    #[arg(long, default_value_t = crate::store::bucket::DEFAULT_REQUEST_TIMEOUT.into(), value_name = "DURATION")]
     pub s3_timeout: humantime::Duration,
 }
 
@@ -544,7 +544,7 @@ impl PurgeArgs {
 /// Arguments of `headroom purge`.
 #[derive(Debug, Args)]
 pub struct PurgeArgs {
-    /// A directory (local, NFS, EFS; or file://PATH) or s3://BUCKET/PREFIX.
+    /// A directory (local, NFS, EFS; or file://PATH) or s3://BUCKET/PREFIX (gs://, az://).
     pub target: crate::store::Location,
 
     /// Delete files last modified longer ago than this: 30d, 12h, 90m,

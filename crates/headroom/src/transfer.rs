@@ -38,8 +38,8 @@ use headroom_governor::{Governor, Permit};
 use md5::{Digest, Md5};
 use tokio::sync::watch;
 
+pub use crate::store::bucket::HTTP_READ_BUFFER;
 use crate::store::retry::{Backoff, Retry, with_retries};
-pub use crate::store::s3::HTTP_READ_BUFFER;
 use crate::store::{Entry, PartId, RangeReader, Store, StoreError, WriteMode, hex, is_md5_hex};
 
 /// Heap an object's transfer (or one part of it) holds besides its data
@@ -439,7 +439,7 @@ impl Transfers<'_> {
         let outcome = match parts {
             Ok(parts) => {
                 with_retries(&cfg.retry, || {
-                    dst.complete_upload(&entry.key, &upload_id, parts.clone())
+                    dst.complete_upload(&entry.key, &upload_id, parts.clone(), meta.0, meta.1)
                 })
                 .await
             }
@@ -690,8 +690,10 @@ async fn put_checked_part(
 ) -> Result<PartId, StoreError> {
     let md5 = hex(&Md5::digest(&data));
     let part = dst.put_part(&entry.key, upload_id, index, data).await?;
-    let etag = part.content_id.trim_matches('"');
-    if is_md5_hex(etag) && !etag.eq_ignore_ascii_case(&md5) {
+    if let Some(etag) = dst.part_etag(&part)
+        && is_md5_hex(etag)
+        && !etag.eq_ignore_ascii_case(&md5)
+    {
         return Err(StoreError {
             context: format!(
                 "upload part {} of {}",
@@ -748,7 +750,7 @@ impl Transfers<'_> {
         let outcome = match result {
             Ok(parts) => {
                 let completed = with_retries(&cfg.retry, || {
-                    dst.complete_upload(&entry.key, &upload_id, parts.clone())
+                    dst.complete_upload(&entry.key, &upload_id, parts.clone(), mtime, entry.mode)
                 })
                 .await;
                 match completed {
@@ -950,7 +952,13 @@ impl Transfers<'_> {
         };
         let outcome = match parts {
             Ok((parts, total)) => with_retries(&cfg.retry, || {
-                dst.complete_upload(&entry.key, &upload_id, parts.clone())
+                dst.complete_upload(
+                    &entry.key,
+                    &upload_id,
+                    parts.clone(),
+                    entry.mtime,
+                    entry.mode,
+                )
             })
             .await
             .map(|()| total),
@@ -1011,13 +1019,12 @@ impl Transfers<'_> {
     }
 }
 
-/// The ETag S3 gives an object assembled from `parts`: the MD5 of their
-/// binary MD5s, then `-` and the count. `None` when a part's ETag is not a
-/// plain MD5.
-fn multipart_etag(parts: &[PartId]) -> Option<String> {
+/// The ETag S3 gives an object assembled from parts with these ETags:
+/// the MD5 of their binary MD5s, then `-` and the count. `None` when a
+/// part's ETag is not a plain MD5.
+fn multipart_etag(parts: &[&str]) -> Option<String> {
     let mut all = Md5::new();
-    for p in parts {
-        let etag = p.content_id.trim_matches('"');
+    for etag in parts {
         if !is_md5_hex(etag) {
             return None;
         }
@@ -1041,7 +1048,12 @@ async fn completed_anyway(
     parts: &[PartId],
     cfg: &TransferConfig,
 ) -> bool {
-    let Some(want) = multipart_etag(parts) else {
+    let Some(want) = parts
+        .iter()
+        .map(|p| dst.part_etag(p))
+        .collect::<Option<Vec<_>>>()
+        .and_then(|etags| multipart_etag(&etags))
+    else {
         return false;
     };
     let check = || async {
@@ -1071,18 +1083,15 @@ mod tests {
 
     #[test]
     fn multipart_etag_is_the_md5_of_the_part_md5s_and_the_count() {
-        let part = |etag: &str| PartId {
-            content_id: etag.to_string(),
-        };
         let parts = [
-            part("\"5d41402abc4b2a76b9719d911017c592\""),
-            part("7d793037a0760186574b0282f2f435e7"),
+            "5d41402abc4b2a76b9719d911017c592",
+            "7d793037a0760186574b0282f2f435e7",
         ];
         assert_eq!(
             multipart_etag(&parts).as_deref(),
             Some("065947336a2f2a95ba8899f3675c3be6-2")
         );
-        assert_eq!(multipart_etag(&[part("not-an-md5")]), None);
+        assert_eq!(multipart_etag(&["not-an-md5"]), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use common::*;
 use headroom::proxy::keys::KeyFile;
-use headroom::store::s3::S3Config;
+use headroom::store::bucket::S3Config;
 use headroom_governor::{CountingAlloc, Governor, MemoryProbe};
 
 #[global_allocator]

@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use common::*;
-use headroom::store::s3::S3Config;
+use headroom::store::bucket::S3Config;
 use headroom::store::{Location, Store};
 use headroom::transfer::{Kind, TransferConfig, Transfers, footprint, kind_for};
 use headroom_governor::{CountingAlloc, Governor};
@@ -35,7 +35,8 @@ struct Case {
 
 fn store(s3: bool, cfg: &S3Config, bucket: &str, local_root: &std::path::Path) -> Store {
     let location = if s3 {
-        Location::S3 {
+        Location::Bucket {
+            cloud: headroom::store::Cloud::S3,
             bucket: bucket.to_string(),
             prefix: String::new(),
             dir: true,

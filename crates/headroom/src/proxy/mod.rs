@@ -29,7 +29,7 @@ use anyhow::Context;
 use axum::response::IntoResponse;
 use headroom_governor::Governor;
 
-use crate::store::s3::S3Config;
+use crate::store::bucket::S3Config;
 
 /// How the proxy runs: what `headroom proxy`'s flags turn into.
 #[derive(Clone, Debug)]

@@ -23,7 +23,7 @@ use super::keys::Keys;
 use super::service::{meta_header, segments_of};
 use super::upstream::{MAX_XML_BYTES, Upstream, read_bounded, set_header};
 use super::xml;
-use crate::store::s3::S3Config;
+use crate::store::bucket::S3Config;
 use crate::telemetry::Failures;
 
 /// Objects rewrapped at once.

@@ -64,7 +64,7 @@ pub const REQUEST_OVERHEAD: u64 = 128 << 10;
 /// What a body in flight holds in the HTTP stack on its way in or out
 /// (hyper's read buffer, a chunk not yet consumed): as `copy` measured for
 /// S3 reads.
-pub const HTTP_BUFFER: u64 = crate::store::s3::HTTP_READ_BUFFER;
+pub const HTTP_BUFFER: u64 = crate::store::bucket::HTTP_READ_BUFFER;
 
 /// What one operation holds at most, by kind.
 pub mod footprint {

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use s3s::{S3Error, S3ErrorCode};
 
-use crate::store::s3::S3Config;
+use crate::store::bucket::S3Config;
 
 /// The largest upstream answer read into memory (an XML listing of 1,000
 /// keys of S3's 1,024-byte maximum is well under it).
@@ -72,7 +72,7 @@ impl Upstream {
         // object_store resolves credentials (environment, profile-less
         // web identity, instance metadata); its provider is reused here.
         let credentials = cfg
-            .client("headroom-proxy")
+            .s3_client("headroom-proxy")
             .map_err(|e| anyhow::anyhow!("upstream: {e}"))?
             .credentials()
             .clone();

@@ -1,5 +1,7 @@
-//! Where data lives: `PATH`, `file://PATH`, `s3://BUCKET[/PREFIX]` or
-//! `gdrive://...` (see [`DriveLocation`]).
+//! Where data lives: `PATH`, `file://PATH`, a bucket of an object store
+//! (`s3://BUCKET[/PREFIX]`, `gs://BUCKET[/PREFIX]`,
+//! `az://CONTAINER[/PREFIX]`, the schemes rclone and object_store users
+//! know) or `gdrive://...` (see [`DriveLocation`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,9 +14,12 @@ pub use super::gdrive::DriveLocation;
 pub enum Location {
     /// A local path (file or directory; it need not exist for a destination).
     Local(PathBuf),
-    /// A bucket and a key prefix (no leading slash; may be empty).
-    S3 {
-        /// Bucket name.
+    /// A bucket (an Azure container) and a key prefix (no leading slash;
+    /// may be empty).
+    Bucket {
+        /// Which object store.
+        cloud: Cloud,
+        /// Bucket or container name.
         bucket: String,
         /// Key or prefix inside the bucket, without leading or trailing `/`.
         prefix: String,
@@ -25,6 +30,81 @@ pub enum Location {
     },
     /// A Google Drive folder or file (a source only).
     GDrive(DriveLocation),
+}
+
+/// The object stores a [`Location::Bucket`] can be in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cloud {
+    /// Amazon S3 or an S3-compatible server.
+    S3,
+    /// Google Cloud Storage.
+    Gcs,
+    /// Azure Blob Storage.
+    Azure,
+}
+
+impl Cloud {
+    /// The URL scheme.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Cloud::S3 => "s3",
+            Cloud::Gcs => "gs",
+            Cloud::Azure => "az",
+        }
+    }
+
+    /// What its buckets are called in messages.
+    pub fn bucket_word(self) -> &'static str {
+        match self {
+            Cloud::Azure => "container",
+            Cloud::S3 | Cloud::Gcs => "bucket",
+        }
+    }
+
+    fn of_scheme(scheme: &str) -> Option<Cloud> {
+        match scheme {
+            "s3" => Some(Cloud::S3),
+            "gs" => Some(Cloud::Gcs),
+            "az" => Some(Cloud::Azure),
+            _ => None,
+        }
+    }
+
+    /// The service's naming rules for a bucket, checked before any
+    /// request is made.
+    fn validate(self, name: &str) -> Result<(), String> {
+        let word = self.bucket_word();
+        if name.is_empty() {
+            return Err(format!("no {word} name"));
+        }
+        if !(3..=63).contains(&name.len()) {
+            return Err(format!("{word} names are 3 to 63 characters long"));
+        }
+        let extra: &[u8] = match self {
+            Cloud::S3 => b".-",
+            Cloud::Gcs => b".-_",
+            Cloud::Azure => b"-",
+        };
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || extra.contains(&b))
+        {
+            let allowed = match self {
+                Cloud::S3 => "lowercase letters, digits, '.' and '-'",
+                Cloud::Gcs => "lowercase letters, digits, '.', '-' and '_'",
+                Cloud::Azure => "lowercase letters, digits and '-'",
+            };
+            return Err(format!("{word} names use only {allowed}"));
+        }
+        let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        if !alnum(name.as_bytes()[0]) || !alnum(name.as_bytes()[name.len() - 1]) {
+            return Err(format!("{word} names start and end with a letter or digit"));
+        }
+        if self == Cloud::Azure && name.contains("--") {
+            return Err("container names have no two '-' in a row".into());
+        }
+        Ok(())
+    }
 }
 
 /// A location that cannot be parsed; the message quotes it.
@@ -45,16 +125,20 @@ impl FromStr for Location {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.is_empty() {
             return Err(LocationError(
-                "empty location (expected a path, file://PATH, s3://BUCKET/PREFIX or gdrive://...)"
+                "empty location (expected a path, file://PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX or gdrive://...)"
                     .into(),
             ));
         }
-        if let Some(rest) = s.strip_prefix("s3://") {
+        if let Some((scheme, rest)) = s.split_once("://")
+            && let Some(cloud) = Cloud::of_scheme(scheme)
+        {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            validate_bucket(bucket)
-                .map_err(|why| LocationError(format!("invalid S3 location {s:?}: {why}")))?;
+            cloud.validate(bucket).map_err(|why| {
+                LocationError(format!("invalid {scheme}:// location {s:?}: {why}"))
+            })?;
             let trimmed = prefix.trim_matches('/');
-            return Ok(Location::S3 {
+            return Ok(Location::Bucket {
+                cloud,
                 bucket: bucket.to_string(),
                 prefix: trimmed.to_string(),
                 dir: trimmed.is_empty() || prefix.ends_with('/'),
@@ -80,7 +164,7 @@ impl FromStr for Location {
                 .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         {
             return Err(LocationError(format!(
-                "unknown scheme {scheme:?} in {s:?} (supported: a local path, file://PATH, s3://BUCKET/PREFIX, gdrive://root/PATH, gdrive://shared/DRIVE/PATH, gdrive://id/ID, gdrive://shared-with-me/PATH)"
+                "unknown scheme {scheme:?} in {s:?} (supported: a local path, file://PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX, gdrive://root/PATH, gdrive://shared/DRIVE/PATH, gdrive://id/ID, gdrive://shared-with-me/PATH)"
             )));
         }
         Ok(Location::Local(PathBuf::from(s)))
@@ -91,13 +175,19 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
-            Location::S3 { bucket, prefix, .. } if prefix.is_empty() => write!(f, "s3://{bucket}"),
-            Location::S3 {
+            Location::Bucket {
+                cloud,
                 bucket,
                 prefix,
-                dir: true,
-            } => write!(f, "s3://{bucket}/{prefix}/"),
-            Location::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
+                dir,
+            } => {
+                write!(f, "{}://{bucket}", cloud.scheme())?;
+                match (prefix.is_empty(), dir) {
+                    (true, _) => Ok(()),
+                    (false, true) => write!(f, "/{prefix}/"),
+                    (false, false) => write!(f, "/{prefix}"),
+                }
+            }
             Location::GDrive(d) => write!(f, "{d}"),
         }
     }
@@ -122,7 +212,7 @@ impl Location {
     /// The bucket, when the location is all of one (no prefix).
     pub fn whole_bucket(&self) -> Option<&str> {
         match self {
-            Location::S3 { bucket, prefix, .. } if prefix.is_empty() => Some(bucket),
+            Location::Bucket { bucket, prefix, .. } if prefix.is_empty() => Some(bucket),
             _ => None,
         }
     }
@@ -131,7 +221,7 @@ impl Location {
 /// Why copying `src` into `dst` would read what it writes (or write over
 /// its source): one lies within the other. Local paths are compared
 /// resolved (symlinks, `..`), a destination that does not exist yet by its
-/// nearest existing ancestor; S3 locations by bucket and key prefix.
+/// nearest existing ancestor; buckets by store, bucket and key prefix.
 pub fn overlap(src: &Location, dst: &Location) -> Option<String> {
     let within = |inner: &str, outer: &str| {
         outer.is_empty()
@@ -163,17 +253,19 @@ pub fn overlap(src: &Location, dst: &Location) -> Option<String> {
             }
         }
         (
-            Location::S3 {
+            Location::Bucket {
+                cloud: sc,
                 bucket: sb,
                 prefix: sp,
                 ..
             },
-            Location::S3 {
+            Location::Bucket {
+                cloud: dc,
                 bucket: db,
                 prefix: dp,
                 ..
             },
-        ) if sb == db && (within(dp, sp) || within(sp, dp)) => Some(format!(
+        ) if sc == dc && sb == db && (within(dp, sp) || within(sp, dp)) => Some(format!(
             "{src} and {dst} overlap: one lies within the other, so the copy would read what it writes"
         )),
         _ => None,
@@ -203,33 +295,13 @@ pub fn resolve(path: &std::path::Path) -> Option<PathBuf> {
     }
 }
 
-/// S3's bucket naming rules, checked before any request is made.
-fn validate_bucket(bucket: &str) -> Result<(), &'static str> {
-    if bucket.is_empty() {
-        return Err("no bucket name");
-    }
-    if !(3..=63).contains(&bucket.len()) {
-        return Err("bucket names are 3 to 63 characters long");
-    }
-    if !bucket
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-    {
-        return Err("bucket names use only lowercase letters, digits, '.' and '-'");
-    }
-    let first_last_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    if !first_last_ok(bucket.as_bytes()[0]) || !first_last_ok(bucket.as_bytes()[bucket.len() - 1]) {
-        return Err("bucket names start and end with a letter or digit");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn s3(bucket: &str, prefix: &str) -> Location {
-        Location::S3 {
+        Location::Bucket {
+            cloud: Cloud::S3,
             bucket: bucket.into(),
             prefix: prefix.into(),
             dir: prefix.is_empty(),
@@ -237,7 +309,8 @@ mod tests {
     }
 
     fn s3_dir(bucket: &str, prefix: &str) -> Location {
-        Location::S3 {
+        Location::Bucket {
+            cloud: Cloud::S3,
             bucket: bucket.into(),
             prefix: prefix.into(),
             dir: true,
@@ -264,6 +337,21 @@ mod tests {
         assert_eq!("s3://my-bucket/a/b".parse(), Ok(s3("my-bucket", "a/b")));
         assert_eq!(s3("b.x-1", "p/q").to_string(), "s3://b.x-1/p/q");
         assert_eq!(s3_dir("b.x-1", "p/q").to_string(), "s3://b.x-1/p/q/");
+        let gs: Location = "gs://my_bucket/a/".parse().unwrap();
+        assert_eq!(gs.to_string(), "gs://my_bucket/a/");
+        assert!(
+            matches!(gs, Location::Bucket { cloud: Cloud::Gcs, ref bucket, .. } if bucket == "my_bucket")
+        );
+        let az: Location = "az://logs-2024/x/y".parse().unwrap();
+        assert_eq!(az.to_string(), "az://logs-2024/x/y");
+        assert!(matches!(
+            az,
+            Location::Bucket {
+                cloud: Cloud::Azure,
+                dir: false,
+                ..
+            }
+        ));
         let drive: Location = "gdrive://shared/Eng/a/b".parse().unwrap();
         assert_eq!(drive.to_string(), "gdrive://shared/Eng/a/b");
         assert!(matches!(drive, Location::GDrive(_)));
@@ -285,12 +373,21 @@ mod tests {
         assert!(overlap(&p("s3://bkt"), &p("s3://bkt/x")).is_some());
         assert!(overlap(&p("s3://bkt/logs"), &p("s3://bkt/logs2")).is_none());
         assert!(overlap(&p("s3://bkt/logs"), &p("s3://other/logs")).is_none());
+        assert!(overlap(&p("s3://bkt/logs"), &p("gs://bkt/logs/x")).is_none());
+        assert!(overlap(&p("az://bkt/logs"), &p("az://bkt/logs/x")).is_some());
     }
 
     #[test]
     fn rejects_unknown_schemes_and_bad_buckets_with_the_input() {
         for (input, needle) in [
-            ("gs://bucket/x", "unknown scheme \"gs\""),
+            ("hdfs://bucket/x", "unknown scheme \"hdfs\""),
+            (
+                "gs://Bucket/x",
+                "lowercase letters, digits, '.', '-' and '_'",
+            ),
+            ("az://my_container", "lowercase letters, digits and '-'"),
+            ("az://a--b", "no two '-' in a row"),
+            ("az://", "no container name"),
             ("s3://", "no bucket name"),
             ("s3:///key", "no bucket name"),
             ("s3://ab/x", "3 to 63"),

@@ -1,5 +1,6 @@
-//! Object stores behind one interface: a local directory tree, an
-//! S3-compatible bucket prefix, or (as a source only) a Google Drive folder.
+//! Object stores behind one interface: a local directory tree, a bucket
+//! prefix of S3 (or an S3-compatible server), Google Cloud Storage or Azure
+//! Blob Storage, or (as a source only) a Google Drive folder.
 //!
 //! A store is rooted at a [`Location`]; every object in it is named by a
 //! *key* relative to that root, `/`-separated, valid UTF-8 (what S3 can
@@ -27,11 +28,11 @@
 //! a variant of [`Store`] and of [`Location`], and its arms in the methods
 //! below.
 
+pub mod bucket;
 pub mod gdrive;
 pub mod local;
 pub mod location;
 pub mod retry;
-pub mod s3;
 mod s3_list;
 
 use std::ops::Range;
@@ -41,7 +42,7 @@ use headroom_governor::channel;
 
 /// The writer of stores that write positionally ([`WriteMode::Positional`]).
 pub use local::LocalWriter as FileWriter;
-pub use location::Location;
+pub use location::{Cloud, Location};
 /// A part of a multipart upload, as its store acknowledged it.
 pub use object_store::multipart::PartId;
 
@@ -244,8 +245,8 @@ pub enum Deleted {
 pub enum Store {
     /// A local directory tree (or one file).
     Local(local::LocalStore),
-    /// An S3 bucket prefix (or one object).
-    S3(s3::S3Store),
+    /// A bucket prefix of S3, GCS or Azure (or one object).
+    Bucket(bucket::BucketStore),
     /// A Google Drive folder tree (or one file); a source only.
     GDrive(gdrive::DriveStore),
 }
@@ -255,7 +256,7 @@ impl Store {
     /// object (copied into the destination as a directory would be).
     pub async fn open_source(
         loc: &Location,
-        s3: &s3::S3Config,
+        s3: &bucket::S3Config,
         gdrive: &gdrive::DriveConfig,
     ) -> anyhow::Result<Store> {
         use anyhow::{Context, bail};
@@ -272,14 +273,16 @@ impl Store {
                 }
                 Err(e) => Err(e).with_context(|| format!("cannot read source {}", path.display())),
             },
-            Location::S3 {
+            Location::Bucket {
+                cloud,
                 bucket,
                 prefix,
                 dir,
             } => {
-                let client = std::sync::Arc::new(s3.client(bucket)?);
-                Ok(Store::S3(
-                    s3::S3Store::source(client, bucket.clone(), prefix.clone(), *dir).await?,
+                let client = s3.client(*cloud, bucket)?;
+                Ok(Store::Bucket(
+                    bucket::BucketStore::source(client, bucket.clone(), prefix.clone(), *dir)
+                        .await?,
                 ))
             }
             Location::GDrive(d) => Ok(Store::GDrive(
@@ -291,10 +294,10 @@ impl Store {
     }
 
     /// Opens a directory or prefix to write into, or to purge. A local one
-    /// must not be a file; an S3 bucket must answer one listing request, so
+    /// must not be a file; a bucket must answer one listing request, so
     /// a missing or forbidden bucket fails here, before thousands of
     /// requests each fail on their own.
-    pub async fn open_destination(loc: &Location, s3: &s3::S3Config) -> anyhow::Result<Store> {
+    pub async fn open_destination(loc: &Location, s3: &bucket::S3Config) -> anyhow::Result<Store> {
         if let Location::Local(path) = loc
             && path.is_file()
         {
@@ -304,7 +307,7 @@ impl Store {
             );
         }
         let store = Store::open_prefix(loc, s3)?;
-        if let Store::S3(s) = &store {
+        if let Store::Bucket(s) = &store {
             retry::with_retries(&retry::Retry::default(), || s.check_access())
                 .await
                 .map_err(|e| anyhow::anyhow!("destination {loc}: {}", e.message))?;
@@ -314,17 +317,26 @@ impl Store {
 
     /// A directory or prefix as it is named, unchecked: whether it exists
     /// shows when it is first listed or written.
-    pub fn open_prefix(loc: &Location, s3: &s3::S3Config) -> Result<Store, StoreError> {
+    pub fn open_prefix(loc: &Location, s3: &bucket::S3Config) -> Result<Store, StoreError> {
         Ok(match loc {
             Location::Local(path) => Store::Local(local::LocalStore::dir(path.clone())),
-            Location::S3 { bucket, prefix, .. } => {
-                let client = std::sync::Arc::new(s3.client(bucket)?);
-                Store::S3(s3::S3Store::new(client, bucket.clone(), prefix.clone()))
+            Location::Bucket {
+                cloud,
+                bucket,
+                prefix,
+                ..
+            } => {
+                let client = s3.client(*cloud, bucket)?;
+                Store::Bucket(bucket::BucketStore::new(
+                    client,
+                    bucket.clone(),
+                    prefix.clone(),
+                ))
             }
             Location::GDrive(_) => {
                 return Err(StoreError::permanent(
                     loc.to_string(),
-                    "Google Drive is a source only: copy from it to a local path or s3://",
+                    "Google Drive is a source only: copy from it to a local path or a bucket",
                 ));
             }
         })
@@ -334,17 +346,17 @@ impl Store {
     pub fn write_mode(&self) -> WriteMode {
         match self {
             Store::Local(_) => WriteMode::Positional,
-            Store::S3(_) | Store::GDrive(_) => WriteMode::Upload,
+            Store::Bucket(_) | Store::GDrive(_) => WriteMode::Upload,
         }
     }
 
     /// Heap a read from this store holds besides the caller's buffer: for
-    /// S3 the HTTP client's read buffers ([`s3::HTTP_READ_BUFFER`]); none
+    /// a bucket the HTTP client's read buffers ([`bucket::HTTP_READ_BUFFER`]); none
     /// for a local file.
     pub fn read_overhead(&self) -> u64 {
         match self {
             Store::Local(_) => 0,
-            Store::S3(_) | Store::GDrive(_) => s3::HTTP_READ_BUFFER,
+            Store::Bucket(_) | Store::GDrive(_) => bucket::HTTP_READ_BUFFER,
         }
     }
 
@@ -353,7 +365,7 @@ impl Store {
     /// them.
     pub fn remark(&self) -> Option<String> {
         match self {
-            Store::Local(_) | Store::S3(_) => None,
+            Store::Local(_) | Store::Bucket(_) => None,
             Store::GDrive(s) => {
                 let p = s.pacer_stats();
                 Some(format!(
@@ -372,7 +384,7 @@ impl Store {
     pub fn delete_batch_keys(&self) -> usize {
         match self {
             Store::Local(_) | Store::GDrive(_) => 1,
-            Store::S3(_) => s3::DELETE_BATCH_KEYS,
+            Store::Bucket(_) => bucket::DELETE_BATCH_KEYS,
         }
     }
 
@@ -380,7 +392,7 @@ impl Store {
     pub fn display_key(&self, key: &str) -> String {
         match self {
             Store::Local(s) => s.path_of(key).display().to_string(),
-            Store::S3(s) => s.url_of(key),
+            Store::Bucket(s) => s.url_of(key),
             Store::GDrive(s) => s.url_of(key),
         }
     }
@@ -406,7 +418,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Local(s) => s.list(tx, range).await,
-            Store::S3(s) => s.list(tx, retry, range).await,
+            Store::Bucket(s) => s.list(tx, retry, range).await,
             Store::GDrive(s) => {
                 if range.is_some_and(|r| r.through.is_some()) {
                     return Err(StoreError::permanent(
@@ -423,7 +435,7 @@ impl Store {
     pub async fn stat(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         match self {
             Store::Local(s) => s.stat(key).await,
-            Store::S3(s) => s.stat(key).await,
+            Store::Bucket(s) => s.stat(key).await,
             Store::GDrive(_) => Err(self.not_written_so(key, "lookups by key")),
         }
     }
@@ -440,7 +452,7 @@ impl Store {
     ) -> Result<RangeReader, StoreError> {
         match self {
             Store::Local(s) => s.open_range(entry, range).await.map(RangeReader::Local),
-            Store::S3(s) => Ok(RangeReader::S3(s.open_range(
+            Store::Bucket(s) => Ok(RangeReader::Bucket(s.open_range(
                 &entry.key,
                 entry.etag.as_deref(),
                 range,
@@ -460,7 +472,9 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         use md5::{Digest, Md5};
         match self {
-            Store::S3(_) | Store::GDrive(_) => Ok(entry.md5_etag().map(str::to_ascii_lowercase)),
+            Store::Bucket(_) | Store::GDrive(_) => {
+                Ok(entry.md5_etag().map(str::to_ascii_lowercase))
+            }
             Store::Local(_) => {
                 let mut hasher = Md5::new();
                 let mut reader = self.open_range(entry, 0..entry.size).await?;
@@ -490,7 +504,7 @@ impl Store {
     ) -> Result<Option<SystemTime>, StoreError> {
         match self {
             Store::Local(_) | Store::GDrive(_) => Ok(entry.mtime),
-            Store::S3(s) => Ok(retry::with_retries(retry, || s.stat(&entry.key))
+            Store::Bucket(s) => Ok(retry::with_retries(retry, || s.stat(&entry.key))
                 .await?
                 .and_then(|e| e.mtime)
                 .or(entry.mtime)),
@@ -502,7 +516,7 @@ impl Store {
     pub fn is_single(&self) -> bool {
         match self {
             Store::Local(s) => s.is_single(),
-            Store::S3(s) => s.is_single(),
+            Store::Bucket(s) => s.is_single(),
             Store::GDrive(_) => false,
         }
     }
@@ -511,7 +525,8 @@ impl Store {
     /// both S3, reached through the same endpoint and credentials (one
     /// copy's stores always are).
     pub fn copies_server_side_to(&self, dst: &Store) -> bool {
-        matches!((self, dst), (Store::S3(_), Store::S3(_)))
+        matches!((self, dst), (Store::Bucket(a), Store::Bucket(b))
+            if a.cloud() == Cloud::S3 && b.cloud() == Cloud::S3)
     }
 
     /// Has S3 copy `entry` into `dst` (`CopyObject` with `meta` as its
@@ -525,7 +540,7 @@ impl Store {
         part: Option<(&str, usize, Range<u64>)>,
     ) -> Result<String, StoreError> {
         match (self, dst) {
-            (Store::S3(a), Store::S3(b)) => {
+            (Store::Bucket(a), Store::Bucket(b)) => {
                 b.copy_from(a, &entry.key, entry.etag.as_deref(), meta, part)
                     .await
             }
@@ -561,7 +576,9 @@ impl Store {
     pub async fn create(&self, key: &str) -> Result<FileWriter, StoreError> {
         match self {
             Store::Local(s) => s.create(key).await,
-            Store::S3(_) | Store::GDrive(_) => Err(self.not_written_so(key, "positional writes")),
+            Store::Bucket(_) | Store::GDrive(_) => {
+                Err(self.not_written_so(key, "positional writes"))
+            }
         }
     }
 
@@ -576,7 +593,7 @@ impl Store {
         mode: Option<u32>,
     ) -> Result<Option<String>, StoreError> {
         match self {
-            Store::S3(s) => s.put(key, data, mtime, mode).await,
+            Store::Bucket(s) => s.put(key, data, mtime, mode).await,
             Store::Local(_) | Store::GDrive(_) => Err(self.not_written_so(key, "uploads")),
         }
     }
@@ -589,7 +606,7 @@ impl Store {
         mode: Option<u32>,
     ) -> Result<String, StoreError> {
         match self {
-            Store::S3(s) => s.create_multipart(key, mtime, mode).await,
+            Store::Bucket(s) => s.create_multipart(key, mtime, mode).await,
             Store::Local(_) | Store::GDrive(_) => Err(self.not_written_so(key, "uploads")),
         }
     }
@@ -603,20 +620,33 @@ impl Store {
         data: bytes::Bytes,
     ) -> Result<PartId, StoreError> {
         match self {
-            Store::S3(s) => s.put_part(key, id, index, data).await,
+            Store::Bucket(s) => s.put_part(key, id, index, data).await,
             Store::Local(_) | Store::GDrive(_) => Err(self.not_written_so(key, "uploads")),
         }
     }
 
-    /// Completes upload `id` from its parts in order.
+    /// The ETag the server gave `part`, where a part's id is one (S3,
+    /// GCS; an Azure block id is headroom's own name for the block).
+    pub fn part_etag<'a>(&self, part: &'a PartId) -> Option<&'a str> {
+        match self {
+            Store::Bucket(s) if s.parts_have_etags() => Some(part.content_id.trim_matches('"')),
+            _ => None,
+        }
+    }
+
+    /// Completes upload `id` from its parts in order. `mtime` and `mode`
+    /// are those [`create_upload`](Self::create_upload) was given (Azure
+    /// records them only now).
     pub async fn complete_upload(
         &self,
         key: &str,
         id: &str,
         parts: Vec<PartId>,
+        mtime: Option<SystemTime>,
+        mode: Option<u32>,
     ) -> Result<(), StoreError> {
         match self {
-            Store::S3(s) => s.complete_multipart(key, id, parts).await,
+            Store::Bucket(s) => s.complete_multipart(key, id, parts, mtime, mode).await,
             Store::Local(_) | Store::GDrive(_) => Err(self.not_written_so(key, "uploads")),
         }
     }
@@ -625,7 +655,7 @@ impl Store {
     /// is left behind.
     pub async fn abort_upload(&self, key: &str, id: &str) -> Result<(), StoreError> {
         match self {
-            Store::S3(s) => s.abort_multipart(key, id).await,
+            Store::Bucket(s) => s.abort_multipart(key, id).await,
             Store::Local(_) | Store::GDrive(_) => Err(self.not_written_so(key, "uploads")),
         }
     }
@@ -635,7 +665,7 @@ impl Store {
     /// order.
     pub async fn delete(&self, keys: &[String]) -> Result<Vec<Deleted>, StoreError> {
         match self {
-            Store::S3(s) => s.delete(keys).await,
+            Store::Bucket(s) => s.delete(keys).await,
             Store::Local(s) => Ok(s.delete(keys).await),
             Store::GDrive(_) => {
                 Err(self.not_written_so(keys.first().map_or("", |k| k.as_str()), "deletes"))
@@ -675,7 +705,7 @@ pub enum RangeReader {
     /// `pread` on a local file, on the blocking pool.
     Local(local::LocalRange),
     /// A ranged GET; a broken stream resumes with a new ranged GET.
-    S3(s3::S3Range),
+    Bucket(bucket::BucketRange),
     /// A ranged `alt=media` GET of a Drive file, or an export.
     GDrive(gdrive::DriveRange),
 }
@@ -687,7 +717,7 @@ impl RangeReader {
     pub async fn read(&mut self, buf: Vec<u8>, at: usize) -> (Vec<u8>, Result<usize, StoreError>) {
         match self {
             RangeReader::Local(r) => r.read(buf, at).await,
-            RangeReader::S3(r) => r.read(buf, at).await,
+            RangeReader::Bucket(r) => r.read(buf, at).await,
             RangeReader::GDrive(r) => r.read(buf, at).await,
         }
     }
@@ -713,7 +743,7 @@ impl RangeReader {
     pub fn mtime(&self) -> Option<std::time::SystemTime> {
         match self {
             RangeReader::Local(_) | RangeReader::GDrive(_) => None,
-            RangeReader::S3(r) => r.mtime(),
+            RangeReader::Bucket(r) => r.mtime(),
         }
     }
 
@@ -722,7 +752,7 @@ impl RangeReader {
     pub fn mode(&self) -> Option<u32> {
         match self {
             RangeReader::Local(_) | RangeReader::GDrive(_) => None,
-            RangeReader::S3(r) => r.mode(),
+            RangeReader::Bucket(r) => r.mode(),
         }
     }
 }

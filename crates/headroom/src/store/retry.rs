@@ -1,7 +1,7 @@
 //! Retries of storage requests: exponential backoff with full jitter.
 //!
 //! object_store retries a request a few times itself (see
-//! [`S3Config::request_retries`](super::s3::S3Config)); this is the outer
+//! [`S3Config::request_retries`](super::bucket::S3Config)); this is the outer
 //! loop, per operation, that redoes what must be redone between attempts
 //! (re-reading a part, reopening a listing after its last key) and that
 //! the user sets with `--retries`.

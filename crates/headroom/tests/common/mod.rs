@@ -12,6 +12,7 @@ use std::time::Duration;
 use md5::{Digest, Md5};
 
 pub mod atproto;
+pub mod azurite;
 pub mod gdrive;
 pub mod ingest;
 pub mod moto;
@@ -37,6 +38,9 @@ pub struct Faults {
     /// Zero-byte objects (`bucket/key`) listed beside the real ones: folder
     /// markers (`b/p/dir/`), keys no file can be named (`b/p/../x`).
     pub extra_keys: Vec<String>,
+    /// Serve Google Cloud Storage's XML API (S3's with `x-goog-` headers),
+    /// unsigned: see [`S3Server::gcs_env`].
+    pub gcs: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -76,6 +80,9 @@ impl Faults {
         ]);
         for k in &self.extra_keys {
             args.extend(["--extra-key".into(), k.clone()]);
+        }
+        if self.gcs {
+            args.push("--gcs".into());
         }
         args
     }
@@ -173,6 +180,22 @@ impl S3Server {
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),
             ("AWS_REGION", "us-east-1".into()),
         ]
+    }
+}
+
+impl S3Server {
+    /// Environment for a child process to reach this server as Google
+    /// Cloud Storage (started with [`Faults::gcs`]): object_store's GCS
+    /// client pointed at it, OAuth off.
+    pub fn gcs_env(&self) -> Vec<(&'static str, String)> {
+        let key = serde_json::json!({
+            "disable_oauth": true,
+            "gcs_base_url": self.endpoint,
+            "client_email": "",
+            "private_key": "",
+            "private_key_id": "",
+        });
+        vec![("GOOGLE_SERVICE_ACCOUNT_KEY", key.to_string())]
     }
 }
 

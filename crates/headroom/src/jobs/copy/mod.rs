@@ -27,9 +27,9 @@ use headroom_governor::{ByteSize, Governor, MemoryProbe, channel};
 use tokio::sync::{Semaphore, watch};
 
 use crate::jobs::filter::Filter;
+use crate::store::bucket::S3Config;
 use crate::store::gdrive::DriveConfig;
 use crate::store::retry::{Retry, with_retries};
-use crate::store::s3::S3Config;
 use crate::store::{Entry, KeyRange, Listed, Location, Store, StoreError};
 use crate::telemetry::Outcome;
 use crate::transfer::{self, Kind, TransferConfig};

@@ -53,8 +53,8 @@ use rustix::io::Errno;
 use tokio::sync::watch;
 
 use crate::jobs::filter::Filter;
+use crate::store::bucket::S3Config;
 use crate::store::retry::Retry;
-use crate::store::s3::S3Config;
 use crate::store::{Deleted, Listed, Location, Store};
 use crate::telemetry::Outcome;
 
@@ -266,11 +266,10 @@ pub async fn execute(
     let local_root = match target.local_path() {
         Some(path) => Some(check_local_target(path, args.force)?),
         None => {
-            if let Some(bucket) = target.whole_bucket()
-                && !args.force
-            {
+            if target.whole_bucket().is_some() && !args.force {
                 bail!(
-                    "refusing to purge the whole bucket {target} without --force: name a prefix (s3://{bucket}/PREFIX)"
+                    "refusing to purge the whole bucket {target} without --force: name a prefix ({}/PREFIX)",
+                    target.to_string().trim_end_matches('/')
                 );
             }
             None

@@ -1,10 +1,20 @@
-//! An S3-compatible bucket prefix as a store, through `object_store`.
+//! A bucket prefix of an object store as a store: S3 (and S3-compatible
+//! servers), Google Cloud Storage or Azure Blob Storage, through
+//! `object_store`.
 //!
-//! Signing, credentials and the HTTP client are object_store's. headroom
-//! adds what a memory-capped copier needs on top: lazy paginated listing
-//! into a byte-bounded channel, ranged reads that resume where a broken
-//! stream stopped, and explicit multipart uploads (one part per permit, each
-//! part retried on its own).
+//! Signing, credentials and the HTTP clients are object_store's (each
+//! cloud's configured from its usual environment: `AWS_*`, `GOOGLE_*`,
+//! `AZURE_*`). headroom adds what a memory-capped copier needs on top: lazy
+//! paginated listing into a byte-bounded channel, ranged reads that resume
+//! where a broken stream stopped, and explicit multipart uploads (one part
+//! per permit, each part retried on its own).
+//!
+//! The three differ in a few places, all here: S3 pages are fetched and
+//! parsed by `s3_list` (a hostile key fails alone, not its page), the
+//! others' through object_store's paginated listing; only S3 copies
+//! server-side ([`BucketStore::copy_from`]); an Azure upload's metadata
+//! goes with its block list (object_store's `MultipartStore` for Azure
+//! takes none), and its parts are named by block ids, not ETags.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -15,6 +25,9 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use headroom_governor::channel;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorage, GoogleCloudStorageBuilder};
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
@@ -23,6 +36,7 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
 
+use super::location::Cloud;
 use super::retry::{Backoff, Retry, with_retries};
 use super::{Entry, ListError, Listed, StoreError};
 
@@ -46,7 +60,11 @@ const COPY_ANSWER_BYTES: usize = 64 << 10;
 /// Keys per DeleteObjects request (S3's maximum).
 pub const DELETE_BATCH_KEYS: usize = 1000;
 
-/// Connection and retry settings, from flags and the AWS environment.
+/// Connection and retry settings, from flags and the environment. The
+/// timeouts, retries and connection pool apply to every cloud; endpoint,
+/// region and addressing are S3's (GCS and Azure take theirs from
+/// object_store's `GOOGLE_*` and `AZURE_*` variables: `GOOGLE_BASE_URL`,
+/// `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_USE_EMULATOR`, ...).
 #[derive(Clone, Debug)]
 pub struct S3Config {
     /// `--s3-endpoint`, else `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`.
@@ -109,14 +127,59 @@ impl S3Config {
             .unwrap_or_else(|| "us-east-1".to_string())
     }
 
-    /// Builds a client for `bucket`.
-    pub fn client(&self, bucket: &str) -> Result<AmazonS3, StoreError> {
-        let ctx = || format!("configure S3 client for bucket {bucket}");
-        let mut options = ClientOptions::new()
+    /// The HTTP settings every cloud's client gets.
+    fn client_options(&self) -> ClientOptions {
+        ClientOptions::new()
             .with_timeout(self.request_timeout)
             .with_connect_timeout(Duration::from_secs(10))
             .with_pool_max_idle_per_host(self.max_idle_connections.max(1))
-            .with_pool_idle_timeout(Duration::from_secs(30));
+            .with_pool_idle_timeout(Duration::from_secs(30))
+    }
+
+    fn retry_config(&self) -> RetryConfig {
+        RetryConfig {
+            max_retries: self.request_retries,
+            retry_timeout: Duration::from_secs(120),
+            ..Default::default()
+        }
+    }
+
+    /// Builds a client for `bucket` of `cloud`.
+    pub fn client(&self, cloud: Cloud, bucket: &str) -> Result<Client, StoreError> {
+        let ctx = || format!("configure the {cloud:?} client for {bucket}");
+        Ok(match cloud {
+            Cloud::S3 => Client::S3(Arc::new(self.s3_client(bucket)?)),
+            Cloud::Gcs => {
+                // A base URL of plain http (an emulator) must be allowed
+                // explicitly; Google's own is https.
+                let builder = GoogleCloudStorageBuilder::from_env();
+                let http = std::env::var("GOOGLE_BASE_URL").is_ok_and(|u| u.starts_with("http://"))
+                    || std::env::var("GOOGLE_SERVICE_ACCOUNT_KEY")
+                        .is_ok_and(|k| k.contains("\"gcs_base_url\":\"http://"));
+                let gcs = builder
+                    .with_bucket_name(bucket)
+                    .with_retry(self.retry_config())
+                    .with_client_options(self.client_options().with_allow_http(http))
+                    .build()
+                    .map_err(|e| StoreError::permanent(ctx(), e))?;
+                Client::Gcs(Arc::new(gcs))
+            }
+            Cloud::Azure => {
+                let azure = MicrosoftAzureBuilder::from_env()
+                    .with_container_name(bucket)
+                    .with_retry(self.retry_config())
+                    .with_client_options(self.client_options())
+                    .build()
+                    .map_err(|e| StoreError::permanent(ctx(), e))?;
+                Client::Azure(Arc::new(azure))
+            }
+        })
+    }
+
+    /// Builds an S3 client for `bucket`.
+    pub fn s3_client(&self, bucket: &str) -> Result<AmazonS3, StoreError> {
+        let ctx = || format!("configure S3 client for bucket {bucket}");
+        let mut options = self.client_options();
         let endpoint = self.endpoint();
         let http = endpoint
             .as_deref()
@@ -146,11 +209,7 @@ impl S3Config {
             }
         }
         let region = self.region_name();
-        let retry = RetryConfig {
-            max_retries: self.request_retries,
-            retry_timeout: Duration::from_secs(120),
-            ..Default::default()
-        };
+        let retry = self.retry_config();
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_region(region)
@@ -183,11 +242,49 @@ pub fn store_error(context: impl Into<String>, e: object_store::Error) -> StoreE
     }
 }
 
+/// One cloud's client for one bucket.
+#[derive(Clone, Debug)]
+pub enum Client {
+    /// Amazon S3 or an S3-compatible server.
+    S3(Arc<AmazonS3>),
+    /// Google Cloud Storage (its XML API, which object_store speaks).
+    Gcs(Arc<GoogleCloudStorage>),
+    /// Azure Blob Storage.
+    Azure(Arc<MicrosoftAzure>),
+}
+
+impl Client {
+    fn objects(&self) -> &dyn ObjectStore {
+        match self {
+            Client::S3(c) => c.as_ref(),
+            Client::Gcs(c) => c.as_ref(),
+            Client::Azure(c) => c.as_ref(),
+        }
+    }
+
+    fn uploads(&self) -> &dyn MultipartStore {
+        match self {
+            Client::S3(c) => c.as_ref(),
+            Client::Gcs(c) => c.as_ref(),
+            Client::Azure(c) => c.as_ref(),
+        }
+    }
+
+    fn cloud(&self) -> Cloud {
+        match self {
+            Client::S3(_) => Cloud::S3,
+            Client::Gcs(_) => Cloud::Gcs,
+            Client::Azure(_) => Cloud::Azure,
+        }
+    }
+}
+
 /// A bucket prefix (or a single object: `only`).
 #[derive(Clone, Debug)]
-pub struct S3Store {
-    client: Arc<AmazonS3>,
-    /// For listings (see `s3_list`): requests signed by `client`.
+pub struct BucketStore {
+    client: Client,
+    /// For S3 listings (see `s3_list`), server-side copies and Azure block
+    /// lists: requests signed by `client`.
     http: reqwest::Client,
     bucket: String,
     /// Key prefix without surrounding `/`; empty for the whole bucket.
@@ -195,10 +292,10 @@ pub struct S3Store {
     only: Option<String>,
 }
 
-impl S3Store {
+impl BucketStore {
     /// A store over `prefix` (a "directory") of `bucket`.
-    pub fn new(client: Arc<AmazonS3>, bucket: String, prefix: String) -> Self {
-        S3Store {
+    pub fn new(client: Client, bucket: String, prefix: String) -> Self {
+        BucketStore {
             client,
             http: listing_client(),
             bucket,
@@ -212,23 +309,24 @@ impl S3Store {
     /// a store of just that object (as rclone does; a warning says so when
     /// objects below `prefix/` exist too), else the prefix as a directory.
     pub async fn source(
-        client: Arc<AmazonS3>,
+        client: Client,
         bucket: String,
         prefix: String,
         dir: bool,
     ) -> Result<Self, StoreError> {
         if !prefix.is_empty() && !dir {
             let path = parse_path(&prefix)?;
-            match client.head(&path).await {
+            match client.objects().head(&path).await {
                 Ok(_) => {
-                    let below = client.list(Some(&path)).next().await;
+                    let below = client.objects().list(Some(&path)).next().await;
                     if matches!(below, Some(Ok(_))) {
+                        let scheme = client.cloud().scheme();
                         tracing::warn!(
-                            "s3://{bucket}/{prefix} is an object and also a prefix with objects below it; copying the object only (write s3://{bucket}/{prefix}/ for the objects below)"
+                            "{scheme}://{bucket}/{prefix} is an object and also a prefix with objects below it; copying the object only (write {scheme}://{bucket}/{prefix}/ for the objects below)"
                         );
                     }
                     let (dir, name) = prefix.rsplit_once('/').unwrap_or(("", &prefix));
-                    return Ok(S3Store {
+                    return Ok(BucketStore {
                         client,
                         http: listing_client(),
                         bucket,
@@ -239,10 +337,13 @@ impl S3Store {
                 // Not an object (some servers answer a "directory" key with an
                 // error rather than 404): treat it as a prefix. A real problem,
                 // such as a missing bucket, surfaces when the listing starts.
-                Err(e) => tracing::debug!("s3://{bucket}/{prefix} is not a single object: {e}"),
+                Err(e) => tracing::debug!(
+                    "{}://{bucket}/{prefix} is not a single object: {e}",
+                    client.cloud().scheme()
+                ),
             }
         }
-        Ok(S3Store::new(client, bucket, prefix))
+        Ok(BucketStore::new(client, bucket, prefix))
     }
 
     /// Whether this store is one object (a source named by its key).
@@ -250,9 +351,9 @@ impl S3Store {
         self.only.is_some()
     }
 
-    /// The underlying client.
-    pub fn client(&self) -> &Arc<AmazonS3> {
-        &self.client
+    /// Which cloud the bucket is in.
+    pub fn cloud(&self) -> Cloud {
+        self.client.cloud()
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -268,9 +369,14 @@ impl S3Store {
         parse_path(&self.full_key(key))
     }
 
-    /// `s3://bucket/prefix/key`.
+    /// `s3://bucket/prefix/key` (`gs://`, `az://`).
     pub fn url_of(&self, key: &str) -> String {
-        format!("s3://{}/{}", self.bucket, self.full_key(key))
+        format!(
+            "{}://{}/{}",
+            self.cloud().scheme(),
+            self.bucket,
+            self.full_key(key)
+        )
     }
 
     /// The bucket.
@@ -286,9 +392,50 @@ impl S3Store {
         } else {
             format!("{}/", self.prefix)
         };
-        super::s3_list::fetch(&self.client, &self.http, &prefix, None, None)
+        self.fetch_page(&prefix, None, None).await.map(|_| ())
+    }
+
+    /// One page of keys under `prefix` (with its trailing `/`, or empty):
+    /// the one `token` names, else the first after `start_after` (a full
+    /// key), else the first. At most 1,000 keys.
+    async fn fetch_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        start_after: Option<&str>,
+    ) -> Result<super::s3_list::Page, StoreError> {
+        let lister: &dyn PaginatedListStore = match &self.client {
+            Client::S3(c) => {
+                return super::s3_list::fetch(c, &self.http, prefix, token, start_after).await;
+            }
+            Client::Gcs(c) => c.as_ref(),
+            Client::Azure(c) => c.as_ref(),
+        };
+        let options = PaginatedListOptions {
+            offset: start_after.map(str::to_string),
+            max_keys: Some(1000),
+            page_token: token.map(str::to_string),
+            ..Default::default()
+        };
+        let page = lister
+            .list_paginated((!prefix.is_empty()).then_some(prefix), options)
             .await
-            .map(|_| ())
+            .map_err(|e| store_error(format!("list {}", self.url_of(prefix)), e))?;
+        Ok(super::s3_list::Page {
+            items: page
+                .result
+                .objects
+                .into_iter()
+                .map(|o| super::s3_list::Listed::Object {
+                    key: o.location.to_string(),
+                    size: o.size,
+                    last_modified: Some(SystemTime::from(o.last_modified)),
+                    etag: o.e_tag.map(|e| e.trim_matches('"').to_string()),
+                })
+                .collect(),
+            truncated: page.page_token.is_some(),
+            next_token: page.page_token,
+        })
     }
 
     /// See [`Store::list`](super::Store::list).
@@ -323,14 +470,9 @@ impl S3Store {
         let mut listed_any = false;
         let mut backoff = Backoff::new(retry);
         loop {
-            let fetched = super::s3_list::fetch(
-                &self.client,
-                &self.http,
-                &strip,
-                token.as_deref(),
-                start_after.as_deref(),
-            )
-            .await;
+            let fetched = self
+                .fetch_page(&strip, token.as_deref(), start_after.as_deref())
+                .await;
             let page = match fetched {
                 Ok(page) => page,
                 Err(e) if backoff.retry(&e).await => continue,
@@ -338,13 +480,13 @@ impl S3Store {
                 // listing cannot start at all.
                 Err(e) if !listed_any => {
                     return Err(StoreError {
-                        context: format!("list s3://{}/{}", self.bucket, self.prefix),
+                        context: format!("list {}", self.url_of("")),
                         ..e
                     });
                 }
                 Err(e) => {
                     let listed = Err(ListError {
-                        path: format!("s3://{}/{}", self.bucket, self.prefix),
+                        path: self.url_of(""),
                         message: format!("listing stopped early: {}", e.message),
                         passed_over: false,
                     });
@@ -357,10 +499,14 @@ impl S3Store {
                 let Some(listed) = self.entry_of(item, &strip) else {
                     continue;
                 };
-                if let Ok(e) = &listed
-                    && range.is_past(&e.key)
-                {
-                    return Ok(());
+                if let Ok(e) = &listed {
+                    if range.is_past(&e.key) {
+                        return Ok(());
+                    }
+                    // Azure starts a listing at its offset, not after it.
+                    if !range.contains(&e.key) {
+                        continue;
+                    }
                 }
                 if tx.send(listed).await.is_err() {
                     return Ok(());
@@ -400,14 +546,14 @@ impl S3Store {
                     }),
                     // `..`, `.`, empty segments, control characters.
                     Err(_) => Err(ListError {
-                        path: format!("s3://{}/{key}", self.bucket),
+                        path: format!("{}://{}/{key}", self.cloud().scheme(), self.bucket),
                         message: "a key with a `.`, `..` or empty segment or a control character, which this client cannot read or write: skipped".into(),
                         passed_over: false,
                     }),
                 })
             }
             super::s3_list::Listed::Unreadable { shown, why } => Some(Err(ListError {
-                path: format!("s3://{}/{shown}", self.bucket),
+                path: format!("{}://{}/{shown}", self.cloud().scheme(), self.bucket),
                 message: format!("an unreadable key ({why}): skipped"),
                 passed_over: false,
             })),
@@ -422,7 +568,7 @@ impl S3Store {
             head: true,
             ..Default::default()
         };
-        match self.client.get_opts(&path, options).await {
+        match self.client.objects().get_opts(&path, options).await {
             Ok(r) => Ok(Some(entry_of(
                 key.to_string(),
                 &r.meta,
@@ -437,8 +583,8 @@ impl S3Store {
     /// `etag` (the listed one) when it is known: every GET of the range,
     /// the first and any resumed one, carries `If-Match`, so a read never
     /// mixes two versions of an object.
-    pub fn open_range(&self, key: &str, etag: Option<&str>, range: Range<u64>) -> S3Range {
-        S3Range {
+    pub fn open_range(&self, key: &str, etag: Option<&str>, range: Range<u64>) -> BucketRange {
+        BucketRange {
             store: self.clone(),
             key: key.to_string(),
             etag: etag.map(|e| format!("\"{e}\"")),
@@ -466,13 +612,16 @@ impl S3Store {
             ..Default::default()
         };
         self.client
+            .objects()
             .put_opts(&path, PutPayload::from(data), options)
             .await
             .map(|r| r.e_tag.map(|e| e.trim_matches('"').to_string()))
             .map_err(|e| store_error(format!("upload {}", self.url_of(key)), e))
     }
 
-    /// Starts a multipart upload; returns its id.
+    /// Starts a multipart upload; returns its id. The metadata goes with
+    /// the start, except on Azure, where it goes with the block list
+    /// ([`complete_multipart`](Self::complete_multipart)).
     pub async fn create_multipart(
         &self,
         key: &str,
@@ -480,11 +629,16 @@ impl S3Store {
         mode: Option<u32>,
     ) -> Result<String, StoreError> {
         let path = self.path_of(key)?;
+        let attributes = match self.client {
+            Client::Azure(_) => Attributes::new(),
+            Client::S3(_) | Client::Gcs(_) => metadata_attributes(mtime, mode),
+        };
         let options = PutMultipartOptions {
-            attributes: metadata_attributes(mtime, mode),
+            attributes,
             ..Default::default()
         };
         self.client
+            .uploads()
             .create_multipart_opts(&path, options)
             .await
             .map_err(|e| store_error(format!("start multipart upload of {}", self.url_of(key)), e))
@@ -500,6 +654,7 @@ impl S3Store {
     ) -> Result<PartId, StoreError> {
         let path = self.path_of(key)?;
         self.client
+            .uploads()
             .put_part(&path, &id.to_string(), index, PutPayload::from(data))
             .await
             .map_err(|e| {
@@ -510,15 +665,30 @@ impl S3Store {
             })
     }
 
-    /// Completes upload `id` from its parts in order.
+    /// Whether a part's id is the ETag its server computed (S3, GCS: the
+    /// MD5 of a part), not a name of headroom's (an Azure block id).
+    pub fn parts_have_etags(&self) -> bool {
+        !matches!(self.client, Client::Azure(_))
+    }
+
+    /// Completes upload `id` from its parts in order; on Azure the block
+    /// list carries `mtime` and `mode` (elsewhere the start did).
     pub async fn complete_multipart(
         &self,
         key: &str,
         id: &str,
         parts: Vec<PartId>,
+        mtime: Option<SystemTime>,
+        mode: Option<u32>,
     ) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
+        if let Client::Azure(azure) = &self.client {
+            return self
+                .put_block_list(azure, key, &path, parts, mtime, mode)
+                .await;
+        }
         self.client
+            .uploads()
             .complete_multipart(&path, &id.to_string(), parts)
             .await
             .map(|_| ())
@@ -530,6 +700,76 @@ impl S3Store {
             })
     }
 
+    /// Commits an Azure blob from its blocks with its metadata: Put Block
+    /// List through a SAS URL object_store signs (a SAS authorizes the
+    /// blob, so the `comp` parameter and the `x-ms-meta-*` headers go
+    /// unsigned). With credentials that cannot sign a SAS, the blocks are
+    /// committed by object_store without the metadata, and the blob's
+    /// mtime is its Last-Modified.
+    async fn put_block_list(
+        &self,
+        azure: &MicrosoftAzure,
+        key: &str,
+        path: &Path,
+        parts: Vec<PartId>,
+        mtime: Option<SystemTime>,
+        mode: Option<u32>,
+    ) -> Result<(), StoreError> {
+        use base64::Engine;
+        let what = || format!("complete the block list of {}", self.url_of(key));
+        let mut url = match azure
+            .signed_url(http::Method::PUT, path, Duration::from_secs(900))
+            .await
+        {
+            Ok(url) => url,
+            Err(e) => {
+                tracing::debug!("{}: no SAS ({e}); committing without metadata", what());
+                return azure
+                    .complete_multipart(path, &String::new(), parts)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| store_error(what(), e));
+            }
+        };
+        url.query_pairs_mut().append_pair("comp", "blocklist");
+        let mut body = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+        for part in &parts {
+            let id = base64::engine::general_purpose::STANDARD.encode(&part.content_id);
+            body.push_str(&format!("<Latest>{id}</Latest>"));
+        }
+        body.push_str("</BlockList>");
+        let mut request = self
+            .http
+            .put(url)
+            .timeout(Duration::from_secs(300))
+            .header("x-ms-version", "2021-08-06")
+            .header("content-type", "application/xml")
+            .body(body);
+        for (name, value) in metadata_attributes(mtime, mode).iter() {
+            if let Attribute::Metadata(name) = name {
+                request = request.header(format!("x-ms-meta-{name}"), value.to_string());
+            }
+        }
+        let response = request.send().await.map_err(|e| StoreError {
+            context: what(),
+            message: e.to_string(),
+            retryable: true,
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let answer = super::s3_list::read_bounded(response, COPY_ANSWER_BYTES)
+            .await
+            .unwrap_or_default();
+        let code = super::s3_list::tag_text(&answer, "Code").unwrap_or_default();
+        Err(StoreError {
+            context: what(),
+            message: format!("{status}: {code}"),
+            retryable: status.is_server_error() || status.as_u16() == 429,
+        })
+    }
+
     /// Copies `key` of `src` (another prefix or bucket on the same
     /// endpoint) into this store's `key` inside S3: `CopyObject`, or with
     /// `part` `Some((upload id, part index, range))` one `UploadPartCopy`.
@@ -538,7 +778,7 @@ impl S3Store {
     /// Returns the ETag S3 computed.
     pub async fn copy_from(
         &self,
-        src: &S3Store,
+        src: &BucketStore,
         key: &str,
         etag: Option<&str>,
         meta: (Option<SystemTime>, Option<u32>),
@@ -594,8 +834,10 @@ impl S3Store {
             }
         }
         let path = self.path_of(key)?;
-        let url = self
-            .client
+        let (Client::S3(client), Client::S3(_)) = (&self.client, &src.client) else {
+            return Err(bad("only S3 copies server-side".into()));
+        };
+        let url = client
             .signed_url_opts(http::Method::PUT, &path, Duration::from_secs(900), &options)
             .await
             .map_err(|e| bad(e.to_string()))?;
@@ -649,7 +891,7 @@ impl S3Store {
         use super::Deleted;
         if keys.len() > DELETE_BATCH_KEYS {
             return Err(StoreError::permanent(
-                format!("delete from s3://{}", self.bucket),
+                format!("delete from {}", self.url_of("")),
                 format!(
                     "{} keys in one batch, more than {DELETE_BATCH_KEYS}",
                     keys.len()
@@ -669,6 +911,7 @@ impl S3Store {
         }
         let results: Vec<_> = self
             .client
+            .objects()
             .delete_stream(futures::stream::iter(paths).boxed())
             .collect()
             .await;
@@ -691,6 +934,7 @@ impl S3Store {
     pub async fn abort_multipart(&self, key: &str, id: &str) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
         self.client
+            .uploads()
             .abort_multipart(&path, &id.to_string())
             .await
             .map_err(|e| store_error(format!("abort multipart upload of {}", self.url_of(key)), e))
@@ -806,8 +1050,8 @@ pub fn parse_mtime(s: &str) -> Option<SystemTime> {
 
 /// Sequential reads over a ranged GET. A broken stream is dropped and the
 /// next read issues a new ranged GET from where it stopped.
-pub struct S3Range {
-    store: S3Store,
+pub struct BucketRange {
+    store: BucketStore,
     key: String,
     /// `If-Match` for every GET, quoted.
     etag: Option<String>,
@@ -820,7 +1064,7 @@ pub struct S3Range {
     mode: Option<u32>,
 }
 
-impl S3Range {
+impl BucketRange {
     /// The source's modification time as stored in its metadata (or its
     /// LastModified), known once the first read has opened the GET.
     pub fn mtime(&self) -> Option<SystemTime> {
@@ -887,6 +1131,7 @@ impl S3Range {
         let r = self
             .store
             .client
+            .objects()
             .get_opts(&path, options)
             .await
             .map_err(|e| store_error(format!("download {}", self.store.url_of(&self.key)), e))?;
