@@ -218,8 +218,8 @@ fn bad_input_is_one_clear_line_and_a_nonzero_exit() {
             "does not exist",
         ),
         (
-            vec!["gs://bucket/x".into(), d.into()],
-            "unknown scheme \"gs\"",
+            vec!["hdfs://bucket/x".into(), d.into()],
+            "unknown scheme \"hdfs\"",
         ),
         (
             vec![d.into(), "s3://no-such-bucket/x".into()],

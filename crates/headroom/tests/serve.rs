@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::serve::{Api, Backend, Service, ended, raw_get};
-use common::{Faults, S3Server, write_numbered};
+use common::{Faults, S3Server, tree, write_numbered, write_tree};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(180);
@@ -305,6 +305,83 @@ fn api_suite(backend: Backend) {
         "headroom_rss_bytes ",
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+
+    sync_and_check_tasks(&api, &svc, work.path());
+}
+
+/// A check task fails on differences and lists them in its report; a sync
+/// task refuses to delete more than `max_delete`, then makes the copy
+/// exact; the check then succeeds.
+fn sync_and_check_tasks(api: &Api, svc: &Service, work: &std::path::Path) {
+    let (src, dst) = (work.join("sync-src"), work.join("sync-dst"));
+    write_tree(&src, &[("a", 10), ("b", 20), ("c/d", 30)]);
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::copy(src.join("a"), dst.join("a")).unwrap();
+    let a_time =
+        filetime::FileTime::from_last_modification_time(&std::fs::metadata(src.join("a")).unwrap());
+    filetime::set_file_mtime(dst.join("a"), a_time).unwrap();
+    std::fs::write(dst.join("b"), b"another b").unwrap();
+    std::fs::write(dst.join("z"), b"only here").unwrap();
+    let pair = json!({"source": src, "destination": dst});
+    let with = |kind: &str, extra: Value| {
+        let mut spec = pair.clone();
+        spec["kind"] = kind.into();
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        spec
+    };
+    let run = |spec: Value| {
+        let t = create(api, svc, spec);
+        api.wait_task(svc, &id(&t), LONG, ended)
+    };
+
+    let check = run(with("check", json!({})));
+    assert_eq!(check["status"], "failed", "{check}");
+    assert!(
+        check["error"].as_str().unwrap().contains("3 differences"),
+        "{check}"
+    );
+    assert_eq!(check["differences"], 3, "{check}");
+    assert_eq!(check["entries_same"], 1, "{check}");
+    assert_eq!(
+        check["report"]["differences"],
+        json!(["* b", "- c/d", "+ z"]),
+        "{check}"
+    );
+
+    let refused = run(with("sync", json!({"max_delete": 0})));
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert_eq!(refused["objects_copied"], 2, "{refused}");
+    let why = refused["report"]["deletions"]["refused"].as_str().unwrap();
+    assert!(why.contains("more than --max-delete 0"), "{refused}");
+    assert!(dst.join("z").exists(), "nothing deleted past max_delete");
+
+    let synced = run(with("sync", json!({})));
+    assert_eq!(synced["status"], "succeeded", "{synced}");
+    assert_eq!(synced["objects_copied"], 0, "{synced}");
+    assert_eq!(synced["report"]["deletions"]["deleted"], 1, "{synced}");
+    assert!(!dst.join("z").exists());
+    assert_eq!(tree(&dst), tree(&src));
+
+    let same = run(with("check", json!({})));
+    assert_eq!(same["status"], "succeeded", "{same}");
+    assert_eq!(same["entries_same"], 3, "{same}");
+    assert_eq!(same["report"]["differences"], json!([]), "{same}");
+
+    for (spec, field) in [
+        (with("check", json!({"dry_run": true})), "dry_run"),
+        (with("copy", json!({"max_delete": 3})), "max_delete"),
+        (
+            json!({"kind": "sync", "source": "gdrive://root/x", "destination": dst}),
+            "source",
+        ),
+    ] {
+        let (status, body) = api.post(&svc.url("/api/tasks"), spec.clone());
+        assert_eq!(status, 400, "{spec} -> {body}");
+        let msg = body["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(field), "{spec}: {msg}");
     }
 }
 

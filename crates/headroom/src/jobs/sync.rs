@@ -23,6 +23,8 @@
 
 use std::cmp::Ordering as KeyOrder;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{Context, bail};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -194,10 +196,43 @@ pub struct CheckSummary {
     pub peak_rss_mb: f64,
 }
 
+/// The counts of a check as it runs (read live by the task service).
+#[derive(Debug, Default)]
+pub struct CheckCounters {
+    pub same: AtomicU64,
+    pub differ: AtomicU64,
+    pub missing: AtomicU64,
+    pub extra: AtomicU64,
+    pub errors: AtomicU64,
+    /// Bytes of the source's entries compared with the destination's.
+    pub bytes_compared: AtomicU64,
+}
+
+impl CheckCounters {
+    /// The counts so far, as a summary (without time and memory).
+    pub fn summary(&self) -> CheckSummary {
+        let n = |a: &AtomicU64| a.load(Relaxed);
+        CheckSummary {
+            job: "check",
+            same: n(&self.same),
+            differ: n(&self.differ),
+            missing: n(&self.missing),
+            extra: n(&self.extra),
+            errors: n(&self.errors),
+            ..CheckSummary::default()
+        }
+    }
+}
+
 impl CheckSummary {
+    /// Keys that differ, are missing or extra, or could not be compared.
+    pub fn differences(&self) -> u64 {
+        self.differ + self.missing + self.extra + self.errors
+    }
+
     /// Whether SRC and DST hold the same keys with the same content.
     pub fn matches(&self) -> bool {
-        self.differ + self.missing + self.extra + self.errors == 0
+        self.differences() == 0
     }
 
     /// Prints the summary as text or as one JSON object.
@@ -262,8 +297,30 @@ pub async fn check(
     foreground: &super::ForegroundOptions,
 ) -> anyhow::Result<CheckSummary> {
     let memory = crate::memory::MemoryPlan::start(foreground.memory);
-    let gov = memory.governor.clone();
     let started = std::time::Instant::now();
+    let counters = CheckCounters::default();
+    compare(src, dst, args, &memory.governor, &counters, &mut |line| {
+        println!("{line}")
+    })
+    .await?;
+    let mut summary = counters.summary();
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    summary.peak_rss_mb = crate::telemetry::mb(memory.probe.sample().peak_rss.unwrap_or(0));
+    Ok(summary)
+}
+
+/// The comparison of `check` under `gov`: counts into `counters` as it
+/// goes, and hands each difference to `difference` as its line
+/// (`- KEY`, `+ KEY`, `* KEY`, `! KEY (why)`), in key order.
+pub async fn compare(
+    src: &Location,
+    dst: &Location,
+    args: &CopyOptions,
+    gov: &Governor,
+    counters: &CheckCounters,
+    difference: &mut (dyn FnMut(String) + Send),
+) -> anyhow::Result<()> {
+    let gov = gov.clone();
     let filter = Filter::new(&args.include, &args.exclude)?;
     let (queue_bytes, _queues) = reserve_queues(&gov)?;
     let retry = Retry {
@@ -277,10 +334,6 @@ pub async fn check(
         filter,
     )
     .await?;
-    let mut summary = CheckSummary {
-        job: "check",
-        ..CheckSummary::default()
-    };
     let checksum = args.checksum;
     let (src_store, dst_store) = (Arc::new(src_store), Arc::new(dst_store));
     let mut pending = FuturesOrdered::new();
@@ -288,11 +341,13 @@ pub async fn check(
         let pair = merge.next().await?;
         let Some(pair) = pair else { break };
         let (s, d, g) = (src_store.clone(), dst_store.clone(), gov.clone());
+        let bytes = &counters.bytes_compared;
         pending.push_back(async move {
             match pair {
                 Pair::Missing(a) => (a.key, '-', None),
                 Pair::Extra(b) => (b.key, '+', None),
                 Pair::Both(a, b) => {
+                    bytes.fetch_add(a.size, Relaxed);
                     // A comparison by content holds one buffer at a time.
                     let _permit = match checksum {
                         true => Some(
@@ -323,32 +378,37 @@ pub async fn check(
         });
         while pending.len() >= COMPARISONS {
             let answer = pending.next().await.expect("pending");
-            report(answer, &mut summary);
+            report(answer, counters, difference);
         }
     }
     while let Some(answer) = pending.next().await {
-        report(answer, &mut summary);
+        report(answer, counters, difference);
     }
-    summary.errors += merge.src.errors + merge.dst.errors;
-    summary.elapsed_s = started.elapsed().as_secs_f64();
-    summary.peak_rss_mb = crate::telemetry::mb(memory.probe.sample().peak_rss.unwrap_or(0));
-    Ok(summary)
+    counters
+        .errors
+        .fetch_add(merge.src.errors + merge.dst.errors, Relaxed);
+    Ok(())
 }
 
-/// Prints one comparison (differences only) and counts it.
-fn report((key, sign, error): (String, char, Option<String>), summary: &mut CheckSummary) {
+/// Counts one comparison and hands on its line if it is a difference.
+fn report(
+    (key, sign, error): (String, char, Option<String>),
+    counters: &CheckCounters,
+    difference: &mut (dyn FnMut(String) + Send),
+) {
     let key = crate::telemetry::escape(&key);
-    match sign {
-        '=' => summary.same += 1,
-        '*' => summary.differ += 1,
-        '-' => summary.missing += 1,
-        '+' => summary.extra += 1,
-        _ => summary.errors += 1,
-    }
+    let count = match sign {
+        '=' => &counters.same,
+        '*' => &counters.differ,
+        '-' => &counters.missing,
+        '+' => &counters.extra,
+        _ => &counters.errors,
+    };
+    count.fetch_add(1, Relaxed);
     match (sign, error) {
         ('=', _) => {}
-        (_, Some(e)) => println!("{sign} {key} ({e})"),
-        _ => println!("{sign} {key}"),
+        (_, Some(e)) => difference(format!("{sign} {key} ({e})")),
+        _ => difference(format!("{sign} {key}")),
     }
 }
 
@@ -375,6 +435,7 @@ pub async fn delete_extras(
     gov: &Governor,
     max_delete: Option<u64>,
     copy_failed: bool,
+    would_delete: &mut (dyn FnMut(String) + Send),
 ) -> anyhow::Result<Deletions> {
     let mut out = Deletions::default();
     if copy_failed {
@@ -450,7 +511,10 @@ pub async fn delete_extras(
         let Pair::Extra(entry) = pair else { continue };
         out.extra += 1;
         if args.dry_run {
-            println!("would delete {}", dst_store.display_key(&entry.key));
+            would_delete(format!(
+                "would delete {}",
+                dst_store.display_key(&entry.key)
+            ));
             out.deleted += 1;
             continue;
         }
@@ -542,7 +606,16 @@ pub async fn sync(
     let copied = super::copy::execute(src, dst, args, super::copy::CopyEnv::of(&job)).await;
     let deletions = match &copied {
         Ok(copy) if !*job.cancel.borrow() => {
-            delete_extras(src, dst, args, &gov, max_delete, copy.outcome.failed > 0).await
+            delete_extras(
+                src,
+                dst,
+                args,
+                &gov,
+                max_delete,
+                copy.outcome.failed > 0,
+                &mut |line| println!("{line}"),
+            )
+            .await
         }
         _ => Ok(Deletions {
             refused: Some("the copy did not finish: nothing is deleted".into()),

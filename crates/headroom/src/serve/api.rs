@@ -331,6 +331,7 @@ fn view(state: &AppState, row: TaskRow) -> serde_json::Value {
         "attempts": row.attempts,
         "checkpoint_key": row.checkpoint_key,
         "error": row.error,
+        "report": row.report.as_deref().and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok()),
         "replica": (row.status == Status::Running).then_some(row.lease_owner),
         "lease_expires_at": (row.status == Status::Running).then_some(row.lease_expires_at),
         "shards": row.shards,

@@ -88,6 +88,8 @@ impl std::str::FromStr for Status {
 pub enum Kind {
     Copy,
     Purge,
+    Sync,
+    Check,
 }
 
 impl Kind {
@@ -96,6 +98,8 @@ impl Kind {
         match self {
             Kind::Copy => "copy",
             Kind::Purge => "purge",
+            Kind::Sync => "sync",
+            Kind::Check => "check",
         }
     }
 }
@@ -107,8 +111,10 @@ impl std::str::FromStr for Kind {
         match s {
             "copy" => Ok(Kind::Copy),
             "purge" => Ok(Kind::Purge),
+            "sync" => Ok(Kind::Sync),
+            "check" => Ok(Kind::Check),
             other => Err(format!(
-                "unknown task kind {other:?}; one of \"copy\", \"purge\""
+                "unknown task kind {other:?}; one of \"copy\", \"purge\", \"sync\", \"check\""
             )),
         }
     }
@@ -141,6 +147,9 @@ pub struct TaskRow {
     pub attempt_bytes_done: i64,
     pub checkpoint_key: Option<String>,
     pub error: Option<String>,
+    /// What a finished single-shard task reports besides its counters
+    /// (JSON: a sync's deletions, a check's differences).
+    pub report: Option<String>,
     /// A replica holding one of its running shards (the first by id), and
     /// the earliest of their leases' expiries.
     pub lease_owner: Option<String>,
@@ -270,6 +279,7 @@ fn row(r: &AnyRow) -> Result<TaskRow, sqlx::Error> {
         attempt_items_listed: r.try_get("attempt_items_listed")?,
         checkpoint_key: r.try_get("checkpoint_key")?,
         error: r.try_get("error")?,
+        report: r.try_get("report")?,
         lease_owner: r.try_get("lease_owner")?,
         lease_expires_at: r.try_get("lease_expires_at")?,
         shards: ShardCounts {
@@ -340,7 +350,7 @@ macro_rules! tasks_with_sums {
             "CAST(COALESCE(a.shards_succeeded, 0) AS BIGINT) AS shards_succeeded, ",
             "CAST(COALESCE(a.shards_failed, 0) AS BIGINT) AS shards_failed, ",
             "CAST(COALESCE(a.shards_replicas, 0) AS BIGINT) AS shards_replicas, ",
-            "a.checkpoint_key, a.lease_owner, a.lease_expires_at ",
+            "a.checkpoint_key, a.report, a.lease_owner, a.lease_expires_at ",
             "FROM ",
             $from,
             " t LEFT JOIN (SELECT task_id, SUM(items_done) AS items_done, SUM(bytes_done) AS bytes_done, ",
@@ -354,6 +364,7 @@ macro_rules! tasks_with_sums {
             "SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS shards_failed, ",
             "COUNT(DISTINCT CASE WHEN status = 'running' THEN lease_owner END) AS shards_replicas, ",
             "CASE WHEN COUNT(*) = 1 THEN MAX(checkpoint_key) END AS checkpoint_key, ",
+            "CASE WHEN COUNT(*) = 1 THEN MAX(report) END AS report, ",
             "MIN(CASE WHEN status = 'running' THEN lease_owner END) AS lease_owner, ",
             "MIN(CASE WHEN status = 'running' THEN lease_expires_at END) AS lease_expires_at ",
             "FROM shards WHERE ",
@@ -983,7 +994,7 @@ impl Db {
             ($now:literal) => {
                 concat!(
                     "UPDATE shards SET status = 'running', attempts = attempts + 1, attempt_items_done = 0, ",
-                    "attempt_bytes_done = 0, attempt_items_listed = 0, items_failed = 0, error = NULL, ",
+                    "attempt_bytes_done = 0, attempt_items_listed = 0, items_failed = 0, error = NULL, report = NULL, ",
                     "lease_owner = $1, lease_expires_at = ",
                     $now,
                     " + $2, started_at = COALESCE(started_at, $3), updated_at = $4 ",
@@ -1095,7 +1106,8 @@ impl Db {
         base: Counts,
         p: &Progress,
     ) -> sqlx::Result<Option<Status>> {
-        self.finish(lease, base, p, Status::Queued, None).await
+        self.finish(lease, base, p, Status::Queued, None, None)
+            .await
     }
 
     /// Ends a running shard's attempt with its final progress (or,
@@ -1109,18 +1121,20 @@ impl Db {
         p: &Progress,
         status: Status,
         error: Option<&str>,
+        report: Option<&str>,
     ) -> sqlx::Result<Option<Status>> {
         let mut tx = self.pool.begin().await?;
         let query = sqlx::query(concat!(
             "UPDATE shards SET ",
             progress_columns!(),
-            ", status = $15, error = $16, ",
-            "lease_owner = CASE WHEN $17 = 'queued' THEN NULL ELSE lease_owner END, lease_expires_at = NULL ",
-            "WHERE task_id = $18 AND no = $19 AND status = 'running' AND lease_owner = $20 AND attempts = $21"
+            ", status = $15, error = $16, report = $17, ",
+            "lease_owner = CASE WHEN $18 = 'queued' THEN NULL ELSE lease_owner END, lease_expires_at = NULL ",
+            "WHERE task_id = $19 AND no = $20 AND status = 'running' AND lease_owner = $21 AND attempts = $22"
         ));
         let r = bind_progress(query, base, p)
             .bind(status.as_str())
             .bind(error)
+            .bind(report)
             .bind(status.as_str())
             .bind(&lease.task)
             .bind(lease.shard)

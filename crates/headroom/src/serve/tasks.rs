@@ -35,6 +35,7 @@ use super::db::{
 };
 use crate::jobs::copy::{self, CopyCounters, CopyEnv, CopyOptions, PrefixCounts, Watermark};
 use crate::jobs::purge::{self, PurgeCounters, PurgeEnv, PurgeOptions};
+use crate::jobs::sync::{self, CheckCounters};
 use crate::store::gdrive::{CredentialsConfig, DriveConfig};
 use crate::store::{KeyRange, Location};
 use crate::telemetry::Outcome;
@@ -47,9 +48,16 @@ pub enum TaskSpec {
     Copy(CopySpec),
     /// `{"kind": "purge", "target": ..., "older_than": ...}`
     Purge(PurgeSpec),
+    /// `{"kind": "sync", "source": ..., "destination": ..., "max_delete": N}`:
+    /// a copy, then the deletion of what only the destination holds.
+    Sync(CopySpec),
+    /// `{"kind": "check", "source": ..., "destination": ...}`: the
+    /// differences, in the task's report; it fails if there is any.
+    Check(CopySpec),
 }
 
-/// A copy task.
+/// A copy task, or a sync or check task (the same fields; `max_delete` is
+/// a sync's, the `gdrive_*` fields a copy's).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CopySpec {
@@ -84,6 +92,9 @@ pub struct CopySpec {
     /// Pass shortcuts over.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gdrive_skip_shortcuts: bool,
+    /// A sync deletes nothing when more than this many objects would go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delete: Option<u64>,
 }
 
 /// The Google Drive credentials a service holds, by name, and where it
@@ -168,13 +179,15 @@ impl TaskSpec {
         match self {
             TaskSpec::Copy(_) => Kind::Copy,
             TaskSpec::Purge(_) => Kind::Purge,
+            TaskSpec::Sync(_) => Kind::Sync,
+            TaskSpec::Check(_) => Kind::Check,
         }
     }
 
     /// Whether it writes (or deletes) nothing.
     pub fn dry_run(&self) -> bool {
         match self {
-            TaskSpec::Copy(c) => c.dry_run,
+            TaskSpec::Copy(c) | TaskSpec::Sync(c) | TaskSpec::Check(c) => c.dry_run,
             TaskSpec::Purge(p) => p.dry_run,
         }
     }
@@ -221,6 +234,17 @@ pub enum Job {
         target: Location,
         older_than: Duration,
         options: PurgeOptions,
+    },
+    Sync {
+        src: Location,
+        dst: Location,
+        options: Box<CopyOptions>,
+        max_delete: Option<u64>,
+    },
+    Check {
+        src: Location,
+        dst: Location,
+        options: Box<CopyOptions>,
     },
 }
 
@@ -312,28 +336,71 @@ pub fn validate(
     roots: &[std::path::PathBuf],
     drive: &DriveAccess,
 ) -> Result<Validated, String> {
-    let (job, share) = match &spec {
-        TaskSpec::Copy(c) => {
+    // The fields a copy, a sync and a check share.
+    let copy_like =
+        |c: &CopySpec| -> Result<(Location, Location, Box<CopyOptions>, Option<u64>), String> {
             let share = check_common(&c.memory, &c.include, &c.exclude, c.concurrency)?;
             let [src, dst] = locations(
                 [("source", &c.source), ("destination", &c.destination)],
                 roots,
             )?;
             let gdrive = drive.config(c, &src)?;
-            let job = Job::Copy {
-                src,
-                dst,
-                options: Box::new(CopyOptions {
-                    dry_run: c.dry_run,
-                    checksum: c.checksum,
-                    include: c.include.clone(),
-                    exclude: c.exclude.clone(),
-                    concurrency: c.concurrency,
-                    gdrive,
-                    ..CopyOptions::default()
-                }),
-            };
-            (job, share)
+            let options = Box::new(CopyOptions {
+                dry_run: c.dry_run,
+                checksum: c.checksum,
+                include: c.include.clone(),
+                exclude: c.exclude.clone(),
+                concurrency: c.concurrency,
+                gdrive,
+                ..CopyOptions::default()
+            });
+            Ok((src, dst, options, share))
+        };
+    // A sync and a check merge two listings in key order.
+    let merged = |c: &CopySpec, src: &Location| -> Result<(), String> {
+        if !src.lists_in_key_order() {
+            return Err(format!(
+                "source: {} and check merge listings in key order, which Google Drive does not give: copy from it instead",
+                spec.kind().as_str()
+            ));
+        }
+        if c.gdrive_credentials.is_some() {
+            return Err("gdrive_credentials: only a copy from gdrive:// takes it".into());
+        }
+        Ok(())
+    };
+    let (job, share) = match &spec {
+        TaskSpec::Copy(c) => {
+            if c.max_delete.is_some() {
+                return Err("max_delete: only a sync task takes it".into());
+            }
+            let (src, dst, options, share) = copy_like(c)?;
+            (Job::Copy { src, dst, options }, share)
+        }
+        TaskSpec::Sync(c) => {
+            let (src, dst, options, share) = copy_like(c)?;
+            merged(c, &src)?;
+            let max_delete = c.max_delete;
+            (
+                Job::Sync {
+                    src,
+                    dst,
+                    options,
+                    max_delete,
+                },
+                share,
+            )
+        }
+        TaskSpec::Check(c) => {
+            if c.max_delete.is_some() {
+                return Err("max_delete: only a sync task takes it".into());
+            }
+            if c.dry_run {
+                return Err("dry_run: a check writes nothing".into());
+            }
+            let (src, dst, options, share) = copy_like(c)?;
+            merged(c, &src)?;
+            (Job::Check { src, dst, options }, share)
         }
         TaskSpec::Purge(p) => {
             let share = check_common(&p.memory, &p.include, &p.exclude, p.concurrency)?;
@@ -381,7 +448,8 @@ impl CounterNames {
     /// The names for a task of `kind`.
     pub fn of(kind: Kind, dry_run: bool) -> &'static CounterNames {
         match (kind, dry_run) {
-            (Kind::Copy, _) => &CounterNames {
+            // A sync's deletions are in its report.
+            (Kind::Copy | Kind::Sync, _) => &CounterNames {
                 listed: "objects_listed",
                 done: "objects_copied",
                 skipped: "objects_skipped",
@@ -402,6 +470,16 @@ impl CounterNames {
                 attempt_done: "attempt_files_to_delete",
                 attempt_bytes: "attempt_bytes_to_free",
             },
+            (Kind::Check, _) => &CounterNames {
+                listed: "entries_compared",
+                done: "differences",
+                skipped: "entries_same",
+                failed: "entries_unreadable",
+                bytes: "bytes_compared",
+                attempt_listed: "attempt_entries_compared",
+                attempt_done: "attempt_differences",
+                attempt_bytes: "attempt_bytes_compared",
+            },
             (Kind::Purge, false) => &CounterNames {
                 listed: "files_scanned",
                 done: "files_deleted",
@@ -418,14 +496,17 @@ impl CounterNames {
 
 /// The live counters of a running task, of its job's own type.
 pub enum TaskCounters {
+    /// A copy's, or a sync's.
     Copy(Arc<CopyCounters>),
     Purge(Arc<PurgeCounters>),
+    Check(Arc<CheckCounters>),
 }
 
 impl TaskCounters {
     fn for_job(job: Option<&Job>) -> Self {
         match job {
             Some(Job::Purge { .. }) => TaskCounters::Purge(Arc::default()),
+            Some(Job::Check { .. }) => TaskCounters::Check(Arc::default()),
             _ => TaskCounters::Copy(Arc::default()),
         }
     }
@@ -453,6 +534,18 @@ impl TaskCounters {
                 },
                 c.failures.count(),
             ),
+            TaskCounters::Check(c) => {
+                let s = c.summary();
+                (
+                    Counts {
+                        listed: (s.same + s.differences()) as i64,
+                        done: (s.differ + s.missing + s.extra) as i64,
+                        skipped: s.same as i64,
+                        bytes: n(&c.bytes_compared),
+                    },
+                    s.errors,
+                )
+            }
         };
         Progress {
             attempt,
@@ -466,6 +559,7 @@ impl TaskCounters {
         match self {
             TaskCounters::Copy(c) => c.in_flight.load(Ordering::Relaxed),
             TaskCounters::Purge(c) => c.in_flight.load(Ordering::Relaxed),
+            TaskCounters::Check(_) => 0,
         }
     }
 }
@@ -898,7 +992,14 @@ impl Tasks {
                 let p = Progress::default();
                 let _ = self
                     .db
-                    .finish(&lease, Counts::default(), &p, Status::Failed, Some(&e))
+                    .finish(
+                        &lease,
+                        Counts::default(),
+                        &p,
+                        Status::Failed,
+                        Some(&e),
+                        None,
+                    )
                     .await;
                 return;
             }
@@ -908,10 +1009,12 @@ impl Tasks {
         // (objects copied beyond it are found up to date again); a Drive
         // copy lists everything again (earlier copies are found up to
         // date); a purge's deletions are not found again, so they add up.
+        // A sync or a check runs whole again (a sync's copy finds what it
+        // copied up to date).
         let resumable = matches!(&v.job, Job::Copy { src, .. } if src.lists_in_key_order());
         let base = match &v.job {
             Job::Copy { .. } if resumable => shard.checkpoint,
-            Job::Copy { .. } => Counts::default(),
+            Job::Copy { .. } | Job::Sync { .. } | Job::Check { .. } => Counts::default(),
             Job::Purge { .. } => Counts {
                 done: shard.items_done,
                 bytes: shard.bytes_done,
@@ -1024,10 +1127,22 @@ impl Tasks {
             }
             return;
         }
+        let report = result
+            .as_ref()
+            .ok()
+            .and_then(|e| e.report.as_ref())
+            .map(|r| r.to_string());
         let (status, error) = ending(kind, result, *cancelled.borrow());
         match self
             .db
-            .finish(&lease, base, &p, status, error.as_deref())
+            .finish(
+                &lease,
+                base,
+                &p,
+                status,
+                error.as_deref(),
+                report.as_deref(),
+            )
             .await
         {
             Ok(Some(task_status)) => {
@@ -1055,9 +1170,33 @@ impl Job {
                 "purge {target} older than {}",
                 humantime::format_duration(*older_than)
             ),
+            Job::Sync { src, dst, .. } => format!("sync {src} -> {dst}"),
+            Job::Check { src, dst, .. } => format!("check {src} against {dst}"),
         }
     }
 }
+
+/// How a job ended: its outcome, what it reports besides its counters
+/// (a sync's deletions, a check's differences), and what makes it fail
+/// although no item failed (deletions refused, differences found).
+pub struct Ended {
+    outcome: Outcome,
+    report: Option<serde_json::Value>,
+    problem: Option<String>,
+}
+
+impl From<Outcome> for Ended {
+    fn from(outcome: Outcome) -> Self {
+        Ended {
+            outcome,
+            report: None,
+            problem: None,
+        }
+    }
+}
+
+/// Differences a check task's report lists (its counts cover them all).
+const REPORTED_DIFFERENCES: usize = 100;
 
 /// Runs a shard's job inside its own governor, counting into its
 /// counters; a copy lists `range` and moves `watermark`.
@@ -1067,18 +1206,90 @@ async fn run_job(
     cancelled: &watch::Receiver<bool>,
     range: Option<KeyRange>,
     watermark: &Arc<Watermark>,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<Ended> {
+    let copy_env = |counters: &Arc<CopyCounters>, range, watermark| CopyEnv {
+        gov: running.gov.clone(),
+        probe: MemoryProbe::detect(),
+        counters: counters.clone(),
+        cancel: cancelled.clone(),
+        range,
+        watermark,
+    };
     match (job, &running.counters) {
         (Job::Copy { src, dst, options }, TaskCounters::Copy(counters)) => {
-            let env = CopyEnv {
-                gov: running.gov.clone(),
-                probe: MemoryProbe::detect(),
-                counters: counters.clone(),
-                cancel: cancelled.clone(),
-                range,
-                watermark: Some(watermark.clone()),
+            let env = copy_env(counters, range, Some(watermark.clone()));
+            Ok(copy::execute(src, dst, options, env).await?.outcome.into())
+        }
+        (
+            Job::Sync {
+                src,
+                dst,
+                options,
+                max_delete,
+            },
+            TaskCounters::Copy(counters),
+        ) => {
+            let outcome = copy::execute(src, dst, options, copy_env(counters, None, None))
+                .await?
+                .outcome;
+            if *cancelled.borrow() {
+                return Ok(outcome.into());
+            }
+            let deletions = sync::delete_extras(
+                src,
+                dst,
+                options,
+                &running.gov,
+                *max_delete,
+                outcome.failed > 0,
+                &mut |line| tracing::info!("{line}"),
+            )
+            .await?;
+            let problem = match (&deletions.refused, deletions.failed) {
+                // A failed copy says so itself.
+                (Some(_), _) if outcome.failed > 0 => None,
+                (Some(why), _) => Some(why.clone()),
+                (None, 0) => None,
+                (None, n) => Some(format!("{n} deletions failed")),
             };
-            Ok(copy::execute(src, dst, options, env).await?.outcome)
+            Ok(Ended {
+                report: Some(json!({ "deletions": deletions })),
+                outcome,
+                problem,
+            })
+        }
+        (Job::Check { src, dst, options }, TaskCounters::Check(counters)) => {
+            let started = std::time::Instant::now();
+            let mut listed = Vec::new();
+            sync::compare(src, dst, options, &running.gov, counters, &mut |line| {
+                if listed.len() < REPORTED_DIFFERENCES {
+                    listed.push(line);
+                }
+            })
+            .await?;
+            let summary = counters.summary();
+            let outcome = Outcome::collect(
+                &crate::telemetry::Failures::default(),
+                &running.gov,
+                &MemoryProbe::detect(),
+                started.elapsed(),
+            );
+            let problem = (!summary.matches()).then(|| {
+                format!(
+                    "{} differences ({} different, {} missing from the destination, {} only in the destination, {} unreadable); first: {}",
+                    summary.differences(),
+                    summary.differ,
+                    summary.missing,
+                    summary.extra,
+                    summary.errors,
+                    listed.first().map_or("", String::as_str)
+                )
+            });
+            Ok(Ended {
+                report: Some(json!({ "check": summary, "differences": listed })),
+                outcome,
+                problem,
+            })
         }
         (
             Job::Purge {
@@ -1097,7 +1308,8 @@ async fn run_job(
             };
             Ok(purge::execute(target, *older_than, options, env)
                 .await?
-                .outcome)
+                .outcome
+                .into())
         }
         // TaskCounters::for_job makes the counters of the job's kind.
         _ => anyhow::bail!("internal error: the task's counters are not its job's"),
@@ -1105,22 +1317,18 @@ async fn run_job(
 }
 
 /// The status a task ends in, and its error: cancelled whatever the job
-/// said, failed when the job could not run or an item failed (the first
-/// one named), else succeeded.
-fn ending(
-    kind: Kind,
-    result: anyhow::Result<Outcome>,
-    cancelled: bool,
-) -> (Status, Option<String>) {
+/// said, failed when the job could not run, an item failed (the first
+/// one named) or the job found a problem, else succeeded.
+fn ending(kind: Kind, result: anyhow::Result<Ended>, cancelled: bool) -> (Status, Option<String>) {
     match result {
         _ if cancelled => (Status::Cancelled, None),
-        Ok(s) if s.failed > 0 => (
+        Ok(Ended { outcome: s, .. }) if s.failed > 0 => (
             Status::Failed,
             Some(format!(
                 "{} {} failed; first: {}",
                 s.failed,
                 match kind {
-                    Kind::Copy => "objects",
+                    Kind::Copy | Kind::Sync | Kind::Check => "objects",
                     Kind::Purge => "files",
                 },
                 s.failures
@@ -1128,6 +1336,9 @@ fn ending(
                     .map_or_else(String::new, |(w, r)| format!("{w}: {r}"))
             )),
         ),
+        Ok(Ended {
+            problem: Some(p), ..
+        }) => (Status::Failed, Some(p)),
         Ok(_) => (Status::Succeeded, None),
         Err(e) => (Status::Failed, Some(format!("{e:#}"))),
     }
