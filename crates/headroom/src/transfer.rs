@@ -283,10 +283,16 @@ impl Transfers<'_> {
             // for its file handles and the fallback's small buffer.
             Kind::Kernel => {
                 let r = src
-                    .copy_in_kernel(entry, dst, self.bytes_done.clone(), self.cancel.clone())
+                    .copy_in_kernel(
+                        entry,
+                        dst,
+                        self.bytes_done.clone(),
+                        self.cancel.clone(),
+                        false,
+                    )
                     .await;
                 drop(permit);
-                r
+                r.map(|_| ())
             }
             Kind::ServerSide { part } => {
                 let r = self.server_side(entry, part).await;
@@ -304,6 +310,34 @@ impl Transfers<'_> {
             Kind::Multipart { part } => self.multipart(entry, part, permit).await,
             Kind::Streamed { buffer } => self.streamed(entry, buffer, permit).await,
         }
+    }
+}
+
+impl Transfers<'_> {
+    /// A local to local copy in the kernel ([`Kind::Kernel`]) that first
+    /// looks at the destination, in the same blocking call: a file of the
+    /// listed size and modification time is left alone (what `copy`
+    /// calls up to date without `--checksum`). Whether it copied.
+    pub async fn kernel_copy_unless_current(
+        &self,
+        entry: &Entry,
+        permit: Permit,
+    ) -> Result<bool, StoreError> {
+        if *self.cancel.borrow() {
+            return Err(interrupted(self.src, entry));
+        }
+        let r = self
+            .src
+            .copy_in_kernel(
+                entry,
+                self.dst,
+                self.bytes_done.clone(),
+                self.cancel.clone(),
+                true,
+            )
+            .await;
+        drop(permit);
+        r
     }
 }
 

@@ -555,7 +555,8 @@ impl LocalStore {
         dst: &LocalStore,
         copied: Arc<std::sync::atomic::AtomicU64>,
         cancel: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<(), StoreError> {
+        unless_current: bool,
+    ) -> Result<bool, StoreError> {
         let src = self.path_of(&entry.key);
         let dest = dst.path_of(&entry.key);
         if let Err(why) = safe_key(&entry.key) {
@@ -571,6 +572,17 @@ impl LocalStore {
         let listed = (entry.size, entry.mtime);
         let mode = entry.mode;
         blocking(move || {
+            // What `copy` would find up to date, found in the same call
+            // (one hand-off to the blocking pool per file, not two).
+            if unless_current
+                && let Ok(m) = std::fs::metadata(&dest)
+                && m.is_file()
+                && m.len() == listed.0
+                && let (Ok(have), Some(want)) = (m.modified(), listed.1)
+                && super::same_mtime(have, want)
+            {
+                return Ok(false);
+            }
             let shown = src.display().to_string();
             let file = File::open(&src).map_err(|e| StoreError::io(format!("open {shown}"), &e))?;
             let meta = check_unchanged(&file, listed, &shown)?;
@@ -586,7 +598,7 @@ impl LocalStore {
             // Read to its listed size from the file the listing saw.
             check_unchanged(&file, listed, &shown)?;
             let mode = mode.or(Some(meta.permissions().mode() & 0o777));
-            writer.finish_now(meta.modified().ok(), mode)
+            writer.finish_now(meta.modified().ok(), mode).map(|()| true)
         })
         .await
     }
@@ -783,16 +795,23 @@ mod tests {
                 .unwrap();
             let copied = Arc::new(AtomicU64::new(0));
             let (_keep, cancel) = tokio::sync::watch::channel(false);
-            LocalStore::dir(src_root.clone())
-                .copy_into(
-                    &entry,
-                    &LocalStore::dir(dst_root.clone()),
-                    copied.clone(),
-                    cancel,
-                )
-                .await
-                .unwrap();
+            let (from, to) = (
+                LocalStore::dir(src_root.clone()),
+                LocalStore::dir(dst_root.clone()),
+            );
+            let copy = |cancel| from.copy_into(&entry, &to, copied.clone(), cancel, true);
+            assert!(copy(cancel.clone()).await.unwrap(), "copied");
             let out = dst_root.join("d/f.bin");
+            let first = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&out).unwrap());
+            assert!(
+                !copy(cancel).await.unwrap(),
+                "the same size and mtime: left alone"
+            );
+            assert_eq!(
+                std::os::unix::fs::MetadataExt::ino(&fs::metadata(&out).unwrap()),
+                first,
+                "not replaced"
+            );
             assert!(fs::read(&out).unwrap() == data, "{}", out.display());
             let meta = fs::metadata(&out).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, 0o640);
@@ -825,6 +844,7 @@ mod tests {
                 &LocalStore::dir(dst.clone()),
                 Arc::new(AtomicU64::new(0)),
                 cancel,
+                true,
             )
             .await
             .unwrap_err();

@@ -93,6 +93,22 @@ impl Entry {
     }
 }
 
+/// Whether two modification times are the same to the precision both
+/// sides keep (a whole second when either has no sub-second part).
+pub fn same_mtime(a: SystemTime, b: SystemTime) -> bool {
+    let diff = a.duration_since(b).unwrap_or_else(|e| e.duration());
+    let coarse = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .is_ok_and(|d| d.subsec_nanos() == 0)
+    };
+    let window = if coarse(a) || coarse(b) {
+        std::time::Duration::from_secs(1)
+    } else {
+        std::time::Duration::from_millis(1)
+    };
+    diff < window
+}
+
 /// Lowercase hexadecimal of `bytes` (digests, in messages and ETags).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -557,15 +573,20 @@ impl Store {
     /// Copies `entry` into `dst` without its bytes passing through a
     /// buffer of headroom's (see [`local::LocalStore::copy_into`]);
     /// `copied` counts bytes as they go, `cancel` stops it between steps.
+    /// With `unless_current`, a destination file of the listed size and
+    /// modification time is left alone. Whether it copied.
     pub async fn copy_in_kernel(
         &self,
         entry: &Entry,
         dst: &Store,
         copied: std::sync::Arc<std::sync::atomic::AtomicU64>,
         cancel: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<(), StoreError> {
+        unless_current: bool,
+    ) -> Result<bool, StoreError> {
         match (self, dst) {
-            (Store::Local(a), Store::Local(b)) => a.copy_into(entry, b, copied, cancel).await,
+            (Store::Local(a), Store::Local(b)) => {
+                a.copy_into(entry, b, copied, cancel, unless_current).await
+            }
             _ => Err(self.not_written_so(&entry.key, "kernel copies")),
         }
     }

@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use headroom_governor::{ByteSize, Governor, MemoryProbe, channel};
@@ -97,22 +97,6 @@ impl Default for CopyOptions {
     }
 }
 
-/// Whether two modification times are the same to the precision both
-/// sides keep (a whole second when either has no sub-second part).
-fn same_mtime(a: SystemTime, b: SystemTime) -> bool {
-    let diff = a.duration_since(b).unwrap_or_else(|e| e.duration());
-    let coarse = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .is_ok_and(|d| d.subsec_nanos() == 0)
-    };
-    let window = if coarse(a) || coarse(b) {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_millis(1)
-    };
-    diff < window
-}
-
 /// Whether `dst` already holds `src`'s content.
 pub(crate) async fn up_to_date(
     src_store: &Store,
@@ -144,7 +128,7 @@ pub(crate) async fn up_to_date(
         ..Retry::default()
     };
     let src_mtime = src_store.source_mtime(src, &once).await?;
-    Ok(matches!((src_mtime, dst.mtime), (Some(a), Some(b)) if same_mtime(a, b)))
+    Ok(matches!((src_mtime, dst.mtime), (Some(a), Some(b)) if crate::store::same_mtime(a, b)))
 }
 
 /// Raises the number of transfers in flight while throughput rises, and
@@ -697,12 +681,24 @@ impl TaskContext {
             self.src.display_key(&entry.key),
             self.dst.display_key(&entry.key)
         );
+        let transfers = transfer::Transfers {
+            src: &self.src,
+            dst: &self.dst,
+            gov: &self.gov,
+            cfg: &self.cfg,
+            bytes_done: &self.counters.bytes,
+            cancel: &self.cancel,
+        };
+        if matches!(kind, Kind::Kernel) && !self.checksum && !self.dry_run {
+            return match transfers.kernel_copy_unless_current(&entry, permit).await {
+                Ok(true) => self.copied(entry.size),
+                Ok(false) => self.up_to_date(entry.size),
+                Err(e) => self.not_copied(what, e),
+            };
+        }
         let existing = match with_retries(&self.cfg.retry, || self.dst.stat(&entry.key)).await {
             Ok(e) => e,
-            Err(e) => {
-                self.counters.fail(what, e.to_string());
-                return Ended::NotDone;
-            }
+            Err(e) => return self.not_copied(what, e),
         };
         if let Some(existing) = existing {
             let buf_len = (permit.bytes().saturating_sub(transfer::OBJECT_OVERHEAD) as usize)
@@ -718,18 +714,9 @@ impl TaskContext {
                 )
             });
             match fresh.await {
-                Ok(true) => {
-                    self.counters.skipped.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .skipped_bytes
-                        .fetch_add(entry.size, Ordering::Relaxed);
-                    return Ended::UpToDate;
-                }
+                Ok(true) => return self.up_to_date(entry.size),
                 Ok(false) => {}
-                Err(e) => {
-                    self.counters.fail(what, e.to_string());
-                    return Ended::NotDone;
-                }
+                Err(e) => return self.not_copied(what, e),
             }
         }
         if self.dry_run {
@@ -738,36 +725,41 @@ impl TaskContext {
             self.counters.bytes.fetch_add(entry.size, Ordering::Relaxed);
             return Ended::Copied(entry.size);
         }
-        let transfers = transfer::Transfers {
-            src: &self.src,
-            dst: &self.dst,
-            gov: &self.gov,
-            cfg: &self.cfg,
-            bytes_done: &self.counters.bytes,
-            cancel: &self.cancel,
-        };
         match transfers.copy_object(&entry, kind, permit).await {
-            Ok(()) => {
-                self.counters.copied.fetch_add(1, Ordering::Relaxed);
-                Ended::Copied(entry.size)
-            }
-            // Stopped by a cancel or a signal, and cleaned up: not a
-            // failure of the object (the job reports the interruption).
-            Err(e) if *self.cancel.borrow() => {
-                tracing::info!("{what}: {}", e.message);
-                Ended::NotDone
-            }
-            Err(e) => {
-                self.counters.fail(what, e.to_string());
-                Ended::NotDone
-            }
+            Ok(()) => self.copied(entry.size),
+            Err(e) => self.not_copied(what, e),
         }
+    }
+
+    fn copied(&self, size: u64) -> Ended {
+        self.counters.copied.fetch_add(1, Ordering::Relaxed);
+        Ended::Copied(size)
+    }
+
+    fn up_to_date(&self, size: u64) -> Ended {
+        self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .skipped_bytes
+            .fetch_add(size, Ordering::Relaxed);
+        Ended::UpToDate
+    }
+
+    fn not_copied(&self, what: String, e: StoreError) -> Ended {
+        // Stopped by a cancel or a signal, and cleaned up: not a failure
+        // of the object (the job reports the interruption).
+        if *self.cancel.borrow() {
+            tracing::info!("{what}: {}", e.message);
+        } else {
+            self.counters.fail(what, e.to_string());
+        }
+        Ended::NotDone
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     #[test]
     fn the_watermark_moves_over_the_completed_prefix_only() {
@@ -804,14 +796,17 @@ mod tests {
     #[test]
     fn mtimes_compare_to_the_coarser_precision() {
         let t = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000);
-        assert!(same_mtime(t, t));
-        assert!(!same_mtime(t, t + Duration::from_millis(5)));
+        assert!(crate::store::same_mtime(t, t));
+        assert!(!crate::store::same_mtime(t, t + Duration::from_millis(5)));
         let whole = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 0);
         assert!(
-            same_mtime(whole, t),
+            crate::store::same_mtime(whole, t),
             "a whole-second time matches within the second"
         );
-        assert!(!same_mtime(whole, whole + Duration::from_secs(2)));
+        assert!(!crate::store::same_mtime(
+            whole,
+            whole + Duration::from_secs(2)
+        ));
     }
 
     #[test]
