@@ -26,10 +26,14 @@
 //! ListParts entries carry each part's ETag (its MD5) likewise.
 //!
 //! `If-Match` on a GET is checked as S3 does (412 when the object's ETag
-//! differs; s3s-fs itself ignores it). A file at `DIR/.next/BUCKET/KEY`
+//! differs; s3s-fs itself ignores it), and so is
+//! `x-amz-copy-source-if-match` on an UploadPartCopy (s3s-fs checks it on
+//! a CopyObject only). A file at `DIR/.next/BUCKET/KEY`
 //! replaces object KEY right after the first GET of it has been answered
 //! (the answer streams the old content): a source that changes between
-//! two ranged reads.
+//! two ranged reads. One at `DIR/.next-after-head/BUCKET/KEY` replaces it
+//! right after the first HEAD: a source that changes between the HEAD and
+//! the CopyObject of a server-side copy.
 //!
 //! Prints its endpoint (`http://127.0.0.1:PORT`) on the first line of
 //! standard output, keeps the number of faults injected in
@@ -454,10 +458,26 @@ async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Result<Respo
             .unwrap());
     }
     let object = object_file(&state.root, &req);
+    let headed = (req.method() == http::Method::HEAD)
+        .then(|| percent_decode(req.uri().path().trim_start_matches('/')))
+        .flatten();
     if let (Some(file), Some(want)) = (&object, req.headers().get("if-match")) {
         let want = want.to_str().unwrap_or("").trim_matches('"');
         if file.is_file() && want != "*" && object_etag(&state.root, file).as_deref() != Some(want)
         {
+            return Ok(error_response(412, "PreconditionFailed"));
+        }
+    }
+    if req.uri().query().is_some_and(|q| q.contains("partNumber="))
+        && let (Some(source), Some(want)) = (
+            req.headers().get("x-amz-copy-source"),
+            req.headers().get("x-amz-copy-source-if-match"),
+        )
+    {
+        let source = percent_decode(source.to_str().unwrap_or("").trim_start_matches('/'));
+        let want = want.to_str().unwrap_or("").trim_matches('"');
+        let file = source.map(|s| state.root.join(s));
+        if file.is_some_and(|f| object_etag(&state.root, &f).as_deref() != Some(want)) {
             return Ok(error_response(412, "PreconditionFailed"));
         }
     }
@@ -509,6 +529,12 @@ async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Result<Respo
             .filter(|m| m.starts_with(&format!("{bucket}/{prefix}")))
             .collect();
         return add_to_listing(answer?, &state.root, &bucket, &markers).await;
+    }
+    if let Some(rel) = headed {
+        let next = state.root.join(".next-after-head").join(&rel);
+        if next.is_file() && std::fs::rename(&next, state.root.join(&rel)).is_ok() {
+            state.injected();
+        }
     }
     if let Some(file) = object
         && let Ok(rel) = file.strip_prefix(&state.root)
