@@ -107,6 +107,7 @@ fn sync_deletes_exactly_the_extra_files_and_nothing_on_dry_run_or_past_max_delet
     write(&dst, "d-x/extra-2", b"x");
     write(&dst, "e/extra-3", b"x");
     write(&dst, "zz", b"x");
+    write(&dst, "gone/deep/extra-5", b"x");
     std::fs::write(dst.join("d/one"), b"stale").unwrap();
     let before = tree(&dst);
     let sync = |extra: &[&str]| {
@@ -120,16 +121,22 @@ fn sync_deletes_exactly_the_extra_files_and_nothing_on_dry_run_or_past_max_delet
     assert_ok(&dry);
     assert_eq!(tree(&dst), before, "a dry run changes nothing");
     let said = text(&dry.stdout);
-    for key in ["d/extra-1", "d-x/extra-2", "e/extra-3", "zz"] {
+    for key in [
+        "d/extra-1",
+        "d-x/extra-2",
+        "e/extra-3",
+        "gone/deep/extra-5",
+        "zz",
+    ] {
         assert!(
             said.contains(&format!("would delete {}", dst.join(key).display())),
             "{said}"
         );
     }
 
-    let limited = sync(&["--max-delete", "3"]);
+    let limited = sync(&["--max-delete", "4"]);
     assert_eq!(limited.status.code(), Some(1), "{}", text(&limited.stderr));
-    assert!(text(&limited.stderr).contains("more than --max-delete 3"));
+    assert!(text(&limited.stderr).contains("more than --max-delete 4"));
     assert!(dst.join("zz").exists(), "nothing deleted past --max-delete");
     assert_eq!(
         std::fs::read(dst.join("d/one")).unwrap(),
@@ -137,8 +144,14 @@ fn sync_deletes_exactly_the_extra_files_and_nothing_on_dry_run_or_past_max_delet
         "but copied"
     );
 
-    assert_ok(&sync(&["--max-delete", "4"]));
+    assert_ok(&sync(&["--max-delete", "5"]));
     assert_eq!(tree(&dst), tree(&src), "the destination is the source");
+    // Directories whose files were all extra go with them; the others,
+    // and the root, stay.
+    for gone in ["e", "gone"] {
+        assert!(!dst.join(gone).exists(), "{gone} was emptied and removed");
+    }
+    assert!(dst.join("d-x").is_dir() && dst.join("d").is_dir());
 }
 
 #[test]

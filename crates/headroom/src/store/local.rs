@@ -151,14 +151,21 @@ impl LocalStore {
 
     /// Deletes the files at `keys` (never a directory, never through a
     /// symlink: a symlink is removed itself). A key already gone is
-    /// [`Deleted::Vanished`](super::Deleted::Vanished).
+    /// [`Deleted::Vanished`](super::Deleted::Vanished). A directory left
+    /// empty is removed too, and its parents left empty, up to the root
+    /// (which stays): in a store, directories are implied by the files
+    /// below them, as with prefixes in a bucket.
     pub async fn delete(&self, keys: &[String]) -> Vec<super::Deleted> {
         let paths: Vec<PathBuf> = keys.iter().map(|k| self.path_of(k)).collect();
+        let root = self.root.clone();
         let done = blocking(move || {
             Ok(paths
                 .iter()
                 .map(|p| match fs::remove_file(p) {
-                    Ok(()) => super::Deleted::Deleted,
+                    Ok(()) => {
+                        remove_empty_parents(&root, p);
+                        super::Deleted::Deleted
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => super::Deleted::Vanished,
                     Err(e) => super::Deleted::Failed(e.to_string()),
                 })
@@ -601,6 +608,19 @@ impl LocalStore {
             writer.finish_now(meta.modified().ok(), mode).map(|()| true)
         })
         .await
+    }
+}
+
+/// Removes the directories above `file` (below `root`) that are empty,
+/// from the nearest up; the first that is not (or cannot be removed) ends
+/// it.
+fn remove_empty_parents(root: &Path, file: &Path) {
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) || fs::remove_dir(d).is_err() {
+            return;
+        }
+        dir = d.parent();
     }
 }
 
