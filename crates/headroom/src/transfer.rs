@@ -313,34 +313,6 @@ impl Transfers<'_> {
     }
 }
 
-impl Transfers<'_> {
-    /// A local to local copy in the kernel ([`Kind::Kernel`]) that first
-    /// looks at the destination, in the same blocking call: a file of the
-    /// listed size and modification time is left alone (what `copy`
-    /// calls up to date without `--checksum`). Whether it copied.
-    pub async fn kernel_copy_unless_current(
-        &self,
-        entry: &Entry,
-        permit: Permit,
-    ) -> Result<bool, StoreError> {
-        if *self.cancel.borrow() {
-            return Err(interrupted(self.src, entry));
-        }
-        let r = self
-            .src
-            .copy_in_kernel(
-                entry,
-                self.dst,
-                self.bytes_done.clone(),
-                self.cancel.clone(),
-                true,
-            )
-            .await;
-        drop(permit);
-        r
-    }
-}
-
 async fn open_with_retries(
     src: &Store,
     entry: &Entry,
@@ -352,7 +324,7 @@ async fn open_with_retries(
 
 /// The error of a transfer stopped by a cancel (a signal, or a task
 /// cancelled in `serve`): its partial file is removed, its upload aborted.
-fn interrupted(src: &Store, entry: &Entry) -> StoreError {
+pub(crate) fn interrupted(src: &Store, entry: &Entry) -> StoreError {
     StoreError::permanent(
         src.display_key(&entry.key),
         "interrupted before it was complete",

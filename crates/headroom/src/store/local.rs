@@ -555,13 +555,29 @@ impl LocalStore {
     /// file appears whole, with the source's mode and mtime, or not at
     /// all; a source that changed size or mtime during the copy fails it.
     /// `copied` counts bytes as they go (taken back on failure by the
-    /// caller); `cancel` is looked at between steps.
+    /// caller); `cancel` is looked at between steps. With
+    /// `unless_current`, a destination file of the listed size and mtime
+    /// is left alone (`Ok(false)`).
     pub async fn copy_into(
         &self,
         entry: &Entry,
         dst: &LocalStore,
         copied: Arc<std::sync::atomic::AtomicU64>,
         cancel: tokio::sync::watch::Receiver<bool>,
+        unless_current: bool,
+    ) -> Result<bool, StoreError> {
+        let (this, dst, entry) = (self.clone(), dst.clone(), entry.clone());
+        blocking(move || this.copy_into_now(&entry, &dst, &copied, &cancel, unless_current)).await
+    }
+
+    /// [`copy_into`](Self::copy_into) on this thread, which blocks: for a
+    /// caller already on a blocking thread.
+    pub fn copy_into_now(
+        &self,
+        entry: &Entry,
+        dst: &LocalStore,
+        copied: &std::sync::atomic::AtomicU64,
+        cancel: &tokio::sync::watch::Receiver<bool>,
         unless_current: bool,
     ) -> Result<bool, StoreError> {
         let src = self.path_of(&entry.key);
@@ -577,37 +593,33 @@ impl LocalStore {
             ));
         }
         let listed = (entry.size, entry.mtime);
-        let mode = entry.mode;
-        blocking(move || {
-            // What `copy` would find up to date, found in the same call
-            // (one hand-off to the blocking pool per file, not two).
-            if unless_current
-                && let Ok(m) = std::fs::metadata(&dest)
-                && m.is_file()
-                && m.len() == listed.0
-                && let (Ok(have), Some(want)) = (m.modified(), listed.1)
-                && super::same_mtime(have, want)
-            {
-                return Ok(false);
-            }
-            let shown = src.display().to_string();
-            let file = File::open(&src).map_err(|e| StoreError::io(format!("open {shown}"), &e))?;
-            let meta = check_unchanged(&file, listed, &shown)?;
-            let size = meta.len();
-            let writer = LocalWriter::create(dest)?;
-            let mut done = 0u64;
-            let r = kernel_copy(&file, &writer, &shown, size, &mut done, &copied, &cancel);
-            if r.is_err() {
-                // Progress counted for a copy that did not happen.
-                copied.fetch_sub(done, std::sync::atomic::Ordering::Relaxed);
-            }
-            r?;
-            // Read to its listed size from the file the listing saw.
-            check_unchanged(&file, listed, &shown)?;
-            let mode = mode.or(Some(meta.permissions().mode() & 0o777));
-            writer.finish_now(meta.modified().ok(), mode).map(|()| true)
-        })
-        .await
+        // What `copy` would find up to date, found in the same call (one
+        // hand-off to the blocking pool per file, not two).
+        if unless_current
+            && let Ok(m) = std::fs::metadata(&dest)
+            && m.is_file()
+            && m.len() == listed.0
+            && let (Ok(have), Some(want)) = (m.modified(), listed.1)
+            && super::same_mtime(have, want)
+        {
+            return Ok(false);
+        }
+        let shown = src.display().to_string();
+        let file = File::open(&src).map_err(|e| StoreError::io(format!("open {shown}"), &e))?;
+        let meta = check_unchanged(&file, listed, &shown)?;
+        let size = meta.len();
+        let writer = LocalWriter::create(dest)?;
+        let mut done = 0u64;
+        let r = kernel_copy(&file, &writer, &shown, size, &mut done, copied, cancel);
+        if r.is_err() {
+            // Progress counted for a copy that did not happen.
+            copied.fetch_sub(done, std::sync::atomic::Ordering::Relaxed);
+        }
+        r?;
+        // Read to its listed size from the file the listing saw.
+        check_unchanged(&file, listed, &shown)?;
+        let mode = entry.mode.or(Some(meta.permissions().mode() & 0o777));
+        writer.finish_now(meta.modified().ok(), mode).map(|()| true)
     }
 }
 

@@ -591,6 +591,24 @@ impl Store {
         }
     }
 
+    /// [`copy_in_kernel`](Self::copy_in_kernel) on this thread, which
+    /// blocks: for a caller already on a blocking thread.
+    pub fn copy_in_kernel_now(
+        &self,
+        entry: &Entry,
+        dst: &Store,
+        copied: &std::sync::atomic::AtomicU64,
+        cancel: &tokio::sync::watch::Receiver<bool>,
+        unless_current: bool,
+    ) -> Result<bool, StoreError> {
+        match (self, dst) {
+            (Store::Local(a), Store::Local(b)) => {
+                a.copy_into_now(entry, b, copied, cancel, unless_current)
+            }
+            _ => Err(self.not_written_so(&entry.key, "kernel copies")),
+        }
+    }
+
     /// A store that writes positionally ([`WriteMode::Positional`]): a
     /// hidden partial file for `key`, renamed into place by
     /// [`FileWriter::finish`] and removed if dropped before.

@@ -664,6 +664,44 @@ impl TaskContext {
         let seq = watermark.as_ref().and_then(|w| w.admit(&entry.key));
         let ctx = self.clone();
         ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        // A local to local copy is one blocking call from start to end
+        // (destination looked at, copied, renamed into place): run it on
+        // the blocking pool directly, without a task of its own to wait
+        // for it (a hand-off less per file, which is what small files
+        // cost).
+        if matches!(kind, Kind::Kernel) && !self.checksum && !self.dry_run {
+            drop(tokio::task::spawn_blocking(move || {
+                let what = || {
+                    format!(
+                        "{} -> {}",
+                        ctx.src.display_key(&entry.key),
+                        ctx.dst.display_key(&entry.key)
+                    )
+                };
+                let ended = if *ctx.cancel.borrow() {
+                    ctx.not_copied(what(), transfer::interrupted(&ctx.src, &entry))
+                } else {
+                    match ctx.src.copy_in_kernel_now(
+                        &entry,
+                        &ctx.dst,
+                        &ctx.counters.bytes,
+                        &ctx.cancel,
+                        true,
+                    ) {
+                        Ok(true) => ctx.copied(entry.size),
+                        Ok(false) => ctx.up_to_date(entry.size),
+                        Err(e) => ctx.not_copied(what(), e),
+                    }
+                };
+                drop(permit);
+                if let (Some(w), Some(seq)) = (watermark, seq) {
+                    w.finish(seq, ended);
+                }
+                ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
+            }));
+            return;
+        }
         drop(tokio::spawn(async move {
             let ended = ctx.copy_one(entry, kind, permit).await;
             if let (Some(w), Some(seq)) = (watermark, seq) {
@@ -689,13 +727,6 @@ impl TaskContext {
             bytes_done: &self.counters.bytes,
             cancel: &self.cancel,
         };
-        if matches!(kind, Kind::Kernel) && !self.checksum && !self.dry_run {
-            return match transfers.kernel_copy_unless_current(&entry, permit).await {
-                Ok(true) => self.copied(entry.size),
-                Ok(false) => self.up_to_date(entry.size),
-                Err(e) => self.not_copied(what, e),
-            };
-        }
         let existing = match with_retries(&self.cfg.retry, || self.dst.stat(&entry.key)).await {
             Ok(e) => e,
             Err(e) => return self.not_copied(what, e),
