@@ -153,9 +153,12 @@ impl S3Config {
                 // A base URL of plain http (an emulator) must be allowed
                 // explicitly; Google's own is https.
                 let builder = GoogleCloudStorageBuilder::from_env();
-                let http = std::env::var("GOOGLE_BASE_URL").is_ok_and(|u| u.starts_with("http://"))
+                let plain = |u: &str| u.starts_with("http://");
+                let http = std::env::var("GOOGLE_BASE_URL").is_ok_and(|u| plain(&u))
                     || std::env::var("GOOGLE_SERVICE_ACCOUNT_KEY")
-                        .is_ok_and(|k| k.contains("\"gcs_base_url\":\"http://"));
+                        .ok()
+                        .and_then(|k| serde_json::from_str::<serde_json::Value>(&k).ok())
+                        .is_some_and(|k| k["gcs_base_url"].as_str().is_some_and(plain));
                 let gcs = builder
                     .with_bucket_name(bucket)
                     .with_retry(self.retry_config())
