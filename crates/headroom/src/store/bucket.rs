@@ -753,11 +753,10 @@ impl BucketStore {
                 request = request.header(format!("x-ms-meta-{name}"), value.to_string());
             }
         }
-        let response = request.send().await.map_err(|e| StoreError {
-            context: what(),
-            message: e.to_string(),
-            retryable: true,
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| StoreError::transient(what(), e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -850,21 +849,16 @@ impl BucketStore {
         for (name, value) in &options.signed_headers {
             request = request.header(name, value);
         }
-        let response = request.send().await.map_err(|e| StoreError {
-            context: what(),
-            message: e.to_string(),
-            retryable: true,
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| StoreError::transient(what(), e))?;
         let status = response.status();
         // A CopyObjectResult or an Error: a few hundred bytes, within the
         // object overhead the transfer's permit pays.
         let body = super::s3_list::read_bounded(response, COPY_ANSWER_BYTES)
             .await
-            .map_err(|message| StoreError {
-                context: what(),
-                message,
-                retryable: true,
-            })?;
+            .map_err(|message| StoreError::transient(what(), message))?;
         // A copy can fail after its 200 has been sent: the body says so.
         let code = super::s3_list::tag_text(&body, "Code");
         if !status.is_success() || body.windows(7).any(|w| w == b"<Error>") {

@@ -222,6 +222,16 @@ impl StoreError {
         }
     }
 
+    /// A failure worth another attempt (a request that got no answer, an
+    /// answer cut short).
+    pub fn transient(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        StoreError {
+            context: context.into(),
+            message: message.to_string(),
+            retryable: true,
+        }
+    }
+
     /// From a local I/O error; interruptions and timeouts are retryable.
     pub fn io(context: impl Into<String>, e: &std::io::Error) -> Self {
         use std::io::ErrorKind::*;
