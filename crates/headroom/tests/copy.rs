@@ -67,6 +67,59 @@ fn local_to_local_is_byte_identical_then_skips_everything() {
     assert_eq!(tree(&src), tree(&dst));
 }
 
+/// Local to local, small files are copied in batches on one thread: a
+/// file that fails inside a batch fails alone, files too big to batch go
+/// between them, and every other file arrives whole, counted once.
+#[test]
+fn a_file_failing_among_many_small_ones_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    let names: Vec<String> = (0..600)
+        .map(|i| format!("d{}/f{i:04}.bin", i % 3))
+        .collect();
+    let mut files: Vec<(&str, usize)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), 1 + i * 37 % 8192))
+        .collect();
+    // Larger than a batch takes, among the small ones.
+    files.push(("d1/f0300-big.bin", 3 * MIB));
+    files.push(("d2/f0101-big.bin", 3 * MIB));
+    write_tree(&src, &files);
+    // Two destinations that cannot be written: directories in the way.
+    const BLOCKED: [&str; 2] = ["d0/f0150.bin", "d2/f0452.bin"];
+    for blocked in BLOCKED {
+        std::fs::create_dir_all(dst.join(blocked).join("x")).unwrap();
+    }
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+
+    let o = copy(&[s, d], &[]);
+    assert!(!o.status.success(), "{}", summary(&o));
+    let out = summary(&o);
+    assert!(out.contains("copied 600 objects"), "{out}");
+    assert!(out.contains("failed 2"), "{out}");
+    let failures = text(&o.stderr);
+    for blocked in BLOCKED {
+        assert!(failures.contains(blocked), "{failures}");
+    }
+    let (want, got) = (tree(&src), tree(&dst));
+    for (key, sum) in &want {
+        if !BLOCKED.contains(&key.as_str()) {
+            assert_eq!(got.get(key), Some(sum), "{key}");
+        }
+    }
+
+    for blocked in BLOCKED {
+        std::fs::remove_dir_all(dst.join(blocked)).unwrap();
+    }
+    let again = copy(&[s, d], &[]);
+    assert_ok(&again);
+    let out = summary(&again);
+    assert!(out.contains("copied 2 objects"), "{out}");
+    assert!(out.contains("skipped 600 up to date"), "{out}");
+    assert_eq!(tree(&src), tree(&dst));
+}
+
 #[test]
 fn dry_run_writes_nothing_and_reports_totals() {
     let dir = tempfile::tempdir().unwrap();

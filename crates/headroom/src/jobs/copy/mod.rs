@@ -16,6 +16,11 @@
 //!   tasks. Tasks are detached: nothing about an object outlives it.
 //! * Each task decides whether the destination is already up to date (size
 //!   and modification time, or `--checksum`), then transfers.
+//! * Local to local, small files go in batches: one blocking call copies
+//!   up to [`KERNEL_BATCH_FILES`] of them in turn with one slot and one
+//!   permit (a kernel copy needs no buffer), taking only what the listing
+//!   has ready. The hand-offs between threads, not the copies, were most
+//!   of a small file's cost besides the kernel's own work.
 //! * The end of the job is known by taking back every concurrency slot.
 
 use std::sync::Arc;
@@ -43,6 +48,16 @@ pub const DEFAULT_CONCURRENCY: usize = 128;
 
 /// Entries the listing may run ahead of the transfers.
 const LISTING_QUEUE_ITEMS: usize = 4096;
+
+/// Small files one local-to-local kernel copy takes in turn, on one
+/// blocking thread with one slot and permit: each hand-off between the
+/// dispatcher and the blocking pool costs futex wakes and context
+/// switches, which are much of what a small file costs.
+const KERNEL_BATCH_FILES: usize = 32;
+
+/// Bytes past which a kernel batch takes no more files: files a batch
+/// holds wait for those before them, so batches stay short.
+const KERNEL_BATCH_BYTES: u64 = 2 << 20;
 
 /// Attempts after the first for each read, part or upload, unless told
 /// otherwise.
@@ -325,26 +340,47 @@ pub async fn execute(
         cancel: cancel.clone(),
     });
     let mut stop = cancel.clone();
+    // An object taken from the listing to fill a batch that did not fit in
+    // it: the next one admitted.
+    let mut held: Option<Admitted> = None;
     loop {
-        let listed = tokio::select! {
-            biased;
-            _ = crate::cancel::until_set(&mut cancel) => break,
-            l = rx.recv() => match l {
-                Some(l) => l,
-                None => break,
-            },
-        };
-        let Some(entry) = ctx.selected(listed, &filter) else {
-            continue;
-        };
-        let Some((kind, footprint)) = ctx.plan(&entry, read_overhead, working) else {
-            // Failed: admitted and never finished, it holds the watermark,
-            // so a resumed run tries it again.
-            if let Some(w) = &watermark {
-                w.admit(&entry.key);
+        let first = match held.take() {
+            Some(a) => a,
+            None => {
+                let listed = tokio::select! {
+                    biased;
+                    _ = crate::cancel::until_set(&mut cancel) => break,
+                    l = rx.recv() => match l {
+                        Some(l) => l,
+                        None => break,
+                    },
+                };
+                match ctx.admit(listed, &filter, read_overhead, working, &watermark) {
+                    Some(a) => a,
+                    None => continue,
+                }
             }
-            continue;
         };
+        let (kind, footprint) = (first.kind, first.footprint);
+        let mut batch = vec![first];
+        if ctx.batches(&batch[0]) {
+            // Small files queued behind it go with it, as far as the
+            // listing has them ready: one hand-off for all of them.
+            let mut bytes = batch[0].entry.size;
+            while batch.len() < KERNEL_BATCH_FILES && bytes < KERNEL_BATCH_BYTES {
+                let Some(listed) = rx.try_recv() else { break };
+                let Some(a) = ctx.admit(listed, &filter, read_overhead, working, &watermark) else {
+                    continue;
+                };
+                if ctx.batches(&a) && a.footprint == footprint {
+                    bytes += a.entry.size;
+                    batch.push(a);
+                } else {
+                    held = Some(a);
+                    break;
+                }
+            }
+        }
         let admitted = async {
             let slot = limit.slots.clone().acquire_owned().await;
             let permit = gov.acquire(footprint, "copy.object").await;
@@ -356,7 +392,7 @@ pub async fn execute(
             a = admitted => a,
         };
         let slot = slot.expect("never closed");
-        ctx.spawn_copy(entry, kind, permit, slot, watermark.clone());
+        ctx.spawn_copy(batch, kind, permit, slot, watermark.clone());
     }
     drop(rx);
     let cancelled = *cancel.borrow();
@@ -579,6 +615,15 @@ impl Watermark {
     }
 }
 
+/// An object admitted for copying: how, with what reservation, and its
+/// place in the watermark.
+struct Admitted {
+    entry: Entry,
+    kind: Kind,
+    footprint: u64,
+    seq: Option<u64>,
+}
+
 struct TaskContext {
     src: Store,
     dst: Store,
@@ -622,6 +667,44 @@ impl TaskContext {
         Some(entry)
     }
 
+    /// The listed object as admitted for copying (selected, planned and
+    /// given its place in the watermark), or `None`: not selected, or
+    /// failed (counted) because even its least footprint exceeds `working`.
+    fn admit(
+        &self,
+        listed: Listed,
+        filter: &Filter,
+        read_overhead: u64,
+        working: u64,
+        watermark: &Option<Arc<Watermark>>,
+    ) -> Option<Admitted> {
+        let entry = self.selected(listed, filter)?;
+        let planned = self.plan(&entry, read_overhead, working);
+        // A failed object is admitted and never finished: it holds the
+        // watermark, so a resumed run tries it again.
+        let seq = watermark.as_ref().and_then(|w| w.admit(&entry.key));
+        let (kind, footprint) = planned?;
+        Some(Admitted {
+            entry,
+            kind,
+            footprint,
+            seq,
+        })
+    }
+
+    /// Whether `a` is copied by the kernel from start to end in one
+    /// blocking call, and small enough to share that call with others.
+    fn batches(&self, a: &Admitted) -> bool {
+        self.in_kernel_alone(a.kind) && a.entry.size < KERNEL_BATCH_BYTES
+    }
+
+    /// Whether an object of `kind` is one blocking call from start to end
+    /// (local to local: destination looked at, copied, renamed into
+    /// place), run on the blocking pool without a task of its own.
+    fn in_kernel_alone(&self, kind: Kind) -> bool {
+        matches!(kind, Kind::Kernel) && !self.checksum && !self.dry_run
+    }
+
     /// How `entry` is moved and what must be reserved for it, within the
     /// `working` budget; `None` (the object failed, with the numbers) when
     /// even its least footprint is larger.
@@ -651,65 +734,75 @@ impl TaskContext {
         Some((kind, footprint))
     }
 
-    /// Starts the detached task that copies one admitted object with its
-    /// `permit` and concurrency `slot`, both released when it ends.
+    /// Starts the detached task that copies admitted objects (one, or a
+    /// batch of small kernel copies, in turn) with one `permit` and
+    /// concurrency `slot`, both released when it ends.
     fn spawn_copy(
         self: &Arc<Self>,
-        entry: Entry,
+        batch: Vec<Admitted>,
         kind: Kind,
         permit: headroom_governor::Permit,
         slot: tokio::sync::OwnedSemaphorePermit,
         watermark: Option<Arc<Watermark>>,
     ) {
-        let seq = watermark.as_ref().and_then(|w| w.admit(&entry.key));
         let ctx = self.clone();
-        ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        // A local to local copy is one blocking call from start to end
-        // (destination looked at, copied, renamed into place): run it on
-        // the blocking pool directly, without a task of its own to wait
-        // for it (a hand-off less per file, which is what small files
-        // cost).
-        if matches!(kind, Kind::Kernel) && !self.checksum && !self.dry_run {
+        let finish = move |seq: Option<u64>, ended: Ended| {
+            if let (Some(w), Some(seq)) = (&watermark, seq) {
+                w.finish(seq, ended);
+            }
+        };
+        // Without a task of its own to wait for it: a hand-off less per
+        // batch, which is what small files cost.
+        if self.in_kernel_alone(kind) {
+            ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
             drop(tokio::task::spawn_blocking(move || {
-                let what = || {
-                    format!(
-                        "{} -> {}",
-                        ctx.src.display_key(&entry.key),
-                        ctx.dst.display_key(&entry.key)
-                    )
-                };
-                let ended = if *ctx.cancel.borrow() {
-                    ctx.not_copied(what(), transfer::interrupted(&ctx.src, &entry))
-                } else {
-                    match ctx.src.copy_in_kernel_now(
-                        &entry,
-                        &ctx.dst,
-                        &ctx.counters.bytes,
-                        &ctx.cancel,
-                        true,
-                    ) {
-                        Ok(true) => ctx.copied(entry.size),
-                        Ok(false) => ctx.up_to_date(entry.size),
-                        Err(e) => ctx.not_copied(what(), e),
-                    }
-                };
-                drop(permit);
-                if let (Some(w), Some(seq)) = (watermark, seq) {
-                    w.finish(seq, ended);
+                for a in batch {
+                    let ended = ctx.copy_in_kernel(&a.entry);
+                    finish(a.seq, ended);
                 }
+                drop(permit);
                 ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);
             }));
             return;
         }
+        // Only kernel copies are batched: this is one object.
+        let Some(a) = batch.into_iter().next() else {
+            return;
+        };
+        ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         drop(tokio::spawn(async move {
-            let ended = ctx.copy_one(entry, kind, permit).await;
-            if let (Some(w), Some(seq)) = (watermark, seq) {
-                w.finish(seq, ended);
-            }
+            let ended = ctx.copy_one(a.entry, kind, permit).await;
+            finish(a.seq, ended);
             ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         }));
+    }
+
+    /// Copies one object by [`Store::copy_in_kernel_now`], on this
+    /// (blocking) thread; how it ended.
+    fn copy_in_kernel(&self, entry: &Entry) -> Ended {
+        let what = || {
+            format!(
+                "{} -> {}",
+                self.src.display_key(&entry.key),
+                self.dst.display_key(&entry.key)
+            )
+        };
+        if *self.cancel.borrow() {
+            return self.not_copied(what(), transfer::interrupted(&self.src, entry));
+        }
+        match self.src.copy_in_kernel_now(
+            entry,
+            &self.dst,
+            &self.counters.bytes,
+            &self.cancel,
+            true,
+        ) {
+            Ok(true) => self.copied(entry.size),
+            Ok(false) => self.up_to_date(entry.size),
+            Err(e) => self.not_copied(what(), e),
+        }
     }
 
     /// Copies one object; how it ended.

@@ -26,7 +26,7 @@ pub struct CopyCounters {
     pub bytes: Arc<AtomicU64>,
     /// Bytes of skipped objects.
     pub skipped_bytes: AtomicU64,
-    /// Transfers running now.
+    /// Transfers running now (a batch of small local files counts once).
     pub in_flight: AtomicU64,
     /// Whether the listing has finished (the totals are final).
     pub listing_done: AtomicBool,
