@@ -17,7 +17,7 @@
 //! * Each task decides whether the destination is already up to date (size
 //!   and modification time, or `--checksum`), then transfers.
 //! * Local to local, small files go in batches: one blocking call copies
-//!   up to [`KERNEL_BATCH_FILES`] of them in turn with one slot and one
+//!   up to 32 of them (`KERNEL_BATCH_FILES`) in turn with one slot and one
 //!   permit (a kernel copy needs no buffer), taking only what the listing
 //!   has ready. The hand-offs between threads, not the copies, were most
 //!   of a small file's cost besides the kernel's own work.
