@@ -392,7 +392,13 @@ pub async fn execute(
             a = admitted => a,
         };
         let slot = slot.expect("never closed");
-        ctx.spawn_copy(batch, kind, permit, slot, watermark.clone());
+        if ctx.in_kernel_alone(kind) {
+            ctx.spawn_in_kernel(batch, permit, slot, watermark.clone());
+        } else {
+            // Only kernel copies are batched: this is the one object.
+            let one = batch.pop().expect("a batch holds its first object");
+            ctx.spawn_copy(one, permit, slot, watermark.clone());
+        }
     }
     drop(rx);
     let cancelled = *cancel.borrow();
@@ -624,6 +630,13 @@ struct Admitted {
     seq: Option<u64>,
 }
 
+/// Records in `watermark` (if tracked) how object `seq` ended.
+fn record_end(watermark: &Option<Arc<Watermark>>, seq: Option<u64>, ended: Ended) {
+    if let (Some(w), Some(seq)) = (watermark, seq) {
+        w.finish(seq, ended);
+    }
+}
+
 struct TaskContext {
     src: Store,
     dst: Store,
@@ -734,46 +747,44 @@ impl TaskContext {
         Some((kind, footprint))
     }
 
-    /// Starts the detached task that copies admitted objects (one, or a
-    /// batch of small kernel copies, in turn) with one `permit` and
-    /// concurrency `slot`, both released when it ends.
-    fn spawn_copy(
+    /// Copies `batch` (small kernel copies, or one of any size) in turn on
+    /// the blocking pool, without a task of its own to wait for it: a
+    /// hand-off less per batch, which is what small files cost. `permit`
+    /// and concurrency `slot` are released when the last one ends.
+    fn spawn_in_kernel(
         self: &Arc<Self>,
         batch: Vec<Admitted>,
-        kind: Kind,
         permit: headroom_governor::Permit,
         slot: tokio::sync::OwnedSemaphorePermit,
         watermark: Option<Arc<Watermark>>,
     ) {
         let ctx = self.clone();
-        let finish = move |seq: Option<u64>, ended: Ended| {
-            if let (Some(w), Some(seq)) = (&watermark, seq) {
-                w.finish(seq, ended);
+        ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        drop(tokio::task::spawn_blocking(move || {
+            for a in batch {
+                let ended = ctx.copy_in_kernel(&a.entry);
+                record_end(&watermark, a.seq, ended);
             }
-        };
-        // Without a task of its own to wait for it: a hand-off less per
-        // batch, which is what small files cost.
-        if self.in_kernel_alone(kind) {
-            ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-            drop(tokio::task::spawn_blocking(move || {
-                for a in batch {
-                    let ended = ctx.copy_in_kernel(&a.entry);
-                    finish(a.seq, ended);
-                }
-                drop(permit);
-                ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                drop(slot);
-            }));
-            return;
-        }
-        // Only kernel copies are batched: this is one object.
-        let Some(a) = batch.into_iter().next() else {
-            return;
-        };
+            drop(permit);
+            ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        }));
+    }
+
+    /// Starts the detached task that copies one admitted object with its
+    /// `permit` and concurrency `slot`, both released when it ends.
+    fn spawn_copy(
+        self: &Arc<Self>,
+        a: Admitted,
+        permit: headroom_governor::Permit,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        watermark: Option<Arc<Watermark>>,
+    ) {
+        let ctx = self.clone();
         ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         drop(tokio::spawn(async move {
-            let ended = ctx.copy_one(a.entry, kind, permit).await;
-            finish(a.seq, ended);
+            let ended = ctx.copy_one(a.entry, a.kind, permit).await;
+            record_end(&watermark, a.seq, ended);
             ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         }));
