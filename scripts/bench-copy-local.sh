@@ -10,7 +10,9 @@
 #   scripts/bench-copy-local.sh [SMALL_FILES] [BIG_FILES] [BIG_MIB] [RUNS]
 #
 # Defaults: 20,000 files of 1-64 KiB (about 635 MiB) and 8 files of
-# 256 MiB, 3 runs. Needs rclone and GNU time; installs them from Debian's
+# 256 MiB, 3 runs. HEADROOM_BASELINE=PATH adds another headroom binary
+# (say, a build of an earlier commit) as the tool "baseline", to measure a
+# change against what it changed. Needs rclone and GNU time; installs them from Debian's
 # packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +75,9 @@ for dataset in small big; do
   echo "== $dataset: $(du -sh "$work/$dataset" | cut -f1), $(find "$work/$dataset" -type f | wc -l) files"
   for _ in $(seq 1 "$runs"); do
     run "$dataset" headroom "$bin" --memory 64MiB copy "$work/$dataset" "$work/out"
+    if [ -n "${HEADROOM_BASELINE:-}" ]; then
+      run "$dataset" baseline "$HEADROOM_BASELINE" --memory 64MiB copy "$work/$dataset" "$work/out"
+    fi
     run "$dataset" cp cp -r "$work/$dataset" "$work/out"
     # What a migration uses: modes and times kept, as headroom keeps them.
     run "$dataset" cp-a cp -a "$work/$dataset" "$work/out"
@@ -89,8 +94,10 @@ for dataset in ("small", "big"):
     cp = [r for r in rows if r[0] == dataset and r[1] == "cp"]
     cp_wall = statistics.median(float(r[2]) for r in cp)
     cp_cpu = statistics.median(float(r[3]) for r in cp)
-    for tool in ("headroom", "cp", "cp-a", "rclone"):
+    for tool in ("headroom", "baseline", "cp", "cp-a", "rclone"):
         mine = [r for r in rows if r[0] == dataset and r[1] == tool]
+        if not mine:
+            continue
         wall = statistics.median(float(r[2]) for r in mine)
         cpu = statistics.median(float(r[3]) for r in mine)
         print(f"{dataset:6} {tool:9} wall {wall:6.2f} s ({wall / cp_wall:4.2f}x cp)   CPU {cpu:6.2f} s ({cpu / max(cp_cpu, 0.01):4.2f}x cp)")
