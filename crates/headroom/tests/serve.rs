@@ -1125,7 +1125,17 @@ fn a_share_too_small_fails_at_once_and_deleting_a_running_task_releases_its_shar
             .map(|v| v.trim().parse::<f64>().unwrap() as u64)
             .unwrap()
     };
-    assert!(reserved() >= 16 << 20, "the share is held while it runs");
+    // "running" is written when the shard is claimed; the share is
+    // reserved by the shard a moment later, so it is waited for.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while reserved() < 16 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the share is not held while it runs:\n{}",
+            svc.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         api.call(
             "DELETE",
