@@ -33,6 +33,18 @@ fn create(api: &Api, svc: &Service, spec: Value) -> Value {
     task
 }
 
+/// The value of gauge `name` (without labels) in `/metrics`.
+fn gauge(api: &Api, svc: &Service, name: &str) -> u64 {
+    let (_, m) = api.get(&svc.url("/metrics"));
+    let text = m.as_str().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .trim()
+        .parse::<f64>()
+        .unwrap() as u64
+}
+
 fn id(task: &Value) -> String {
     task["id"].as_str().unwrap().to_string()
 }
@@ -306,6 +318,19 @@ fn api_suite(backend: Backend) {
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
+    // The totals count what was done, not what dry runs would have done.
+    assert_eq!(gauge(&api, &svc, "headroom_files_deleted"), 5);
+    assert_eq!(gauge(&api, &svc, "headroom_bytes_freed"), 5000);
+    let (_, copies) = api.get(&svc.url("/api/tasks?limit=100"));
+    let copied: u64 = copies["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "copy" && t["spec"]["dry_run"] != true)
+        .map(|t| t["objects_copied"].as_u64().unwrap())
+        .sum();
+    assert!(copied >= 12, "a whole copy of 12 at least: {copies}");
+    assert_eq!(gauge(&api, &svc, "headroom_objects_copied"), copied);
 
     sync_and_check_tasks(&api, &svc, work.path());
 }
@@ -351,9 +376,18 @@ fn sync_and_check_tasks(api: &Api, svc: &Service, work: &std::path::Path) {
         "{check}"
     );
 
+    let copied = || gauge(api, svc, "headroom_objects_copied");
+    let before = copied();
+    let dry = run(with("sync", json!({"dry_run": true})));
+    assert_eq!(dry["status"], "succeeded", "{dry}");
+    assert_eq!(dry["objects_copied"], 2, "would copy: {dry}");
+    assert!(dst.join("z").exists(), "a dry run deletes nothing");
+    assert_eq!(copied(), before, "a dry run is not counted as copied");
+
     let refused = run(with("sync", json!({"max_delete": 0})));
     assert_eq!(refused["status"], "failed", "{refused}");
     assert_eq!(refused["objects_copied"], 2, "{refused}");
+    assert_eq!(copied(), before + 2, "a sync's copies are counted");
     let why = refused["report"]["deletions"]["refused"].as_str().unwrap();
     assert!(why.contains("more than --max-delete 0"), "{refused}");
     assert!(dst.join("z").exists(), "nothing deleted past max_delete");
@@ -1116,15 +1150,7 @@ fn a_share_too_small_fails_at_once_and_deleting_a_running_task_releases_its_shar
                "memory": "16MiB", "concurrency": 1}),
     );
     api.wait_task(&svc, &id(&slow), LONG, |t| t["status"] == "running");
-    let reserved = || {
-        let (_, m) = api.get(&svc.url("/metrics"));
-        m.as_str()
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("headroom_memory_reserved_bytes "))
-            .map(|v| v.trim().parse::<f64>().unwrap() as u64)
-            .unwrap()
-    };
+    let reserved = || gauge(&api, &svc, "headroom_memory_reserved_bytes");
     // "running" is written when the shard is claimed; the share is
     // reserved by the shard a moment later, so it is waited for.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

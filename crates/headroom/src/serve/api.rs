@@ -368,7 +368,10 @@ async fn create_task(
             spec.len()
         )));
     }
-    let row = state.db.insert(&id, v.spec.kind(), &spec, v.share).await?;
+    let row = state
+        .db
+        .insert(&id, v.spec.kind(), &spec, v.share, v.spec.dry_run())
+        .await?;
     state.tasks.wake();
     Ok((StatusCode::CREATED, Json(view(&state, row))))
 }
@@ -661,7 +664,12 @@ async fn fleet(State(state): State<Shared>) -> Result<Json<serde_json::Value>, A
 async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
     let db_stats = state.db.stats().await?;
     let by_status = &db_stats.by_status;
-    let (objects, bytes) = db_stats.totals_of(Kind::Copy);
+    // A sync's copies are copies; its deletions are in its report only.
+    let (copy, sync) = (
+        db_stats.totals_of(Kind::Copy),
+        db_stats.totals_of(Kind::Sync),
+    );
+    let (objects, bytes) = (copy.0 + sync.0, copy.1 + sync.1);
     let (files_deleted, bytes_freed) = db_stats.totals_of(Kind::Purge);
     let stats = state.gov.stats();
     let sample = state.probe.sample();
@@ -717,19 +725,19 @@ pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::Promethe
         ("headroom_tasks", "Tasks by status, from the database."),
         (
             "headroom_objects_copied",
-            "Objects copied by all copy tasks in the database.",
+            "Objects copied by all copy and sync tasks in the database (not dry runs).",
         ),
         (
             "headroom_bytes_copied",
-            "Bytes copied by all copy tasks in the database.",
+            "Bytes copied by all copy and sync tasks in the database (not dry runs).",
         ),
         (
             "headroom_files_deleted",
-            "Files deleted by all purge tasks in the database.",
+            "Files deleted by all purge tasks in the database (not dry runs).",
         ),
         (
             "headroom_bytes_freed",
-            "Bytes freed by all purge tasks in the database.",
+            "Bytes freed by all purge tasks in the database (not dry runs).",
         ),
         (
             "headroom_memory_budget_bytes",

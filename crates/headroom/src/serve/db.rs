@@ -453,7 +453,8 @@ pub struct Claim {
 pub struct DbStats {
     /// Tasks per status.
     pub by_status: Vec<(String, i64)>,
-    /// Per kind: items done and their bytes over all its tasks.
+    /// Per kind: items done and their bytes over all its tasks but dry
+    /// runs.
     pub totals: Vec<(Kind, i64, i64)>,
 }
 
@@ -654,18 +655,19 @@ impl Db {
 
     /// Queues a new task, with one shard over all its keys; `share` is the
     /// memory it asked for (`None`: the default of the replica that claims
-    /// it).
+    /// it); `dry_run` keeps its counts out of the service's totals.
     pub async fn insert(
         &self,
         id: &str,
         kind: Kind,
         spec: &str,
         share: Option<u64>,
+        dry_run: bool,
     ) -> sqlx::Result<TaskRow> {
         let now = now_ms() as i64;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO tasks (id, kind, status, spec, created_at, updated_at, memory_share) VALUES ($1, $2, 'queued', $3, $4, $5, $6)",
+            "INSERT INTO tasks (id, kind, status, spec, created_at, updated_at, memory_share, dry_run) VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7)",
         )
         .bind(id)
         .bind(kind.as_str())
@@ -673,6 +675,7 @@ impl Db {
         .bind(now)
         .bind(now)
         .bind(share.map(|s| s as i64))
+        .bind(i64::from(dry_run))
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -785,7 +788,7 @@ impl Db {
             .collect::<sqlx::Result<Vec<(String, i64)>>>()?;
         let rows = sqlx::query(
             "SELECT t.kind, CAST(COALESCE(SUM(s.items_done), 0) AS BIGINT) AS o, CAST(COALESCE(SUM(s.bytes_done), 0) AS BIGINT) AS b \
-             FROM shards s JOIN tasks t ON t.id = s.task_id GROUP BY t.kind",
+             FROM shards s JOIN tasks t ON t.id = s.task_id WHERE t.dry_run = 0 GROUP BY t.kind",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -1368,6 +1368,33 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_spec_names_a_dry_run_the_way_migration_0008_finds_it() {
+        // 0008 marks earlier tasks as dry runs by `spec LIKE
+        // '%"dry_run":true%'`: the compact JSON the API stores.
+        let marked = |body: serde_json::Value| {
+            let spec = TaskSpec::parse(body).unwrap();
+            serde_json::to_string(&spec)
+                .unwrap()
+                .contains(r#""dry_run":true"#)
+        };
+        for kind in ["copy", "sync"] {
+            assert!(marked(
+                json!({"kind": kind, "source": "/a", "destination": "/b", "dry_run": true})
+            ));
+        }
+        assert!(marked(
+            json!({"kind": "purge", "target": "/a", "older_than": "1d", "dry_run": true})
+        ));
+        assert!(!marked(
+            json!({"kind": "copy", "source": "/a", "destination": "/b"})
+        ));
+        // The words inside a path are escaped, so they do not match.
+        assert!(!marked(
+            json!({"kind": "copy", "source": "/a/\"dry_run\":true", "destination": "/b"})
+        ));
+    }
+
+    #[test]
     fn rows_written_before_specs_were_tagged_still_run() {
         // What the untagged spec serialised: every kind's flags.
         let old_copy = json!({"kind": "copy", "source": "/a", "destination": "/b",
