@@ -383,6 +383,12 @@ fn sync_and_check_tasks(api: &Api, svc: &Service, work: &std::path::Path) {
     assert_eq!(dry["objects_copied"], 2, "would copy: {dry}");
     assert!(dst.join("z").exists(), "a dry run deletes nothing");
     assert_eq!(copied(), before, "a dry run is not counted as copied");
+    assert_eq!(
+        dry["report"]["deletions"]["deleted"], 1,
+        "would delete: {dry}"
+    );
+    let deleted = || gauge(api, svc, "headroom_objects_deleted_by_sync");
+    assert_eq!(deleted(), 0, "nor as deleted");
 
     let refused = run(with("sync", json!({"max_delete": 0})));
     assert_eq!(refused["status"], "failed", "{refused}");
@@ -396,6 +402,7 @@ fn sync_and_check_tasks(api: &Api, svc: &Service, work: &std::path::Path) {
     assert_eq!(synced["status"], "succeeded", "{synced}");
     assert_eq!(synced["objects_copied"], 0, "{synced}");
     assert_eq!(synced["report"]["deletions"]["deleted"], 1, "{synced}");
+    assert_eq!(deleted(), 1, "a sync's deletion is counted");
     assert!(!dst.join("z").exists());
     assert_eq!(tree(&dst), tree(&src));
 

@@ -664,13 +664,12 @@ async fn fleet(State(state): State<Shared>) -> Result<Json<serde_json::Value>, A
 async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
     let db_stats = state.db.stats().await?;
     let by_status = &db_stats.by_status;
-    // A sync's copies are copies; its deletions are in its report only.
-    let (copy, sync) = (
+    // A sync's copies are copies; its deletions have a gauge of their own.
+    let (copy, sync, purge) = (
         db_stats.totals_of(Kind::Copy),
         db_stats.totals_of(Kind::Sync),
+        db_stats.totals_of(Kind::Purge),
     );
-    let (objects, bytes) = (copy.0 + sync.0, copy.1 + sync.1);
-    let (files_deleted, bytes_freed) = db_stats.totals_of(Kind::Purge);
     let stats = state.gov.stats();
     let sample = state.probe.sample();
     for s in Status::ALL {
@@ -680,10 +679,11 @@ async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
             .map_or(0, |(_, n)| *n);
         metrics::gauge!("headroom_tasks", "status" => s.as_str()).set(n as f64);
     }
-    metrics::gauge!("headroom_objects_copied").set(objects as f64);
-    metrics::gauge!("headroom_bytes_copied").set(bytes as f64);
-    metrics::gauge!("headroom_files_deleted").set(files_deleted as f64);
-    metrics::gauge!("headroom_bytes_freed").set(bytes_freed as f64);
+    metrics::gauge!("headroom_objects_copied").set((copy.done + sync.done) as f64);
+    metrics::gauge!("headroom_bytes_copied").set((copy.bytes + sync.bytes) as f64);
+    metrics::gauge!("headroom_files_deleted").set(purge.done as f64);
+    metrics::gauge!("headroom_bytes_freed").set(purge.bytes as f64);
+    metrics::gauge!("headroom_objects_deleted_by_sync").set(sync.deleted as f64);
     metrics::gauge!("headroom_memory_budget_bytes").set(stats.budget as f64);
     metrics::gauge!("headroom_memory_reserved_bytes").set(stats.reserved as f64);
     metrics::gauge!("headroom_memory_peak_reserved_bytes").set(stats.peak_reserved as f64);
@@ -738,6 +738,10 @@ pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::Promethe
         (
             "headroom_bytes_freed",
             "Bytes freed by all purge tasks in the database (not dry runs).",
+        ),
+        (
+            "headroom_objects_deleted_by_sync",
+            "Objects sync tasks deleted from their destination, counted when each ends (not dry runs).",
         ),
         (
             "headroom_memory_budget_bytes",

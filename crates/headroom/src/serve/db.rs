@@ -449,22 +449,61 @@ pub struct Claim {
     pub shard: ShardRow,
 }
 
+/// How a shard's attempt ends, besides its progress.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardEnd<'a> {
+    pub status: Status,
+    pub error: Option<&'a str>,
+    /// What a single-shard task reports besides its counters (JSON).
+    pub report: Option<&'a str>,
+    /// Keys a sync deleted.
+    pub deleted: u64,
+}
+
+impl<'a> ShardEnd<'a> {
+    /// An end with `status` and `error`, nothing reported or deleted.
+    pub fn with(status: Status, error: Option<&'a str>) -> Self {
+        ShardEnd {
+            status,
+            error,
+            report: None,
+            deleted: 0,
+        }
+    }
+}
+
 /// What `/metrics` reads from the database.
 pub struct DbStats {
     /// Tasks per status.
     pub by_status: Vec<(String, i64)>,
-    /// Per kind: items done and their bytes over all its tasks but dry
-    /// runs.
-    pub totals: Vec<(Kind, i64, i64)>,
+    /// Per kind, over all its tasks but dry runs.
+    pub totals: Vec<Totals>,
+}
+
+/// What the tasks of one kind did, summed over their shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub kind: Kind,
+    /// Items done (copied, or deleted by a purge) and their bytes.
+    pub done: i64,
+    pub bytes: i64,
+    /// Keys a sync deleted.
+    pub deleted: i64,
 }
 
 impl DbStats {
-    /// The totals of `kind` (0 when it has no tasks).
-    pub fn totals_of(&self, kind: Kind) -> (i64, i64) {
+    /// The totals of `kind` (zeros when it has no tasks).
+    pub fn totals_of(&self, kind: Kind) -> Totals {
         self.totals
             .iter()
-            .find(|(k, _, _)| *k == kind)
-            .map_or((0, 0), |(_, o, b)| (*o, *b))
+            .find(|t| t.kind == kind)
+            .copied()
+            .unwrap_or(Totals {
+                kind,
+                done: 0,
+                bytes: 0,
+                deleted: 0,
+            })
     }
 }
 
@@ -787,7 +826,8 @@ impl Db {
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect::<sqlx::Result<Vec<(String, i64)>>>()?;
         let rows = sqlx::query(
-            "SELECT t.kind, CAST(COALESCE(SUM(s.items_done), 0) AS BIGINT) AS o, CAST(COALESCE(SUM(s.bytes_done), 0) AS BIGINT) AS b \
+            "SELECT t.kind, CAST(COALESCE(SUM(s.items_done), 0) AS BIGINT) AS o, CAST(COALESCE(SUM(s.bytes_done), 0) AS BIGINT) AS b, \
+             CAST(COALESCE(SUM(s.items_deleted), 0) AS BIGINT) AS d \
              FROM shards s JOIN tasks t ON t.id = s.task_id WHERE t.dry_run = 0 GROUP BY t.kind",
         )
         .fetch_all(&self.pool)
@@ -798,7 +838,12 @@ impl Db {
             let kind: Kind = kind
                 .parse()
                 .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
-            totals.push((kind, r.try_get("o")?, r.try_get("b")?));
+            totals.push(Totals {
+                kind,
+                done: r.try_get("o")?,
+                bytes: r.try_get("b")?,
+                deleted: r.try_get("d")?,
+            });
         }
         Ok(DbStats { by_status, totals })
     }
@@ -1109,7 +1154,7 @@ impl Db {
         base: Counts,
         p: &Progress,
     ) -> sqlx::Result<Option<Status>> {
-        self.finish(lease, base, p, Status::Queued, None, None)
+        self.finish(lease, base, p, ShardEnd::with(Status::Queued, None))
             .await
     }
 
@@ -1122,22 +1167,27 @@ impl Db {
         lease: &Lease,
         base: Counts,
         p: &Progress,
-        status: Status,
-        error: Option<&str>,
-        report: Option<&str>,
+        end: ShardEnd<'_>,
     ) -> sqlx::Result<Option<Status>> {
+        let ShardEnd {
+            status,
+            error,
+            report,
+            deleted,
+        } = end;
         let mut tx = self.pool.begin().await?;
         let query = sqlx::query(concat!(
             "UPDATE shards SET ",
             progress_columns!(),
-            ", status = $15, error = $16, report = $17, ",
-            "lease_owner = CASE WHEN $18 = 'queued' THEN NULL ELSE lease_owner END, lease_expires_at = NULL ",
-            "WHERE task_id = $19 AND no = $20 AND status = 'running' AND lease_owner = $21 AND attempts = $22"
+            ", status = $15, error = $16, report = $17, items_deleted = $18, ",
+            "lease_owner = CASE WHEN $19 = 'queued' THEN NULL ELSE lease_owner END, lease_expires_at = NULL ",
+            "WHERE task_id = $20 AND no = $21 AND status = 'running' AND lease_owner = $22 AND attempts = $23"
         ));
         let r = bind_progress(query, base, p)
             .bind(status.as_str())
             .bind(error)
             .bind(report)
+            .bind(deleted as i64)
             .bind(status.as_str())
             .bind(&lease.task)
             .bind(lease.shard)

@@ -31,7 +31,8 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use super::db::{
-    Claim, Counts, Db, Heartbeat, Kind, Lease, Progress, ReplicaRow, Room, ShardRow, Status,
+    Claim, Counts, Db, Heartbeat, Kind, Lease, Progress, ReplicaRow, Room, ShardEnd, ShardRow,
+    Status,
 };
 use crate::jobs::copy::{self, CopyCounters, CopyEnv, CopyOptions, PrefixCounts, Watermark};
 use crate::jobs::purge::{self, PurgeCounters, PurgeEnv, PurgeOptions};
@@ -996,9 +997,7 @@ impl Tasks {
                         &lease,
                         Counts::default(),
                         &p,
-                        Status::Failed,
-                        Some(&e),
-                        None,
+                        ShardEnd::with(Status::Failed, Some(&e)),
                     )
                     .await;
                 return;
@@ -1132,6 +1131,7 @@ impl Tasks {
             .ok()
             .and_then(|e| e.report.as_ref())
             .map(|r| r.to_string());
+        let deleted = result.as_ref().map_or(0, |e| e.deleted);
         let (status, error) = ending(kind, result, *cancelled.borrow());
         match self
             .db
@@ -1139,9 +1139,12 @@ impl Tasks {
                 &lease,
                 base,
                 &p,
-                status,
-                error.as_deref(),
-                report.as_deref(),
+                ShardEnd {
+                    status,
+                    error: error.as_deref(),
+                    report: report.as_deref(),
+                    deleted,
+                },
             )
             .await
         {
@@ -1183,6 +1186,8 @@ pub struct Ended {
     outcome: Outcome,
     report: Option<serde_json::Value>,
     problem: Option<String>,
+    /// Keys a sync deleted (its copies are the outcome's).
+    deleted: u64,
 }
 
 impl From<Outcome> for Ended {
@@ -1191,6 +1196,7 @@ impl From<Outcome> for Ended {
             outcome,
             report: None,
             problem: None,
+            deleted: 0,
         }
     }
 }
@@ -1253,6 +1259,7 @@ async fn run_job(
                 (None, n) => Some(format!("{n} deletions failed")),
             };
             Ok(Ended {
+                deleted: deletions.deleted,
                 report: Some(json!({ "deletions": deletions })),
                 outcome,
                 problem,
@@ -1286,6 +1293,7 @@ async fn run_job(
                 )
             });
             Ok(Ended {
+                deleted: 0,
                 report: Some(json!({ "check": summary, "differences": listed })),
                 outcome,
                 problem,
