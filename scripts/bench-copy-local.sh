@@ -18,8 +18,14 @@
 # some VMs' root disks) checks every candidate inode for a recent deletion
 # when it allocates one (find_inode_bit -> recently_deleted), a cost that
 # grows with parallel creators and that servers' journaled ext4 skips. The
-# script prints which it ran on. Needs rclone and GNU time; installs them
-# from Debian's packages when missing.
+# script prints which it ran on. REPLAY=1 adds, on the small set, the
+# system calls of a copy replayed without headroom
+# (scripts/replay-copy-calls.py): plain (what cp -r does), headroom's, and
+# headroom's with one part left out or done another way, to price each
+# (their times include Python's start and the listing, the same for all:
+# compare them with each other).
+# Needs rclone and GNU time; installs them from Debian's packages when
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,11 +50,11 @@ case "${BENCH_FS:-}" in
     ;;
   ext4-journal)
     [ "$(id -u)" = 0 ] || { echo "BENCH_FS=ext4-journal needs root (mount)" >&2; exit 2; }
+    trap 'umount "$work" 2>/dev/null; rm -rf "$work" "$work.img"' EXIT
     # Room for both datasets twice (source and copy), sparse.
     truncate -s "$(((small * 66 / 1024 + big * big_mib) * 2 + 1024))M" "$work.img"
     mkfs.ext4 -q -F "$work.img"
     mount -o loop "$work.img" "$work"
-    trap 'umount "$work"; rm -rf "$work" "$work.img"' EXIT
     ;;
   *)
     echo "BENCH_FS must be empty or ext4-journal, not $BENCH_FS" >&2
@@ -90,7 +96,7 @@ run() {
   }
   read -r wall user sys <"$work/time"
   cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
-  printf "%-6s %-9s %7.2f s wall %7.2f s CPU\n" "$dataset" "$tool" "$wall" "$cpu"
+  printf "%-6s %-24s %7.2f s wall %7.2f s CPU\n" "$dataset" "$tool" "$wall" "$cpu"
   echo "$dataset $tool $wall $cpu" >>"$work/results"
   diff -rq "$work/$dataset" "$work/out" >/dev/null || {
     echo "$tool: the copy differs from the source" >&2
@@ -109,6 +115,14 @@ for dataset in small big; do
     # What a migration uses: modes and times kept, as headroom keeps them.
     run "$dataset" cp-a cp -a "$work/$dataset" "$work/out"
     run "$dataset" rclone rclone copy "$work/$dataset" "$work/out"
+    if [ "$dataset" = small ] && [ -n "${REPLAY:-}" ]; then
+      variants=(plain headroom headroom,-stat headroom,-fstat headroom,-chmod headroom,-utime headroom,-rename headroom,+dirfd)
+      # linkat of an unnamed file by its descriptor needs CAP_DAC_READ_SEARCH.
+      [ "$(id -u)" = 0 ] && variants+=(headroom,+tmpfile)
+      for v in "${variants[@]}"; do
+        run small "replay:$v" python3 scripts/replay-copy-calls.py "$v" "$work/small" "$work/out"
+      done
+    fi
   done
 done
 
@@ -121,11 +135,10 @@ for dataset in ("small", "big"):
     cp = [r for r in rows if r[0] == dataset and r[1] == "cp"]
     cp_wall = statistics.median(float(r[2]) for r in cp)
     cp_cpu = statistics.median(float(r[3]) for r in cp)
-    for tool in ("headroom", "baseline", "cp", "cp-a", "rclone"):
+    tools = list(dict.fromkeys(r[1] for r in rows if r[0] == dataset))
+    for tool in tools:
         mine = [r for r in rows if r[0] == dataset and r[1] == tool]
-        if not mine:
-            continue
         wall = statistics.median(float(r[2]) for r in mine)
         cpu = statistics.median(float(r[3]) for r in mine)
-        print(f"{dataset:6} {tool:9} wall {wall:6.2f} s ({wall / max(cp_wall, 0.01):4.2f}x cp)   CPU {cpu:6.2f} s ({cpu / max(cp_cpu, 0.01):4.2f}x cp)")
+        print(f"{dataset:6} {tool:24} wall {wall:6.2f} s ({wall / max(cp_wall, 0.01):4.2f}x cp)   CPU {cpu:6.2f} s ({cpu / max(cp_cpu, 0.01):4.2f}x cp)")
 EOF
